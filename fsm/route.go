@@ -1,0 +1,209 @@
+// Package fsm holds drawbridge's replicated route table and the commands that
+// change it. It is pure: no clock, no network, no HAProxy. Every node applies the
+// same committed commands in the same order and must reach the same state, so
+// Apply never reads the time (leases carry leader-stamped instants), never
+// iterates maps in random order, and never does IO.
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+)
+
+// Balance algorithms a route may use. The list is closed: anything else is
+// refused before it reaches the log, so no value can inject HAProxy syntax.
+const (
+	BalanceRoundRobin = "roundrobin"
+	BalanceLeastConn  = "leastconn"
+	BalanceSource     = "source"
+	BalanceFirst      = "first"
+	BalanceRandom     = "random"
+)
+
+// PROXY protocol versions that may be sent to backends ("" = off).
+const (
+	ProxyProtocolOff = ""
+	ProxyProtocolV1  = "v1"
+	ProxyProtocolV2  = "v2"
+)
+
+// ModeTCP is the only proxy mode drawbridge renders today.
+const ModeTCP = "tcp"
+
+// MaxBackendsPerRoute bounds one route's backend set, so a runaway registrar
+// cannot grow a single HAProxy backend without limit.
+const MaxBackendsPerRoute = 256
+
+// Domain errors. They come back as the Result of Apply (never a panic) and map
+// to HTTP statuses in api/.
+var (
+	// ErrInvalid wraps every validation failure (HTTP 400).
+	ErrInvalid = errors.New("invalid")
+	// ErrPortTaken means another route name already owns the public port (HTTP 409).
+	ErrPortTaken = errors.New("port taken")
+	// ErrNotFound means the route or backend does not exist (HTTP 404).
+	ErrNotFound = errors.New("not found")
+	// ErrUnknownCommand means the entry was written by a newer drawbridge and
+	// this node cannot interpret it.
+	ErrUnknownCommand = errors.New("unknown command")
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// Backend is one server behind a route: an IP literal and a port, who
+// registered it, and when its lease ends (zero = no lease).
+type Backend struct {
+	Address   string    `json:"address"`
+	Port      int       `json:"port"`
+	Owner     string    `json:"owner,omitempty"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
+// Key identifies a backend within its route.
+func (b Backend) Key() string { return netip.AddrPortFrom(netip.MustParseAddr(b.Address), uint16(b.Port)).String() }
+
+// Route is one public port and where its traffic goes. Routes are keyed by
+// Port; Name is the label that owns the port.
+type Route struct {
+	Port          int    `json:"port"`
+	Name          string `json:"name"`
+	Mode          string `json:"mode"`
+	Balance       string `json:"balance"`
+	Sticky        bool   `json:"sticky"`
+	ProxyProtocol string `json:"proxy_protocol,omitempty"`
+	HealthCheck   bool   `json:"health_check"`
+	// Implicit marks a route created by a backend registration (the recipe's
+	// hook, the sidecar) rather than by PUT. An implicit route is removed when
+	// its last backend goes, by deregistration or lease expiry; an explicit
+	// one stays until it is deleted.
+	Implicit bool      `json:"implicit,omitempty"`
+	Backends []Backend `json:"backends"`
+}
+
+// NewRoute returns a route with drawbridge's defaults: TCP, roundrobin,
+// sticky by source (as the recipe did), health checks on.
+func NewRoute(port int, name string) Route {
+	return Route{
+		Port:        port,
+		Name:        name,
+		Mode:        ModeTCP,
+		Balance:     BalanceRoundRobin,
+		Sticky:      true,
+		HealthCheck: true,
+		Backends:    []Backend{},
+	}
+}
+
+// Clone returns a deep copy.
+func (r Route) Clone() Route {
+	c := r
+	c.Backends = append([]Backend(nil), r.Backends...)
+	if c.Backends == nil {
+		c.Backends = []Backend{}
+	}
+	return c
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// ValidateName checks a route name or owner label.
+func ValidateName(field, name string) error {
+	if !nameRE.MatchString(name) {
+		return invalid("%s %q must match [a-z0-9][a-z0-9._-]{0,62}", field, truncate(name))
+	}
+	return nil
+}
+
+// ValidatePort checks a TCP port number.
+func ValidatePort(field string, port int) error {
+	if port < 1 || port > 65535 {
+		return invalid("%s %d out of range 1-65535", field, port)
+	}
+	return nil
+}
+
+// CanonicalAddress parses an IP literal (v4 or v6, no zone) and returns its
+// canonical text. Hostnames are refused: a backend is where traffic goes, and
+// resolving names at render time would make nodes disagree.
+func CanonicalAddress(s string) (string, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return "", invalid("address %q is not an IP address", truncate(s))
+	}
+	a = a.Unmap()
+	if a.IsUnspecified() || a.IsMulticast() {
+		return "", invalid("address %q cannot be a backend", s)
+	}
+	return a.String(), nil
+}
+
+// Validate checks a backend in place, canonicalising its address.
+func (b *Backend) Validate() error {
+	addr, err := CanonicalAddress(b.Address)
+	if err != nil {
+		return err
+	}
+	b.Address = addr
+	if err := ValidatePort("backend port", b.Port); err != nil {
+		return err
+	}
+	if b.Owner != "" {
+		if err := ValidateName("owner", b.Owner); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate checks every field of a route against the allow-lists. It
+// canonicalises backend addresses in place.
+func (r *Route) Validate() error {
+	if err := ValidatePort("port", r.Port); err != nil {
+		return err
+	}
+	if err := ValidateName("name", r.Name); err != nil {
+		return err
+	}
+	if r.Mode != ModeTCP {
+		return invalid("mode %q not supported (only tcp)", truncate(r.Mode))
+	}
+	switch r.Balance {
+	case BalanceRoundRobin, BalanceLeastConn, BalanceSource, BalanceFirst, BalanceRandom:
+	default:
+		return invalid("balance %q must be one of roundrobin, leastconn, source, first, random", truncate(r.Balance))
+	}
+	switch r.ProxyProtocol {
+	case ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2:
+	default:
+		return invalid("proxy_protocol %q must be empty, v1 or v2", truncate(r.ProxyProtocol))
+	}
+	if len(r.Backends) > MaxBackendsPerRoute {
+		return invalid("route has %d backends, at most %d allowed", len(r.Backends), MaxBackendsPerRoute)
+	}
+	seen := make(map[string]bool, len(r.Backends))
+	for i := range r.Backends {
+		if err := r.Backends[i].Validate(); err != nil {
+			return err
+		}
+		k := r.Backends[i].Key()
+		if seen[k] {
+			return invalid("backend %s listed twice", k)
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
+// truncate keeps error messages short when a caller sends a huge value.
+func truncate(s string) string {
+	const max = 64
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
+}
