@@ -63,7 +63,9 @@ type Backend struct {
 }
 
 // Key identifies a backend within its route.
-func (b Backend) Key() string { return netip.AddrPortFrom(netip.MustParseAddr(b.Address), uint16(b.Port)).String() }
+func (b Backend) Key() string {
+	return netip.AddrPortFrom(netip.MustParseAddr(b.Address), uint16(b.Port)).String()
+}
 
 // Route is one public port and where its traffic goes. Routes are keyed by
 // Port; Name is the label that owns the port.
