@@ -1,0 +1,54 @@
+# drawbridge — run `make help` for the targets.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+BIN := bin/drawbridge
+HAPROXY ?= haproxy
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/drawbridge with the version stamped in
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/drawbridge
+
+.PHONY: haproxy
+haproxy: ## Install HAProxy from Debian's packages when it is missing (root), or say how
+	@if command -v $(HAPROXY) >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing haproxy from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
+	else \
+		echo "HAProxy is not installed. Install it with:  sudo apt-get install -y haproxy"; exit 1; \
+	fi
+
+.PHONY: run
+run: haproxy build ## Build and start one dev agent on 127.0.0.1:9000 (data in ./drawbridge-data)
+	./$(BIN) agent --dev
+
+.PHONY: test
+test: ## Vet, then run every test with the race detector (needs haproxy; root for namespace tests)
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+.PHONY: bench
+bench: build ## Run the benchmarks and print the figures
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./fsm ./haproxy ./cluster
+	$(GO) run ./scripts/bench -bin $(BIN)
+
+.PHONY: fuzz
+fuzz: ## Fuzz the renderer and the webhook decoder for a minute each
+	$(GO) test -run '^$$' -fuzz FuzzRenderEscapes -fuzztime 60s ./haproxy
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: clean
+clean: ## Remove build output and the dev data directory
+	rm -rf bin drawbridge-data

@@ -1,0 +1,430 @@
+// Package cluster replicates drawbridge's route table with hashicorp/raft:
+// log and stable store in raft-boltdb, file snapshots, TCP transport. It hands
+// committed entries to the fsm package and knows nothing of HTTP or HAProxy.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/fsm"
+)
+
+// Errors returned by Apply when a change cannot be committed. All of them
+// mean "try again later or elsewhere"; none means the change was refused on
+// its merits (those come back in fsm.Result.Err).
+var (
+	// ErrNotLeader means this node is not the raft leader and cannot commit by
+	// itself. The error text names the leader when one is known.
+	ErrNotLeader = errors.New("not the raft leader")
+	// ErrNoLeader means no leader is known: an election is running, or a
+	// majority of voters is unreachable (quorum lost).
+	ErrNoLeader = errors.New("no raft leader")
+	// ErrCommitTimeout means the entry was not committed in time; it may still
+	// be committed later.
+	ErrCommitTimeout = errors.New("commit timed out")
+	// ErrShutdown means the node is stopping.
+	ErrShutdown = errors.New("node is shutting down")
+)
+
+// Config is what a Node needs. Zero durations take the defaults below.
+type Config struct {
+	// NodeID is this node's raft server ID (its name).
+	NodeID string
+	// DataDir holds raft.db (log + stable store) and snapshots/.
+	DataDir string
+	// BindAddr is the raft TCP listen address, e.g. ":9001".
+	BindAddr string
+	// AdvertiseAddr is the address peers dial; defaults to BindAddr when that
+	// names a host.
+	AdvertiseAddr string
+	// Bootstrap makes this node form a one-voter cluster when it has no state.
+	Bootstrap bool
+	// ApplyTimeout bounds how long Apply waits for a commit (default 10s).
+	ApplyTimeout time.Duration
+	// Raft timings (defaults: raft's own: 1s, 1s, 500ms, 50ms).
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// SnapshotThreshold is the number of log entries between automatic
+	// snapshots (default 8192); SnapshotInterval how often that is checked
+	// (default 2m); TrailingLogs how many entries stay after a snapshot
+	// (default 10240).
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
+	// NoSync turns off fsync of the raft log. Only for benchmarks and tests.
+	NoSync bool
+}
+
+func (c *Config) setDefaults() {
+	if c.ApplyTimeout == 0 {
+		c.ApplyTimeout = 10 * time.Second
+	}
+	d := raft.DefaultConfig()
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = d.HeartbeatTimeout
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = d.ElectionTimeout
+	}
+	if c.LeaderLeaseTimeout == 0 {
+		c.LeaderLeaseTimeout = d.LeaderLeaseTimeout
+	}
+	if c.CommitTimeout == 0 {
+		c.CommitTimeout = d.CommitTimeout
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = d.SnapshotThreshold
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = d.SnapshotInterval
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = d.TrailingLogs
+	}
+}
+
+// Validate reports configuration errors.
+func (c Config) Validate() error {
+	if c.NodeID == "" {
+		return errors.New("node id is empty")
+	}
+	if c.DataDir == "" {
+		return errors.New("data dir is empty")
+	}
+	if _, _, err := net.SplitHostPort(c.BindAddr); err != nil {
+		return fmt.Errorf("raft bind address %q: %w", c.BindAddr, err)
+	}
+	return nil
+}
+
+// Node is one raft member holding the route table.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	fsm       *fsm.FSM
+	raft      *raft.Raft
+	transport *raft.NetworkTransport
+	store     *raftboltdb.BoltStore
+	leaderCh  chan bool
+	metrics   *nodeMetrics
+
+	mu       sync.Mutex
+	watchers []chan bool
+	closed   bool
+	done     chan struct{}
+}
+
+// Status is a point-in-time view of this node's raft state.
+type Status struct {
+	NodeID       string `json:"node_id"`
+	State        string `json:"state"`
+	Leader       string `json:"leader,omitempty"`
+	LeaderID     string `json:"leader_id,omitempty"`
+	Term         uint64 `json:"term"`
+	LastIndex    uint64 `json:"last_index"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+}
+
+// New opens (or creates) the node's raft state under cfg.DataDir, starts the
+// transport and raft, and bootstraps a one-voter cluster when asked and there
+// is no prior state. The fsm receives every committed entry.
+func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "raft")
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	hlog := newHCLogger("raft", logger)
+
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:   filepath.Join(cfg.DataDir, "raft.db"),
+		NoSync: cfg.NoSync,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open raft store %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
+	}
+	n := &Node{cfg: cfg, log: logger, fsm: f, store: store, done: make(chan struct{})}
+	fail := func(err error) (*Node, error) {
+		if n.transport != nil {
+			n.transport.Close()
+		}
+		store.Close()
+		return nil, err
+	}
+	logs, err := raft.NewLogCache(1024, store)
+	if err != nil {
+		return fail(fmt.Errorf("raft log cache: %w", err))
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 3, hlog)
+	if err != nil {
+		return fail(fmt.Errorf("raft snapshot store: %w", err))
+	}
+
+	advertise := cfg.AdvertiseAddr
+	if advertise == "" {
+		advertise = cfg.BindAddr
+	}
+	adv, err := net.ResolveTCPAddr("tcp", advertise)
+	if err != nil {
+		return fail(fmt.Errorf("raft advertise address %q: %w", advertise, err))
+	}
+	if adv.IP == nil || adv.IP.IsUnspecified() {
+		return fail(fmt.Errorf("raft advertise address %q is not dialable: set an advertise address", advertise))
+	}
+	n.transport, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 3, 10*time.Second, hlog)
+	if err != nil {
+		return fail(fmt.Errorf("raft transport on %s: %w", cfg.BindAddr, err))
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hlog
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	n.leaderCh = make(chan bool, 8)
+	rc.NotifyCh = n.leaderCh
+	if err := raft.ValidateConfig(rc); err != nil {
+		return fail(fmt.Errorf("raft config: %w", err))
+	}
+
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(logs, store, snaps)
+		if err != nil {
+			return fail(fmt.Errorf("inspect raft state: %w", err))
+		}
+		if !has {
+			conf := raft.Configuration{Servers: []raft.Server{{
+				Suffrage: raft.Voter, ID: rc.LocalID, Address: n.transport.LocalAddr(),
+			}}}
+			if err := raft.BootstrapCluster(rc, logs, store, snaps, n.transport, conf); err != nil {
+				return fail(fmt.Errorf("bootstrap raft: %w", err))
+			}
+			logger.Info("bootstrapped a new single-voter cluster", "node", cfg.NodeID)
+		}
+	}
+
+	n.raft, err = raft.NewRaft(rc, f, logs, store, snaps, n.transport)
+	if err != nil {
+		return fail(fmt.Errorf("start raft: %w", err))
+	}
+	n.metrics = newNodeMetrics(reg, n)
+	go n.fanOutLeadership()
+	return n, nil
+}
+
+// fanOutLeadership copies raft's leadership notifications to every watcher
+// without ever blocking raft.
+func (n *Node) fanOutLeadership() {
+	for {
+		select {
+		case <-n.done:
+			return
+		case isLeader := <-n.leaderCh:
+			n.log.Info("leadership changed", "leader", isLeader)
+			n.mu.Lock()
+			for _, w := range n.watchers {
+				select {
+				case w <- isLeader:
+				default:
+					// Drop the stale value so the latest one always lands.
+					select {
+					case <-w:
+					default:
+					}
+					w <- isLeader
+				}
+			}
+			n.mu.Unlock()
+		}
+	}
+}
+
+// WatchLeadership returns a channel that receives true when this node becomes
+// leader and false when it stops being leader. Slow readers see the latest
+// value. The current state is delivered first.
+func (n *Node) WatchLeadership() <-chan bool {
+	ch := make(chan bool, 1)
+	n.mu.Lock()
+	n.watchers = append(n.watchers, ch)
+	n.mu.Unlock()
+	ch <- n.IsLeader()
+	return ch
+}
+
+// IsLeader reports whether this node is the raft leader now.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// FSM returns the state machine this node applies to.
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// Apply validates cmd, proposes it, waits for the commit and returns the
+// route table's answer. The error is non-nil only when the change could not be
+// committed (not leader, no leader, timeout, shutdown); a refusal on the
+// merits (conflict, not found, invalid) is in Result.Err.
+func (n *Node) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	if err := cmd.Validate(); err != nil {
+		return fsm.Result{Err: err}, nil
+	}
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	return n.ApplyEncoded(ctx, data)
+}
+
+// ApplyEncoded proposes an already encoded command.
+func (n *Node) ApplyEncoded(ctx context.Context, data []byte) (fsm.Result, error) {
+	if err := n.checkLeader(); err != nil {
+		return fsm.Result{}, err
+	}
+	timeout := n.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		if d := time.Until(dl); d < timeout {
+			timeout = d
+		}
+	}
+	if timeout <= 0 {
+		return fsm.Result{}, fmt.Errorf("%w: no time left before the request deadline", ErrCommitTimeout)
+	}
+	start := time.Now()
+	fut := n.raft.Apply(data, timeout)
+	if err := fut.Error(); err != nil {
+		n.metrics.applyFailures.Inc()
+		return fsm.Result{}, n.translate(err)
+	}
+	n.metrics.applyDuration.Observe(time.Since(start).Seconds())
+	res, ok := fut.Response().(fsm.Result)
+	if !ok {
+		return fsm.Result{}, fmt.Errorf("unexpected apply response %T", fut.Response())
+	}
+	return res, nil
+}
+
+func (n *Node) checkLeader() error {
+	switch n.raft.State() {
+	case raft.Leader:
+		return nil
+	case raft.Shutdown:
+		return ErrShutdown
+	}
+	addr, id := n.raft.LeaderWithID()
+	if addr == "" {
+		return fmt.Errorf("%w: an election is in progress or a majority of voters is unreachable (quorum lost); writes resume when a majority is back, or run `drawbridge raft recover` on a stopped survivor", ErrNoLeader)
+	}
+	return fmt.Errorf("%w: the leader is %s (%s)", ErrNotLeader, id, addr)
+}
+
+func (n *Node) translate(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %v", ErrCommitTimeout, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return ErrShutdown
+	}
+	return fmt.Errorf("commit: %w", err)
+}
+
+// WaitForLeader blocks until some leader is known (this node or another).
+func (n *Node) WaitForLeader(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if addr, _ := n.raft.LeaderWithID(); addr != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for raft leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Barrier waits until every entry committed before the call is applied to
+// the local fsm. A new leader uses it before trusting its state.
+func (n *Node) Barrier(timeout time.Duration) error {
+	return n.translateOrNil(n.raft.Barrier(timeout).Error())
+}
+
+func (n *Node) translateOrNil(err error) error {
+	if err == nil {
+		return nil
+	}
+	return n.translate(err)
+}
+
+// Snapshot takes a raft snapshot now.
+func (n *Node) Snapshot() error {
+	return n.translateOrNil(n.raft.Snapshot().Error())
+}
+
+// Status returns this node's raft view.
+func (n *Node) Status() Status {
+	addr, id := n.raft.LeaderWithID()
+	return Status{
+		NodeID:       n.cfg.NodeID,
+		State:        n.raft.State().String(),
+		Leader:       string(addr),
+		LeaderID:     string(id),
+		Term:         n.raft.CurrentTerm(),
+		LastIndex:    n.raft.LastIndex(),
+		CommitIndex:  n.raft.CommitIndex(),
+		AppliedIndex: n.raft.AppliedIndex(),
+	}
+}
+
+// Shutdown stops raft and closes the stores. It is safe to call twice.
+func (n *Node) Shutdown() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	close(n.done)
+	n.mu.Unlock()
+
+	err := n.raft.Shutdown().Error()
+	if cerr := n.transport.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := n.store.Close(); err == nil {
+		err = cerr
+	}
+	n.metrics.unregister()
+	if err != nil {
+		return fmt.Errorf("shut down raft: %w", err)
+	}
+	return nil
+}

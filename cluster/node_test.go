@@ -1,0 +1,215 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/fsm"
+)
+
+// testLogger sends component logs to t.Log so only failures print them.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// fastConfig is a single-node config with shortened timings.
+func fastConfig(t testing.TB, dir string) Config {
+	return Config{
+		NodeID:             "n1",
+		DataDir:            dir,
+		BindAddr:           freeAddr(t),
+		Bootstrap:          true,
+		HeartbeatTimeout:   50 * time.Millisecond,
+		ElectionTimeout:    50 * time.Millisecond,
+		LeaderLeaseTimeout: 50 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		ApplyTimeout:       5 * time.Second,
+	}
+}
+
+func startNode(t testing.TB, cfg Config) (*Node, *fsm.FSM) {
+	t.Helper()
+	f := fsm.New()
+	n, err := New(cfg, f, testLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Shutdown() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if cfg.Bootstrap {
+		for !n.IsLeader() {
+			select {
+			case <-ctx.Done():
+				t.Fatal("node never became leader")
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	return n, f
+}
+
+func register(port int, name, ip string, bport int) *fsm.RegisterBackend {
+	r := fsm.NewRoute(port, name)
+	return &fsm.RegisterBackend{
+		Port: port, Name: name,
+		Backend: fsm.Backend{Address: ip, Port: bport, Owner: name},
+		Create:  &r,
+	}
+}
+
+func TestApplyCommitsAndReturnsDomainErrors(t *testing.T) {
+	n, f := startNode(t, fastConfig(t, t.TempDir()))
+	ctx := context.Background()
+
+	res, err := n.Apply(ctx, register(8080, "web", "10.0.0.1", 30080))
+	if err != nil || res.Err != nil {
+		t.Fatalf("apply: %v / %v", err, res.Err)
+	}
+	if res.Route == nil || res.Route.Port != 8080 || len(res.Route.Backends) != 1 {
+		t.Fatalf("unexpected result route: %+v", res.Route)
+	}
+	if got, ok := f.State().Route(8080); !ok || got.Name != "web" {
+		t.Fatalf("state does not hold the route: %+v", got)
+	}
+
+	// A domain error is a result, not a commit failure.
+	res, err = n.Apply(ctx, register(8080, "other", "10.0.0.2", 30080))
+	if err != nil {
+		t.Fatalf("conflict returned a commit error: %v", err)
+	}
+	if !errors.Is(res.Err, fsm.ErrPortTaken) {
+		t.Fatalf("want ErrPortTaken, got %v", res.Err)
+	}
+	// Invalid input never reaches the log.
+	before := n.Status().LastIndex
+	res, err = n.Apply(ctx, register(0, "bad", "10.0.0.1", 1))
+	if err != nil || !errors.Is(res.Err, fsm.ErrInvalid) {
+		t.Fatalf("want ErrInvalid result, got %v / %v", err, res.Err)
+	}
+	if after := n.Status().LastIndex; after != before {
+		t.Errorf("invalid command was logged: index %d -> %d", before, after)
+	}
+}
+
+func TestStateSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := fastConfig(t, dir)
+	cfg.SnapshotThreshold = 20
+	cfg.SnapshotInterval = 50 * time.Millisecond
+	cfg.TrailingLogs = 5
+	n, f := startNode(t, cfg)
+	for i := 0; i < 60; i++ {
+		if res, err := n.Apply(context.Background(), register(10000+i, fmt.Sprintf("svc-%d", i), "10.0.0.1", 30000+i)); err != nil || res.Err != nil {
+			t.Fatalf("apply %d: %v %v", i, err, res.Err)
+		}
+	}
+	// Force a snapshot too, so restart goes through snapshot + log replay.
+	if err := n.Snapshot(); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	for i := 60; i < 70; i++ {
+		if res, err := n.Apply(context.Background(), register(10000+i, fmt.Sprintf("svc-%d", i), "10.0.0.1", 30000+i)); err != nil || res.Err != nil {
+			t.Fatalf("apply %d: %v %v", i, err, res.Err)
+		}
+	}
+	wantHash := f.State().Hash()
+	if err := n.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.BindAddr = freeAddr(t)
+	n2, f2 := startNode(t, cfg)
+	deadline := time.Now().Add(10 * time.Second)
+	for f2.State().Len() != 70 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after restart: %d routes, want 70", f2.State().Len())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := f2.State().Hash(); got != wantHash {
+		t.Errorf("state hash after restart %s, want %s", got, wantHash)
+	}
+	// And it still accepts writes.
+	if res, err := n2.Apply(context.Background(), register(20000, "after", "10.0.0.9", 1)); err != nil || res.Err != nil {
+		t.Fatalf("apply after restart: %v %v", err, res.Err)
+	}
+}
+
+func TestApplyWithoutLeaderIsUnavailable(t *testing.T) {
+	cfg := fastConfig(t, t.TempDir())
+	cfg.Bootstrap = false // never bootstrapped, never joined: no leader
+	n, _ := startNode(t, cfg)
+	_, err := n.Apply(context.Background(), register(8080, "web", "10.0.0.1", 1))
+	if !errors.Is(err, ErrNoLeader) {
+		t.Fatalf("want ErrNoLeader, got %v", err)
+	}
+	if want := "quorum"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not explain quorum", err)
+	}
+}
+
+func TestApplyAfterShutdown(t *testing.T) {
+	n, _ := startNode(t, fastConfig(t, t.TempDir()))
+	n.Shutdown()
+	_, err := n.Apply(context.Background(), register(8080, "web", "10.0.0.1", 1))
+	if !errors.Is(err, ErrShutdown) {
+		t.Fatalf("want ErrShutdown, got %v", err)
+	}
+	if err := n.Shutdown(); err != nil {
+		t.Errorf("second shutdown: %v", err)
+	}
+}
+
+func TestConcurrentAppliesAllCommit(t *testing.T) {
+	n, f := startNode(t, fastConfig(t, t.TempDir()))
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			res, err := n.Apply(context.Background(), register(20000+i, fmt.Sprintf("c-%d", i), "10.0.0.1", 1000+i))
+			if err == nil {
+				err = res.Err
+			}
+			if err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := f.State().Len(); got != 200 {
+		t.Errorf("%d routes, want 200", got)
+	}
+}
