@@ -279,6 +279,10 @@ func (n *Node) WatchLeadership() <-chan bool {
 	return ch
 }
 
+// HasState reports whether this node belongs to a cluster: it has a raft log
+// or snapshot (bootstrapped, joined, or restored).
+func (n *Node) HasState() bool { return n.raft.LastIndex() > 0 }
+
 // IsLeader reports whether this node is the raft leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -26,6 +27,8 @@ const IgnoreUnknownFlag CommandType = 0x80
 // payloadVersion is the version byte written after the type byte.
 const payloadVersion = 1
 
+// String names the type for errors and logs ("upsert-route"), ignoring
+// IgnoreUnknownFlag.
 func (t CommandType) String() string {
 	switch t &^ IgnoreUnknownFlag {
 	case CmdUpsertRoute:
@@ -53,7 +56,8 @@ type Command interface {
 
 // UpsertRoute creates or replaces the route at Route.Port. Replacing keeps
 // nothing of the old route but its port; a different name owning the port is
-// ErrPortTaken unless Force is set.
+// ErrPortTaken unless Force is set. The stored route is always explicit
+// (Route.Implicit is ignored): it stays, even empty, until deleted.
 type UpsertRoute struct {
 	Route Route `json:"route"`
 	Force bool  `json:"force,omitempty"`
@@ -69,7 +73,9 @@ type DeleteRoute struct {
 // route does not exist and Create is set, it is created from Create (marked
 // Implicit); otherwise ErrNotFound. When Name is set and the existing route has
 // another name, the result is ErrPortTaken. Refreshing an existing backend
-// updates its owner and lease.
+// replaces its owner and lease (ExpiresAt, TTL) with the registration's. Validate fills an empty Name from Create, so a
+// registration that would create a route also claims its name when the route
+// already exists.
 type RegisterBackend struct {
 	Port    int     `json:"port"`
 	Name    string  `json:"name,omitempty"`
@@ -109,6 +115,8 @@ func (DeregisterBackend) Type() CommandType { return CmdDeregisterBackend }
 func (ExpireLeases) Type() CommandType { return CmdExpireLeases }
 
 // Encode turns a command into a log entry: type byte, version byte, JSON.
+// It does not validate; callers validate before proposing, and Apply
+// validates again. Decode reads it back.
 func Encode(c Command) ([]byte, error) {
 	payload, err := json.Marshal(c)
 	if err != nil {
@@ -118,3 +126,165 @@ func Encode(c Command) ([]byte, error) {
 	out = append(out, byte(c.Type()), payloadVersion)
 	return append(out, payload...), nil
 }
+
+// ErrMalformed means a log entry could not be decoded at all: too short, or a
+// known type and version whose payload is not valid JSON for it. drawbridge
+// never writes such an entry, so Apply treats it as corruption and panics.
+var ErrMalformed = errors.New("malformed command")
+
+// UnknownCommandError is returned by Decode (and carried in Result.Err) for an
+// entry this node cannot interpret: a type or payload version written by a
+// newer drawbridge. It matches ErrUnknownCommand with errors.Is.
+type UnknownCommandError struct {
+	// Type is the entry's type byte without IgnoreUnknownFlag.
+	Type CommandType
+	// Version is the entry's payload version byte.
+	Version uint8
+	// Ignorable reports whether the writer set IgnoreUnknownFlag, i.e. the
+	// entry may be skipped without diverging on anything this node serves.
+	Ignorable bool
+}
+
+// Error implements error.
+func (e *UnknownCommandError) Error() string {
+	what := fmt.Sprintf("type %d", uint8(e.Type))
+	if known(e.Type) {
+		what = fmt.Sprintf("%s version %d", e.Type, e.Version)
+	}
+	skip := "upgrade this node"
+	if e.Ignorable {
+		skip = "ignorable"
+	}
+	return fmt.Sprintf("%s: %s written by a newer drawbridge (%s)", ErrUnknownCommand, what, skip)
+}
+
+// Unwrap makes errors.Is(err, ErrUnknownCommand) true.
+func (e *UnknownCommandError) Unwrap() error { return ErrUnknownCommand }
+
+// known reports whether t (without the flag) is a type this build decodes.
+func known(t CommandType) bool {
+	switch t &^ IgnoreUnknownFlag {
+	case CmdUpsertRoute, CmdDeleteRoute, CmdRegisterBackend, CmdDeregisterBackend, CmdExpireLeases:
+		return true
+	}
+	return false
+}
+
+// Decode parses a log entry written by Encode. It returns the payload as a
+// pointer (*UpsertRoute, *DeleteRoute, …) and does not validate it: Apply does.
+//
+// An unknown type or version yields an *UnknownCommandError; a truncated entry
+// or unparsable payload an error wrapping ErrMalformed. Unknown JSON fields are
+// accepted so a newer node may add optional fields without breaking older ones.
+func Decode(data []byte) (Command, error) {
+	if len(data) < 2 {
+		return nil, fmt.Errorf("%w: entry of %d bytes, need type and version", ErrMalformed, len(data))
+	}
+	raw := CommandType(data[0])
+	typ, version := raw&^IgnoreUnknownFlag, data[1]
+	var c Command
+	switch typ {
+	case CmdUpsertRoute:
+		c = new(UpsertRoute)
+	case CmdDeleteRoute:
+		c = new(DeleteRoute)
+	case CmdRegisterBackend:
+		c = new(RegisterBackend)
+	case CmdDeregisterBackend:
+		c = new(DeregisterBackend)
+	case CmdExpireLeases:
+		c = new(ExpireLeases)
+	}
+	if c == nil || version != payloadVersion {
+		return nil, &UnknownCommandError{Type: typ, Version: version, Ignorable: raw&IgnoreUnknownFlag != 0}
+	}
+	if err := json.Unmarshal(data[2:], c); err != nil {
+		return nil, fmt.Errorf("%w: decode %s: %v", ErrMalformed, typ, err)
+	}
+	return c, nil
+}
+
+// Validate implements Command. It checks the route and canonicalises it.
+func (c *UpsertRoute) Validate() error {
+	return c.Route.Validate()
+}
+
+// Validate implements Command.
+func (c *DeleteRoute) Validate() error {
+	if err := ValidatePort("port", c.Port); err != nil {
+		return err
+	}
+	if c.Name != "" {
+		return ValidateName("name", c.Name)
+	}
+	return nil
+}
+
+// Validate implements Command. It canonicalises the backend and Create, and
+// fills an empty Name from Create.Name.
+func (c *RegisterBackend) Validate() error {
+	if err := ValidatePort("port", c.Port); err != nil {
+		return err
+	}
+	if c.Name != "" {
+		if err := ValidateName("name", c.Name); err != nil {
+			return err
+		}
+	}
+	if err := c.Backend.Validate(); err != nil {
+		return err
+	}
+	if c.Create == nil {
+		return nil
+	}
+	if err := c.Create.Validate(); err != nil {
+		return fmt.Errorf("create: %w", err)
+	}
+	if c.Create.Port != c.Port {
+		return invalid("create.port %d differs from port %d", c.Create.Port, c.Port)
+	}
+	if c.Name == "" {
+		c.Name = c.Create.Name
+	} else if c.Create.Name != c.Name {
+		return invalid("create.name %q differs from name %q", c.Create.Name, c.Name)
+	}
+	return nil
+}
+
+// Validate implements Command. It canonicalises Address.
+func (c *DeregisterBackend) Validate() error {
+	if err := ValidatePort("port", c.Port); err != nil {
+		return err
+	}
+	if c.Name != "" {
+		if err := ValidateName("name", c.Name); err != nil {
+			return err
+		}
+	}
+	addr, err := CanonicalAddress(c.Address)
+	if err != nil {
+		return err
+	}
+	c.Address = addr
+	return ValidatePort("backend port", c.BackendPort)
+}
+
+// Validate implements Command. Now must be set (the leader stamps it); it is
+// stored in UTC.
+func (c *ExpireLeases) Validate() error {
+	if c.Now.IsZero() {
+		return invalid("expire-leases needs a non-zero now")
+	}
+	c.Now = c.Now.UTC()
+	return nil
+}
+
+// Interface guards: every payload is a Command (through its pointer, since
+// Validate canonicalises in place).
+var (
+	_ Command = (*UpsertRoute)(nil)
+	_ Command = (*DeleteRoute)(nil)
+	_ Command = (*RegisterBackend)(nil)
+	_ Command = (*DeregisterBackend)(nil)
+	_ Command = (*ExpireLeases)(nil)
+)

@@ -6,10 +6,14 @@
 package fsm
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
+	"slices"
+	"strconv"
 	"time"
 )
 
@@ -60,11 +64,45 @@ type Backend struct {
 	Port      int       `json:"port"`
 	Owner     string    `json:"owner,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// TTL is the lease length the registrar asked for. The leader waits at
+	// least this long after an election before expiring anything, so owners
+	// get one full lease to find the new leader.
+	TTL time.Duration `json:"ttl,omitempty"`
 }
 
-// Key identifies a backend within its route.
+// Key identifies a backend within its route: "addr:port", or "[v6]:port".
+// It never panics; an address that does not parse (a backend that has not
+// been validated yet) is joined as given, so it still yields a usable label.
 func (b Backend) Key() string {
-	return netip.AddrPortFrom(netip.MustParseAddr(b.Address), uint16(b.Port)).String()
+	if a, err := netip.ParseAddr(b.Address); err == nil && b.Port >= 0 && b.Port <= 65535 {
+		return netip.AddrPortFrom(a, uint16(b.Port)).String()
+	}
+	return net.JoinHostPort(b.Address, strconv.Itoa(b.Port))
+}
+
+// CompareBackends orders backends by address then port, the order in which a
+// route keeps them. Addresses compare as netip.Addr does: every IPv4 address
+// before every IPv6 one, then by address bytes (so 10.0.0.9 < 10.0.0.10, unlike
+// text order). Addresses that do not parse sort after all valid ones, by text,
+// so the order stays total. It returns -1, 0 or +1 like cmp.Compare.
+func CompareBackends(a, b Backend) int {
+	aa, aerr := netip.ParseAddr(a.Address)
+	ba, berr := netip.ParseAddr(b.Address)
+	switch {
+	case aerr == nil && berr == nil:
+		if c := aa.Compare(ba); c != 0 {
+			return c
+		}
+	case aerr == nil:
+		return -1
+	case berr == nil:
+		return +1
+	default:
+		if c := cmp.Compare(a.Address, b.Address); c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(a.Port, b.Port)
 }
 
 // Route is one public port and where its traffic goes. Routes are keyed by
@@ -144,15 +182,22 @@ func CanonicalAddress(s string) (string, error) {
 	return a.String(), nil
 }
 
-// Validate checks a backend in place, canonicalising its address.
+// Validate checks a backend in place, canonicalising its address and storing
+// its lease end in UTC (so every node renders and hashes the same text).
 func (b *Backend) Validate() error {
 	addr, err := CanonicalAddress(b.Address)
 	if err != nil {
 		return err
 	}
 	b.Address = addr
+	if !b.ExpiresAt.IsZero() {
+		b.ExpiresAt = b.ExpiresAt.UTC()
+	}
 	if err := ValidatePort("backend port", b.Port); err != nil {
 		return err
+	}
+	if b.TTL < 0 {
+		return invalid("backend ttl %s is negative", b.TTL)
 	}
 	if b.Owner != "" {
 		if err := ValidateName("owner", b.Owner); err != nil {
@@ -163,7 +208,9 @@ func (b *Backend) Validate() error {
 }
 
 // Validate checks every field of a route against the allow-lists. It
-// canonicalises backend addresses in place.
+// canonicalises in place: backend addresses and leases (see Backend.Validate),
+// backends sorted by CompareBackends, and a nil backend list made empty (so a
+// route always encodes as "backends":[] and hashes the same everywhere).
 func (r *Route) Validate() error {
 	if err := ValidatePort("port", r.Port); err != nil {
 		return err
@@ -187,16 +234,19 @@ func (r *Route) Validate() error {
 	if len(r.Backends) > MaxBackendsPerRoute {
 		return invalid("route has %d backends, at most %d allowed", len(r.Backends), MaxBackendsPerRoute)
 	}
-	seen := make(map[string]bool, len(r.Backends))
 	for i := range r.Backends {
 		if err := r.Backends[i].Validate(); err != nil {
 			return err
 		}
-		k := r.Backends[i].Key()
-		if seen[k] {
-			return invalid("backend %s listed twice", k)
+	}
+	if r.Backends == nil {
+		r.Backends = []Backend{}
+	}
+	slices.SortStableFunc(r.Backends, CompareBackends)
+	for i := 1; i < len(r.Backends); i++ {
+		if CompareBackends(r.Backends[i-1], r.Backends[i]) == 0 {
+			return invalid("backend %s listed twice", r.Backends[i].Key())
 		}
-		seen[k] = true
 	}
 	return nil
 }

@@ -1,0 +1,337 @@
+package cluster
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Roles a node can have.
+const (
+	// RoleEdge runs HAProxy and may hold the floating IP.
+	RoleEdge = "edge"
+	// RoleWitness is a raft voter only: no HAProxy, never the floating IP.
+	RoleWitness = "witness"
+)
+
+// Meta is what a node tells the others about itself through gossip. It is
+// refreshed whenever it changes and must stay under memberlist's 512-byte
+// limit, so field names are short and the error is truncated.
+type Meta struct {
+	Role     string `json:"r"`
+	RaftAddr string `json:"ra"`
+	APIURL   string `json:"api"`
+	Version  string `json:"v,omitempty"`
+	// Bootstrapped is true once the node has raft state (it belongs to a
+	// cluster); bootstrap-expect never forms a cluster with such a node.
+	Bootstrapped bool `json:"b,omitempty"`
+	// Applied is the route-table index HAProxy runs on this node; ConfigHash
+	// identifies the rendered config; Healthy means HAProxy runs and is not
+	// behind this node's table; Error is the last HAProxy error, shortened.
+	Applied    uint64 `json:"ai,omitempty"`
+	ConfigHash string `json:"ch,omitempty"`
+	Healthy    bool   `json:"h,omitempty"`
+	Error      string `json:"e,omitempty"`
+}
+
+// Member is a node as gossip sees it.
+type Member struct {
+	Name   string `json:"name"`
+	Addr   string `json:"addr"`
+	Status string `json:"status"` // alive, suspect, dead, left
+	Meta   Meta   `json:"meta"`
+}
+
+// Alive reports whether the member is reachable (alive or only suspected).
+func (m Member) Alive() bool { return m.Status == "alive" || m.Status == "suspect" }
+
+// GossipConfig configures memberlist.
+type GossipConfig struct {
+	NodeName string
+	// BindAddr is host:port for gossip (TCP and UDP).
+	BindAddr string
+	// AdvertiseAddr is host:port others reach us at (default BindAddr).
+	AdvertiseAddr string
+	// Key encrypts gossip (16, 24 or 32 bytes; nil = plaintext).
+	Key []byte
+	// Label is stamped on every packet; nodes with another label are ignored,
+	// so two clusters on one network never mix.
+	Label string
+	// Failure detection (defaults: memberlist's LAN profile).
+	ProbeInterval  time.Duration
+	ProbeTimeout   time.Duration
+	SuspicionMult  int
+	GossipInterval time.Duration
+}
+
+// ParseGossipKey decodes a base64 gossip key and checks its length.
+func ParseGossipKey(s string) ([]byte, error) {
+	if s == "" {
+		return nil, nil
+	}
+	k, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("gossip key is not base64: %w", err)
+	}
+	switch len(k) {
+	case 16, 24, 32:
+		return k, nil
+	}
+	return nil, fmt.Errorf("gossip key is %d bytes, want 16, 24 or 32 (drawbridge keygen prints one)", len(k))
+}
+
+// Membership is this node's view of the cluster through memberlist.
+type Membership struct {
+	ml   *memberlist.Memberlist
+	log  *slog.Logger
+	meta func() Meta
+
+	mu       sync.Mutex
+	lastMeta []byte
+	changed  chan struct{}
+}
+
+// NewMembership starts gossip. meta is called whenever memberlist needs this
+// node's metadata and by Refresh.
+func NewMembership(cfg GossipConfig, meta func() Meta, logger *slog.Logger) (*Membership, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m := &Membership{log: logger.With("component", "gossip"), meta: meta, changed: make(chan struct{})}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.NodeName
+	host, port, err := splitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip bind address: %w", err)
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertisePort = port
+	if cfg.AdvertiseAddr != "" {
+		ah, ap, err := splitHostPort(cfg.AdvertiseAddr)
+		if err != nil {
+			return nil, fmt.Errorf("gossip advertise address: %w", err)
+		}
+		mc.AdvertiseAddr, mc.AdvertisePort = ah, ap
+	}
+	mc.SecretKey = cfg.Key
+	mc.Label = cfg.Label
+	if cfg.ProbeInterval > 0 {
+		mc.ProbeInterval = cfg.ProbeInterval
+	}
+	if cfg.ProbeTimeout > 0 {
+		mc.ProbeTimeout = cfg.ProbeTimeout
+	}
+	if cfg.SuspicionMult > 0 {
+		mc.SuspicionMult = cfg.SuspicionMult
+	}
+	if cfg.GossipInterval > 0 {
+		mc.GossipInterval = cfg.GossipInterval
+	}
+	mc.Delegate = &metaDelegate{m: m}
+	mc.Events = &eventDelegate{m: m}
+	mc.Logger = log.New(&stdlogWriter{logger: m.log}, "", 0)
+	m.lastMeta = m.encodeMeta()
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	m.ml = ml
+	return m, nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", p, err)
+	}
+	if h == "" {
+		h = "0.0.0.0"
+	}
+	return h, port, nil
+}
+
+func (m *Membership) encodeMeta() []byte {
+	md := m.meta()
+	if len(md.Error) > 120 {
+		md.Error = md.Error[:120]
+	}
+	b, _ := json.Marshal(md)
+	return b
+}
+
+func (m *Membership) notify() {
+	m.mu.Lock()
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+// Changed returns a channel closed at the next membership or metadata change.
+func (m *Membership) Changed() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changed
+}
+
+// Join contacts the given members until one answers or ctx ends, backing off
+// between rounds (1s doubling to 30s, with jitter).
+func (m *Membership) Join(ctx context.Context, addrs []string) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	backoff := time.Second
+	for {
+		n, err := m.ml.Join(addrs)
+		if n > 0 {
+			m.log.Info("joined the cluster", "contacted", n)
+			return nil
+		}
+		m.log.Warn("cannot join yet; retrying", "addrs", addrs, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff + rand.N(backoff/4+1)):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// Refresh re-reads this node's metadata and gossips it when it changed.
+func (m *Membership) Refresh() {
+	b := m.encodeMeta()
+	m.mu.Lock()
+	same := string(b) == string(m.lastMeta)
+	if !same {
+		m.lastMeta = b
+	}
+	m.mu.Unlock()
+	if same {
+		return
+	}
+	if err := m.ml.UpdateNode(2 * time.Second); err != nil {
+		m.log.Debug("gossip metadata update", "err", err)
+	}
+	m.notify()
+}
+
+// RunRefresh calls Refresh every interval until ctx ends.
+func (m *Membership) RunRefresh(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.Refresh()
+		}
+	}
+}
+
+// LocalName is this node's gossip name.
+func (m *Membership) LocalName() string { return m.ml.LocalNode().Name }
+
+// Members lists every node gossip knows, this one included, sorted by name.
+func (m *Membership) Members() []Member {
+	nodes := m.ml.Members()
+	out := make([]Member, 0, len(nodes))
+	for _, n := range nodes {
+		mem := Member{Name: n.Name, Addr: n.Address(), Status: stateName(n.State)}
+		_ = json.Unmarshal(n.Meta, &mem.Meta)
+		out = append(out, mem)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// Leave tells the others this node is leaving on purpose, then stops gossip.
+func (m *Membership) Leave(timeout time.Duration) error {
+	err := m.ml.Leave(timeout)
+	if serr := m.ml.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// Shutdown stops gossip without saying goodbye (others will see us fail).
+func (m *Membership) Shutdown() error { return m.ml.Shutdown() }
+
+type metaDelegate struct{ m *Membership }
+
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	d.m.mu.Lock()
+	defer d.m.mu.Unlock()
+	if len(d.m.lastMeta) > limit {
+		return nil
+	}
+	return d.m.lastMeta
+}
+func (d *metaDelegate) NotifyMsg([]byte)                           {}
+func (d *metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *metaDelegate) LocalState(join bool) []byte                { return nil }
+func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+type eventDelegate struct{ m *Membership }
+
+func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
+	e.m.log.Info("member joined", "member", n.Name, "addr", n.Address())
+	e.m.notify()
+}
+
+func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	if n.State == memberlist.StateLeft {
+		e.m.log.Info("member left", "member", n.Name)
+	} else {
+		e.m.log.Warn("member failed", "member", n.Name)
+	}
+	e.m.notify()
+}
+
+func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.m.notify() }
+
+// stdlogWriter forwards memberlist's "[LEVEL] memberlist: msg" lines to slog.
+type stdlogWriter struct{ logger *slog.Logger }
+
+func (w *stdlogWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	lvl := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
+		if strings.HasPrefix(line, prefix) {
+			lvl = l
+			line = strings.TrimSpace(strings.TrimPrefix(strings.TrimPrefix(line, prefix), " memberlist:"))
+			break
+		}
+	}
+	w.logger.Log(context.Background(), lvl, line)
+	return len(p), nil
+}
