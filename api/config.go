@@ -1,0 +1,212 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/fsm"
+)
+
+// Applier commits a command through the cluster. It returns once the command
+// is committed and applied on this node (Result carries the FSM's outcome,
+// including domain errors such as fsm.ErrPortTaken), or an error when it could
+// not be committed at all: no leader, no quorum, timeout, shutdown. The API
+// answers that error with 503 and the error's message, so the message should
+// tell an operator what is wrong and how to recover.
+type Applier interface {
+	Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error)
+}
+
+// StateReader exposes this node's applied route table. State must never block;
+// it may return nil before the first state is known (treated as empty).
+type StateReader interface {
+	State() *fsm.State
+}
+
+// StatusSource reports this node's view of the cluster and of HAProxy, for
+// GET /v1/status and GET /readyz. It must be cheap: it is called per request.
+type StatusSource interface {
+	Status() Status
+}
+
+// Defaults applied by DefaultConfig and, for fields whose zero value is
+// meaningless, by New.
+const (
+	DefaultLegacyHeader      = "X-Funkypenguin-Token"
+	DefaultMaxBodyBytes      = 64 << 10
+	DefaultHookLease         = 30 * time.Minute
+	DefaultApplyTimeout      = 10 * time.Second
+	DefaultReadHeaderTimeout = 5 * time.Second
+	DefaultReadTimeout       = 30 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
+	DefaultIdleTimeout       = 2 * time.Minute
+	DefaultShutdownTimeout   = 15 * time.Second
+)
+
+// Config is the API's typed configuration, filled by cmd/ from file, env and
+// flags. Start from DefaultConfig: HookLease and MetricsPublic are taken
+// literally by New (0 and false are meaningful), while zero durations, sizes
+// and the legacy header name are replaced by their defaults.
+type Config struct {
+	// Tokens are the accepted API tokens. At least one is required: New
+	// refuses to build an API anyone could write to.
+	Tokens []string
+	// LegacyHeader is the header the recipe's sidecars send their token in,
+	// accepted besides "Authorization: Bearer" and X-Drawbridge-Token.
+	LegacyHeader string
+	// MaxBodyBytes bounds a request body; larger bodies get 413.
+	MaxBodyBytes int64
+	// HookLease is the lease given to backends registered through the
+	// recipe's hook, which re-posts every REPEAT_INTERVAL: a pod that died
+	// stops refreshing and its backend expires. 0 means hook registrations
+	// never expire. It must comfortably exceed the sidecars' interval.
+	HookLease time.Duration
+	// ReservedPorts are public ports no route may use (this node's API, raft
+	// and gossip ports and any deny list); refused with 400 before proposing.
+	ReservedPorts fsm.PortRanges
+	// ApplyTimeout bounds how long a write waits for its commit.
+	ApplyTimeout time.Duration
+	// TLSCertFile and TLSKeyFile, when both set, make Serve speak HTTPS. The
+	// pair is reloaded when either file changes, so renewals need no restart.
+	TLSCertFile string
+	TLSKeyFile  string
+	// HTTP server timeouts. WriteTimeout must exceed ApplyTimeout so a
+	// committed write can still be answered.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	// ShutdownTimeout bounds the graceful shutdown when Serve's context ends.
+	ShutdownTimeout time.Duration
+	// MetricsPublic serves /metrics without a token (scrapers on the private
+	// network); false puts it behind the same token as the API.
+	MetricsPublic bool
+}
+
+// DefaultConfig returns drawbridge's defaults (no tokens, no TLS).
+func DefaultConfig() Config {
+	return Config{
+		LegacyHeader:      DefaultLegacyHeader,
+		MaxBodyBytes:      DefaultMaxBodyBytes,
+		HookLease:         DefaultHookLease,
+		ApplyTimeout:      DefaultApplyTimeout,
+		ReadHeaderTimeout: DefaultReadHeaderTimeout,
+		ReadTimeout:       DefaultReadTimeout,
+		WriteTimeout:      DefaultWriteTimeout,
+		IdleTimeout:       DefaultIdleTimeout,
+		ShutdownTimeout:   DefaultShutdownTimeout,
+		MetricsPublic:     true,
+	}
+}
+
+// withDefaults fills zero values that have no meaning of their own.
+func (c Config) withDefaults() Config {
+	if c.LegacyHeader == "" {
+		c.LegacyHeader = DefaultLegacyHeader
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.ApplyTimeout == 0 {
+		c.ApplyTimeout = DefaultApplyTimeout
+	}
+	if c.ReadHeaderTimeout == 0 {
+		c.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = max(DefaultWriteTimeout, c.ApplyTimeout+5*time.Second)
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	c.LegacyHeader = http.CanonicalHeaderKey(c.LegacyHeader)
+	return c
+}
+
+// Validate reports what is wrong with c (after defaults are applied by New).
+// It never mentions token values.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Tokens) == 0 {
+		errs = append(errs, errors.New("no API token configured: refusing to serve an API anyone could write to"))
+	}
+	for i, t := range c.Tokens {
+		if strings.TrimSpace(t) == "" {
+			errs = append(errs, fmt.Errorf("token %d is empty", i+1))
+		} else if strings.ContainsFunc(t, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
+			errs = append(errs, fmt.Errorf("token %d contains whitespace or control characters (cannot be sent in a header)", i+1))
+		}
+	}
+	if c.LegacyHeader != "" && !validHeaderName(c.LegacyHeader) {
+		errs = append(errs, fmt.Errorf("legacy header %q is not a valid header name", c.LegacyHeader))
+	}
+	if c.MaxBodyBytes < 0 {
+		errs = append(errs, fmt.Errorf("max body bytes %d is negative", c.MaxBodyBytes))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"hook lease", c.HookLease},
+		{"apply timeout", c.ApplyTimeout},
+		{"read header timeout", c.ReadHeaderTimeout},
+		{"read timeout", c.ReadTimeout},
+		{"write timeout", c.WriteTimeout},
+		{"idle timeout", c.IdleTimeout},
+		{"shutdown timeout", c.ShutdownTimeout},
+	} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %s is negative", d.name, d.v))
+		}
+	}
+	if c.WriteTimeout > 0 && c.ApplyTimeout > 0 && c.WriteTimeout <= c.ApplyTimeout {
+		errs = append(errs, fmt.Errorf("write timeout %s must exceed apply timeout %s, or committed writes could not be answered",
+			c.WriteTimeout, c.ApplyTimeout))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("TLS needs both a certificate file and a key file"))
+	}
+	return errors.Join(errs...)
+}
+
+func validHeaderName(s string) bool {
+	for _, r := range s {
+		if r > 0x7e || r <= ' ' || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// Deps are the API's collaborators. Applier, State and Status are required.
+type Deps struct {
+	// Applier commits writes (cluster/, forwarding to the leader as needed).
+	Applier Applier
+	// State reads this node's applied route table.
+	State StateReader
+	// Status reports node, raft and HAProxy status.
+	Status StatusSource
+	// Logger receives request and auth logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the API's metrics; nil means a private registry.
+	// The global registry is never used implicitly.
+	Registerer prometheus.Registerer
+	// Gatherer serves /metrics; nil means Registerer when it is also a
+	// Gatherer (as *prometheus.Registry is).
+	Gatherer prometheus.Gatherer
+	// Now stamps lease ends; nil means time.Now.
+	Now func() time.Time
+}

@@ -1,0 +1,60 @@
+package api
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the API's Prometheus collectors, registered on Deps.Registerer.
+type metrics struct {
+	requests     *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	authFailures *prometheus.CounterVec
+	commits      *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drawbridge_http_requests_total",
+			Help: "HTTP requests answered by the API, by handler and status code.",
+		}, []string{"handler", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "drawbridge_http_request_duration_seconds",
+			Help:    "Time to answer an API request, by handler (writes include the commit).",
+			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"handler"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drawbridge_auth_failures_total",
+			Help: "Requests refused for a missing or invalid token.",
+		}, []string{"reason"}),
+		commits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drawbridge_commits_total",
+			Help: "Writes proposed by the API, by outcome.",
+		}, []string{"result"}),
+	}
+	// Known label values start at 0, so rates and alerts work before the
+	// first failure.
+	for _, r := range []string{authMissing, authInvalid} {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, r := range []string{commitOK, commitConflict, commitInvalid, commitNotFound, commitUnavailable} {
+		m.commits.WithLabelValues(r)
+	}
+	routes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "drawbridge_routes",
+		Help: "Routes in this node's applied route table.",
+	}, func() float64 { return float64(s.currentState().Len()) })
+	backends := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "drawbridge_backends",
+		Help: "Backends over all routes in this node's applied route table.",
+	}, func() float64 { return float64(s.currentState().BackendCount()) })
+
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.commits, routes, backends} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register api metrics: %w", err)
+		}
+	}
+	return m, nil
+}

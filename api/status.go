@@ -1,0 +1,121 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Status is what GET /v1/status answers: this node's view of itself, the
+// cluster and its HAProxy. The StatusSource fills everything but State, which
+// the API takes from its StateReader so it matches what /v1/routes serves.
+type Status struct {
+	// Node is this node's name.
+	Node string `json:"node"`
+	// Version is the drawbridge build version.
+	Version string        `json:"version"`
+	Raft    RaftStatus    `json:"raft"`
+	State   StateStatus   `json:"state"`
+	HAProxy HAProxyStatus `json:"haproxy"`
+}
+
+// RaftStatus is this node's raft view.
+type RaftStatus struct {
+	// State is the raft role: "Leader", "Follower", "Candidate" or "Shutdown".
+	State string `json:"state"`
+	// Leader is the current leader's address or name, "" when unknown.
+	Leader       string `json:"leader"`
+	LastIndex    uint64 `json:"last_index"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+}
+
+// StateStatus summarises the applied route table.
+type StateStatus struct {
+	// Index is the raft index of the last entry applied to the table.
+	Index uint64 `json:"index"`
+	// Hash is fsm.State.Hash: equal on nodes that applied the same entries.
+	Hash     string `json:"hash"`
+	Routes   int    `json:"routes"`
+	Backends int    `json:"backends"`
+}
+
+// HAProxyStatus is the state of this node's HAProxy as its manager reports it.
+type HAProxyStatus struct {
+	Running   bool `json:"running"`
+	MasterPID int  `json:"master_pid,omitempty"`
+	// Adopted reports that the agent found HAProxy already running at start
+	// (an agent restart) and took it over instead of starting a new one.
+	Adopted bool `json:"adopted"`
+	// AppliedIndex is the state index of the config HAProxy now runs.
+	AppliedIndex uint64 `json:"applied_index"`
+	// ConfigHash identifies the rendered config HAProxy runs.
+	ConfigHash   string    `json:"config_hash,omitempty"`
+	Reloads      uint64    `json:"reloads"`
+	LastReloadAt time.Time `json:"last_reload_at,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
+	// FailedPorts are routes HAProxy could not bind on this node (for
+	// example a port another process holds); `haproxy -c` cannot see those.
+	FailedPorts []FailedPort `json:"failed_ports,omitempty"`
+}
+
+// FailedPort is one route this node's HAProxy could not serve.
+type FailedPort struct {
+	Port  int    `json:"port"`
+	Name  string `json:"name"`
+	Error string `json:"error"`
+}
+
+// status builds the full status: the source's view plus the local state.
+func (s *Server) status() Status {
+	st := s.statusSrc.Status()
+	state := s.currentState()
+	st.State = StateStatus{
+		Index:    state.Index,
+		Hash:     state.Hash(),
+		Routes:   state.Len(),
+		Backends: state.BackendCount(),
+	}
+	return st
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.status())
+	return nil
+}
+
+// handleHealthz answers liveness: the process serves HTTP.
+func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) error {
+	writeText(w, http.StatusOK, "ok")
+	return nil
+}
+
+// handleReadyz answers readiness: HAProxy runs and runs a config at least as
+// new as this node's route table. A load balancer (or the floating-IP owner
+// check) should send traffic only to ready nodes.
+func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) error {
+	if reason := s.notReady(); reason != "" {
+		writeText(w, http.StatusServiceUnavailable, "not ready: "+reason)
+		return nil
+	}
+	writeText(w, http.StatusOK, "ready")
+	return nil
+}
+
+// notReady returns why this node is not ready, or "".
+func (s *Server) notReady() string {
+	hp := s.statusSrc.Status().HAProxy
+	index := s.currentState().Index
+	switch {
+	case !hp.Running:
+		return "haproxy is not running"
+	case hp.AppliedIndex < index:
+		reason := fmt.Sprintf("haproxy runs the config of index %d, behind state index %d", hp.AppliedIndex, index)
+		if hp.LastError != "" {
+			reason += " (last error: " + hp.LastError + ")"
+		}
+		return reason
+	}
+	return ""
+}
