@@ -17,6 +17,7 @@ const (
 	CmdRegisterBackend   CommandType = 3
 	CmdDeregisterBackend CommandType = 4
 	CmdExpireLeases      CommandType = 5
+	CmdReplaceTable      CommandType = 6
 )
 
 // IgnoreUnknownFlag is OR-ed into the type byte of a command that older nodes
@@ -41,6 +42,8 @@ func (t CommandType) String() string {
 		return "deregister-backend"
 	case CmdExpireLeases:
 		return "expire-leases"
+	case CmdReplaceTable:
+		return "replace-table"
 	}
 	return fmt.Sprintf("command-%d", uint8(t))
 }
@@ -113,6 +116,27 @@ func (DeregisterBackend) Type() CommandType { return CmdDeregisterBackend }
 
 // Type implements Command.
 func (ExpireLeases) Type() CommandType { return CmdExpireLeases }
+
+// ReplaceTable swaps the whole route table for Routes: the restore half of
+// `drawbridge snapshot save/restore`. It goes through the log like any other
+// change, so every node ends with the same table.
+type ReplaceTable struct {
+	Routes []Route `json:"routes"`
+}
+
+// Type implements Command.
+func (ReplaceTable) Type() CommandType { return CmdReplaceTable }
+
+// Validate implements Command: every route valid, no port twice, no empty
+// implicit route (the same rules a snapshot restore applies).
+func (c *ReplaceTable) Validate() error {
+	st, err := NewState(0, c.Routes)
+	if err != nil {
+		return err
+	}
+	c.Routes = st.Routes()
+	return nil
+}
 
 // Encode turns a command into a log entry: type byte, version byte, JSON.
 // It does not validate; callers validate before proposing, and Apply
@@ -194,6 +218,8 @@ func Decode(data []byte) (Command, error) {
 		c = new(DeregisterBackend)
 	case CmdExpireLeases:
 		c = new(ExpireLeases)
+	case CmdReplaceTable:
+		c = new(ReplaceTable)
 	}
 	if c == nil || version != payloadVersion {
 		return nil, &UnknownCommandError{Type: typ, Version: version, Ignorable: raw&IgnoreUnknownFlag != 0}

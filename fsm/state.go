@@ -173,6 +173,8 @@ type Result struct {
 	Deleted bool
 	// Expired is the number of backends ExpireLeases removed.
 	Expired int
+	// Index is the raft log index of the entry that produced this result.
+	Index uint64
 	// Err is the domain error, if any: wraps ErrInvalid, ErrPortTaken,
 	// ErrNotFound or ErrUnknownCommand. State did not change when it is set
 	// (but Index still advanced).
@@ -188,7 +190,7 @@ func (s *State) apply(index uint64, c Command) (*State, Result) {
 		err = c.Validate()
 	}
 	if err != nil {
-		return s.at(index), Result{Err: err}
+		return s.at(index), Result{Err: err, Index: index}
 	}
 	var next *State
 	var res Result
@@ -203,7 +205,11 @@ func (s *State) apply(index uint64, c Command) (*State, Result) {
 		next, res = s.deregisterBackend(index, c)
 	case *ExpireLeases:
 		next, res = s.expireLeases(index, c.Now)
+	case *ReplaceTable:
+		next, err = NewState(index, c.Routes)
+		res = Result{Err: err}
 	}
+	res.Index = index
 	if res.Err != nil {
 		return s.at(index), res
 	}
@@ -242,6 +248,14 @@ func cloneCommand(c Command) (Command, error) {
 	case *ExpireLeases:
 		if c != nil {
 			cp := *c
+			return &cp, nil
+		}
+	case *ReplaceTable:
+		if c != nil {
+			cp := ReplaceTable{Routes: make([]Route, len(c.Routes))}
+			for i, r := range c.Routes {
+				cp.Routes[i] = r.Clone()
+			}
 			return &cp, nil
 		}
 	case nil:
