@@ -44,6 +44,9 @@ type Meta struct {
 	ConfigHash string `json:"ch,omitempty"`
 	Healthy    bool   `json:"h,omitempty"`
 	Error      string `json:"e,omitempty"`
+	// Leaving is gossiped just before a graceful leave, so peers can tell
+	// "left on purpose" (remove the voter) from "failed" (keep it).
+	Leaving bool `json:"l,omitempty"`
 }
 
 // Member is a node as gossip sees it.
@@ -99,8 +102,13 @@ type Membership struct {
 	meta func() Meta
 
 	mu       sync.Mutex
+	leaving  bool
 	lastMeta []byte
 	changed  chan struct{}
+	// nodes is our own copy of the member list, kept by the event
+	// delegate: memberlist's Members() hands out pointers whose fields its
+	// goroutines keep writing, so reading them would race.
+	nodes map[string]Member
 }
 
 // NewMembership starts gossip. meta is called whenever memberlist needs this
@@ -109,7 +117,7 @@ func NewMembership(cfg GossipConfig, meta func() Meta, logger *slog.Logger) (*Me
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Membership{log: logger.With("component", "gossip"), meta: meta, changed: make(chan struct{})}
+	m := &Membership{log: logger.With("component", "gossip"), meta: meta, changed: make(chan struct{}), nodes: map[string]Member{}}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	host, port, err := splitHostPort(cfg.BindAddr)
@@ -168,6 +176,9 @@ func splitHostPort(addr string) (string, int, error) {
 
 func (m *Membership) encodeMeta() []byte {
 	md := m.meta()
+	m.mu.Lock()
+	md.Leaving = m.leaving
+	m.mu.Unlock()
 	if len(md.Error) > 120 {
 		md.Error = md.Error[:120]
 	}
@@ -248,16 +259,42 @@ func (m *Membership) RunRefresh(ctx context.Context, interval time.Duration) {
 func (m *Membership) LocalName() string { return m.ml.LocalNode().Name }
 
 // Members lists every node gossip knows, this one included, sorted by name.
+// This node's own metadata is read fresh.
 func (m *Membership) Members() []Member {
-	nodes := m.ml.Members()
-	out := make([]Member, 0, len(nodes))
-	for _, n := range nodes {
-		mem := Member{Name: n.Name, Addr: n.Address(), Status: stateName(n.State)}
-		_ = json.Unmarshal(n.Meta, &mem.Meta)
-		out = append(out, mem)
+	local := m.ml.LocalNode().Name
+	m.mu.Lock()
+	out := make([]Member, 0, len(m.nodes))
+	for _, n := range m.nodes {
+		out = append(out, n)
+	}
+	m.mu.Unlock()
+	for i := range out {
+		if out[i].Name == local {
+			out[i].Meta = m.meta()
+			out[i].Status = "alive"
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// record copies a node's fields while memberlist holds its lock (event
+// delegates run under it).
+func (m *Membership) record(n *memberlist.Node, left bool) {
+	mem := Member{Name: n.Name, Addr: n.Address(), Status: "alive"}
+	_ = json.Unmarshal(n.Meta, &mem.Meta)
+	if left {
+		// memberlist does not tell a graceful leave from a failure here
+		// (the node's State field is stale): the Leaving flag does.
+		mem.Status = "dead"
+		if mem.Meta.Leaving {
+			mem.Status = "left"
+		}
+	}
+	m.mu.Lock()
+	m.nodes[n.Name] = mem
+	m.mu.Unlock()
+	m.notify()
 }
 
 func stateName(s memberlist.NodeStateType) string {
@@ -274,8 +311,20 @@ func stateName(s memberlist.NodeStateType) string {
 	return "unknown"
 }
 
-// Leave tells the others this node is leaving on purpose, then stops gossip.
+func (m *Membership) get(name string) (Member, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mem, ok := m.nodes[name]
+	return mem, ok
+}
+
+// Leave tells the others this node is leaving on purpose (first in its
+// metadata, then with memberlist's leave message), then stops gossip.
 func (m *Membership) Leave(timeout time.Duration) error {
+	m.mu.Lock()
+	m.leaving = true
+	m.mu.Unlock()
+	m.Refresh() // blocks until the update is broadcast
 	err := m.ml.Leave(timeout)
 	if serr := m.ml.Shutdown(); err == nil {
 		err = serr
@@ -305,19 +354,19 @@ type eventDelegate struct{ m *Membership }
 
 func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
 	e.m.log.Info("member joined", "member", n.Name, "addr", n.Address())
-	e.m.notify()
+	e.m.record(n, false)
 }
 
 func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
-	if n.State == memberlist.StateLeft {
+	e.m.record(n, true)
+	if mem, _ := e.m.get(n.Name); mem.Status == "left" {
 		e.m.log.Info("member left", "member", n.Name)
 	} else {
 		e.m.log.Warn("member failed", "member", n.Name)
 	}
-	e.m.notify()
 }
 
-func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.m.notify() }
+func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.m.record(n, false) }
 
 // stdlogWriter forwards memberlist's "[LEVEL] memberlist: msg" lines to slog.
 type stdlogWriter struct{ logger *slog.Logger }

@@ -1,0 +1,147 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Cluster joins a raft Node with gossip Membership: it answers the questions
+// the API asks of the cluster (who leads and where is its API, has every edge
+// node applied index N) and runs the graceful leave.
+type Cluster struct {
+	node    *Node
+	members *Membership
+	log     *slog.Logger
+}
+
+// NewCluster returns the facade over node and members.
+func NewCluster(node *Node, members *Membership, logger *slog.Logger) *Cluster {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Cluster{node: node, members: members, log: logger.With("component", "cluster")}
+}
+
+// Node returns the raft node.
+func (c *Cluster) Node() *Node { return c.node }
+
+// Members returns the gossip membership.
+func (c *Cluster) Members() *Membership { return c.members }
+
+// member returns the gossip member with the given name.
+func (c *Cluster) member(name string) (Member, bool) {
+	for _, m := range c.members.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// LeaderAPI returns the API base URL of the raft leader, and whether the
+// leader is this node. The error explains why no leader is known.
+func (c *Cluster) LeaderAPI() (string, bool, error) {
+	if c.node.IsLeader() {
+		return "", true, nil
+	}
+	if err := c.node.checkLeader(); errors.Is(err, ErrNoLeader) || errors.Is(err, ErrShutdown) {
+		return "", false, err
+	}
+	_, id := c.node.raft.LeaderWithID()
+	m, ok := c.member(string(id))
+	if !ok || m.Meta.APIURL == "" {
+		return "", false, fmt.Errorf("%w: the leader %s is not visible in gossip yet", ErrNoLeader, id)
+	}
+	return m.Meta.APIURL, false, nil
+}
+
+// VerifyLeader confirms with a quorum that this node still leads, so a read
+// served after it is not stale.
+func (c *Cluster) VerifyLeader(ctx context.Context) error {
+	fut := c.node.raft.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- fut.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return c.node.translate(err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: verify leadership: %v", ErrCommitTimeout, ctx.Err())
+	}
+}
+
+// Lag is an edge node that has not applied an index yet.
+type Lag struct {
+	Node    string
+	Applied uint64
+	Error   string
+}
+
+// Lagging returns the alive edge nodes whose HAProxy runs a table older than
+// index, per their gossiped metadata (this node's own is read fresh).
+func (c *Cluster) Lagging(index uint64) []Lag {
+	c.members.Refresh()
+	var out []Lag
+	for _, m := range c.members.Members() {
+		if m.Meta.Role != RoleEdge || !m.Alive() {
+			continue
+		}
+		if m.Meta.Applied < index {
+			out = append(out, Lag{Node: m.Name, Applied: m.Meta.Applied, Error: m.Meta.Error})
+		}
+	}
+	return out
+}
+
+// WaitApplied waits until every alive edge node has applied index, or ctx
+// ends; then it returns the nodes still behind.
+func (c *Cluster) WaitApplied(ctx context.Context, index uint64) ([]Lag, error) {
+	for {
+		changed := c.members.Changed()
+		lag := c.Lagging(index)
+		if len(lag) == 0 {
+			return nil, nil
+		}
+		select {
+		case <-ctx.Done():
+			return lag, ctx.Err()
+		case <-changed:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Voters returns the raft configuration's servers by ID.
+func (c *Cluster) Voters() map[string]raft.Server {
+	out := map[string]raft.Server{}
+	fut := c.node.raft.GetConfiguration()
+	if fut.Error() != nil {
+		return out
+	}
+	for _, s := range fut.Configuration().Servers {
+		out[string(s.ID)] = s
+	}
+	return out
+}
+
+// Leave hands leadership over when this node leads, then tells gossip it is
+// leaving, so the new leader removes it from the voters and peers stop
+// waiting for it. Raft and the stores are closed by Node.Shutdown after.
+func (c *Cluster) Leave(timeout time.Duration) {
+	if c.node.IsLeader() && len(c.Voters()) > 1 {
+		c.log.Info("transferring leadership before leaving")
+		if err := c.node.raft.LeadershipTransfer().Error(); err != nil {
+			c.log.Warn("leadership transfer", "err", err)
+		}
+	}
+	if err := c.members.Leave(timeout); err != nil {
+		c.log.Warn("leave gossip", "err", err)
+	}
+}

@@ -1,0 +1,330 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/fsm"
+)
+
+// testMember is one in-process node: raft + gossip + reconciler.
+type testMember struct {
+	name    string
+	node    *Node
+	fsm     *fsm.FSM
+	members *Membership
+	cluster *Cluster
+	cancel  context.CancelFunc
+	gossip  string
+	stopped bool
+}
+
+type memberOpts struct {
+	role   string
+	key    []byte
+	label  string
+	expect int
+	dir    string
+}
+
+func startMember(t *testing.T, name string, o memberOpts, join []string) *testMember {
+	t.Helper()
+	if o.role == "" {
+		o.role = RoleEdge
+	}
+	if o.dir == "" {
+		o.dir = t.TempDir()
+	}
+	cfg := fastConfig(t, o.dir)
+	cfg.NodeID = name
+	cfg.Bootstrap = false
+	f := fsm.New()
+	n, err := New(cfg, f, testLogger(t).With("node", name), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &testMember{name: name, node: n, fsm: f, gossip: freeUDPTCPAddr(t)}
+	meta := func() Meta {
+		return Meta{Role: o.role, RaftAddr: cfg.BindAddr, APIURL: "http://api-" + name, Bootstrapped: n.HasState(),
+			Applied: f.State().Index, Healthy: true}
+	}
+	m.members, err = NewMembership(GossipConfig{
+		NodeName: name, BindAddr: m.gossip, Key: o.key, Label: o.label,
+		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond,
+		GossipInterval: 20 * time.Millisecond, SuspicionMult: 2,
+	}, meta, testLogger(t).With("node", name))
+	if err != nil {
+		n.Shutdown()
+		t.Fatal(err)
+	}
+	m.cluster = NewCluster(n, m.members, testLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	rec := NewReconciler(n, m.members, o.expect, testLogger(t).With("node", name))
+	rec.interval = 50 * time.Millisecond
+	go rec.Run(ctx)
+	go m.members.RunRefresh(ctx, 20*time.Millisecond)
+	if len(join) > 0 {
+		jctx, jcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer jcancel()
+		if err := m.members.Join(jctx, join); err != nil {
+			t.Fatalf("%s join: %v", name, err)
+		}
+	}
+	t.Cleanup(m.crash)
+	return m
+}
+
+// crash stops the member without leaving: peers see it fail.
+func (m *testMember) crash() {
+	if m.stopped {
+		return
+	}
+	m.stopped = true
+	m.cancel()
+	m.members.Shutdown()
+	m.node.Shutdown()
+}
+
+// leave stops the member gracefully.
+func (m *testMember) leave() {
+	if m.stopped {
+		return
+	}
+	m.stopped = true
+	m.cluster.Leave(2 * time.Second)
+	m.cancel()
+	m.node.Shutdown()
+}
+
+func freeUDPTCPAddr(t *testing.T) string {
+	// memberlist binds TCP and UDP on the same port; a free TCP port is
+	// almost always free for UDP too on loopback.
+	return freeAddr(t)
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func leaderOf(ms ...*testMember) *testMember {
+	for _, m := range ms {
+		if !m.stopped && m.node.IsLeader() {
+			return m
+		}
+	}
+	return nil
+}
+
+func startThree(t *testing.T, o memberOpts) []*testMember {
+	o.expect = 3
+	a := startMember(t, "a", o, nil)
+	b := startMember(t, "b", o, []string{a.gossip})
+	c := startMember(t, "c", o, []string{b.gossip})
+	ms := []*testMember{a, b, c}
+	eventually(t, 15*time.Second, "a leader and three voters", func() bool {
+		l := leaderOf(ms...)
+		return l != nil && len(l.cluster.Voters()) == 3
+	})
+	return ms
+}
+
+func TestBootstrapExpectFormsOneClusterAndReplicates(t *testing.T) {
+	ms := startThree(t, memberOpts{key: make([]byte, 32), label: "test"})
+	l := leaderOf(ms...)
+	res, err := l.node.Apply(context.Background(), register(8080, "web", "10.0.0.1", 30080))
+	if err != nil || res.Err != nil {
+		t.Fatalf("apply: %v %v", err, res.Err)
+	}
+	eventually(t, 5*time.Second, "every node applied the route", func() bool {
+		for _, m := range ms {
+			if _, ok := m.fsm.State().Route(8080); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	// Followers point at the leader's API; the leader answers itself.
+	for _, m := range ms {
+		url, self, err := m.cluster.LeaderAPI()
+		if err != nil {
+			t.Fatalf("%s: LeaderAPI: %v", m.name, err)
+		}
+		if self != (m == l) || (!self && url != "http://api-"+l.name) {
+			t.Errorf("%s: LeaderAPI = %q self=%v, leader is %s", m.name, url, self, l.name)
+		}
+	}
+	// wait=applied sees every alive edge node reach the index.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if lag, err := l.cluster.WaitApplied(ctx, res.Index); err != nil {
+		t.Fatalf("wait applied: %v, lagging %v", err, lag)
+	}
+}
+
+func TestLeaderCrashElectsNewLeaderAndCatchesUp(t *testing.T) {
+	ms := startThree(t, memberOpts{})
+	old := leaderOf(ms...)
+	for i := 0; i < 5; i++ {
+		if res, err := old.node.Apply(context.Background(), register(9000+i, fmt.Sprintf("s%d", i), "10.0.0.1", 1)); err != nil || res.Err != nil {
+			t.Fatalf("apply: %v %v", err, res.Err)
+		}
+	}
+	old.crash()
+	var rest []*testMember
+	for _, m := range ms {
+		if m != old {
+			rest = append(rest, m)
+		}
+	}
+	eventually(t, 10*time.Second, "a new leader", func() bool { return leaderOf(rest...) != nil })
+	nl := leaderOf(rest...)
+	if res, err := nl.node.Apply(context.Background(), register(9100, "after", "10.0.0.2", 1)); err != nil || res.Err != nil {
+		t.Fatalf("apply on new leader: %v %v", err, res.Err)
+	}
+	// The crashed voter is reported and kept, not removed.
+	if _, ok := nl.cluster.Voters()[old.name]; !ok {
+		t.Errorf("crashed voter %s was removed from the configuration", old.name)
+	}
+	eventually(t, 5*time.Second, "followers converge", func() bool {
+		return rest[0].fsm.State().Hash() == rest[1].fsm.State().Hash() && rest[0].fsm.State().Len() == 6
+	})
+}
+
+func TestGracefulLeaveRemovesVoter(t *testing.T) {
+	ms := startThree(t, memberOpts{})
+	l := leaderOf(ms...)
+	var follower *testMember
+	for _, m := range ms {
+		if m != l {
+			follower = m
+			break
+		}
+	}
+	follower.leave()
+	eventually(t, 10*time.Second, "the leaver removed from the voters", func() bool {
+		_, ok := l.cluster.Voters()[follower.name]
+		return !ok
+	})
+	// The leader itself leaving hands leadership over first.
+	l.leave()
+	var rest []*testMember
+	for _, m := range ms {
+		if !m.stopped {
+			rest = append(rest, m)
+		}
+	}
+	eventually(t, 10*time.Second, "the last member leads alone", func() bool {
+		return len(rest) == 1 && rest[0].node.IsLeader()
+	})
+	if res, err := rest[0].node.Apply(context.Background(), register(9200, "solo", "10.0.0.3", 1)); err != nil || res.Err != nil {
+		t.Fatalf("apply on the survivor: %v %v", err, res.Err)
+	}
+}
+
+func TestWitnessKeepsPairWritable(t *testing.T) {
+	a := startMember(t, "edge-a", memberOpts{expect: 3}, nil)
+	b := startMember(t, "edge-b", memberOpts{expect: 3}, []string{a.gossip})
+	w := startMember(t, "witness", memberOpts{expect: 3, role: RoleWitness}, []string{a.gossip})
+	ms := []*testMember{a, b, w}
+	eventually(t, 15*time.Second, "three voters", func() bool {
+		l := leaderOf(ms...)
+		return l != nil && len(l.cluster.Voters()) == 3
+	})
+	// Kill whichever edge node leads (or edge-a when the witness leads).
+	victim := leaderOf(ms...)
+	if victim == w {
+		victim = a
+	}
+	victim.crash()
+	var rest []*testMember
+	for _, m := range ms {
+		if m != victim {
+			rest = append(rest, m)
+		}
+	}
+	eventually(t, 10*time.Second, "a leader among the survivors", func() bool { return leaderOf(rest...) != nil })
+	if res, err := leaderOf(rest...).node.Apply(context.Background(), register(9300, "still", "10.0.0.4", 1)); err != nil || res.Err != nil {
+		t.Fatalf("write after losing an edge node: %v %v", err, res.Err)
+	}
+	// Only edge nodes count for wait=applied; the witness never applies HAProxy.
+	for _, lag := range leaderOf(rest...).cluster.Lagging(0) {
+		t.Errorf("unexpected lag %v", lag)
+	}
+}
+
+func TestGossipWrongKeyOrLabelCannotJoin(t *testing.T) {
+	key := make([]byte, 32)
+	key[0] = 1
+	a := startMember(t, "a", memberOpts{key: key, label: "prod"}, nil)
+	for name, o := range map[string]memberOpts{
+		"wrong-key":   {key: make([]byte, 32), label: "prod"},
+		"no-key":      {label: "prod"},
+		"wrong-label": {key: key, label: "staging"},
+	} {
+		m := startMember(t, name, o, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		err := m.members.Join(ctx, []string{a.gossip})
+		cancel()
+		if err == nil {
+			t.Errorf("%s joined a cluster it should not", name)
+		}
+		for _, mem := range a.members.Members() {
+			if mem.Name == name {
+				t.Errorf("%s appears in the cluster's members", name)
+			}
+		}
+	}
+	// The right key and label do join.
+	ok := startMember(t, "right", memberOpts{key: key, label: "prod"}, []string{a.gossip})
+	eventually(t, 5*time.Second, "right member visible", func() bool { return len(ok.members.Members()) == 2 })
+}
+
+func TestQuorumLossRefusesWritesWithExplanation(t *testing.T) {
+	a := startMember(t, "a", memberOpts{expect: 2}, nil)
+	b := startMember(t, "b", memberOpts{expect: 2}, []string{a.gossip})
+	eventually(t, 15*time.Second, "pair formed", func() bool {
+		l := leaderOf(a, b)
+		return l != nil && len(l.cluster.Voters()) == 2
+	})
+	leader := leaderOf(a, b)
+	survivor := a
+	if leader == a {
+		survivor = b
+	}
+	leader.crash()
+	var mu sync.Mutex
+	var lastErr error
+	eventually(t, 10*time.Second, "the survivor to refuse writes with an explanation", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_, err := survivor.node.Apply(ctx, register(9400, "x", "10.0.0.5", 1))
+		mu.Lock()
+		lastErr = err
+		mu.Unlock()
+		return err != nil && containsAll(err.Error(), "quorum", "raft recover")
+	})
+	t.Logf("survivor answers: %v", lastErr)
+}
+
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
