@@ -60,9 +60,11 @@ func (c *Cluster) LeaderAPI() (string, bool, error) {
 	return m.Meta.APIURL, false, nil
 }
 
-// VerifyLeader confirms with a quorum that this node still leads, so a read
-// served after it is not stale.
+// VerifyLeader confirms with a quorum that this node still leads and that
+// its table holds every entry committed before the call, so a read served
+// after it is not stale.
 func (c *Cluster) VerifyLeader(ctx context.Context) error {
+	commit := c.node.raft.CommitIndex()
 	fut := c.node.raft.VerifyLeader()
 	done := make(chan error, 1)
 	go func() { done <- fut.Error() }()
@@ -71,10 +73,17 @@ func (c *Cluster) VerifyLeader(ctx context.Context) error {
 		if err != nil {
 			return c.node.translate(err)
 		}
-		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("%w: verify leadership: %v", ErrCommitTimeout, ctx.Err())
 	}
+	for c.node.raft.AppliedIndex() < commit {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: apply up to index %d: %v", ErrCommitTimeout, commit, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // Lag is an edge node that has not applied an index yet.

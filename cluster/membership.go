@@ -37,6 +37,8 @@ type Meta struct {
 	// Bootstrapped is true once the node has raft state (it belongs to a
 	// cluster); bootstrap-expect never forms a cluster with such a node.
 	Bootstrapped bool `json:"b,omitempty"`
+	// Index is the route-table index this node has applied from the log.
+	Index uint64 `json:"ti,omitempty"`
 	// Applied is the route-table index HAProxy runs on this node; ConfigHash
 	// identifies the rendered config; Healthy means HAProxy runs and is not
 	// behind this node's table; Error is the last HAProxy error, shortened.

@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,6 +68,10 @@ type Config struct {
 	TrailingLogs      uint64
 	// NoSync turns off fsync of the raft log. Only for benchmarks and tests.
 	NoSync bool
+	// TLS, when set, makes every raft connection mutual TLS with this config
+	// (used for both accepting and dialing; see LoadRaftTLS). Nil means
+	// plain TCP.
+	TLS *tls.Config
 }
 
 func (c *Config) setDefaults() {
@@ -192,7 +197,11 @@ func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer)
 	if adv.IP == nil || adv.IP.IsUnspecified() {
 		return fail(fmt.Errorf("raft advertise address %q is not dialable: set an advertise address", advertise))
 	}
-	n.transport, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 3, 10*time.Second, hlog)
+	if cfg.TLS != nil {
+		n.transport, err = newTLSTransport(cfg.BindAddr, adv, cfg.TLS, hlog, logger)
+	} else {
+		n.transport, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 3, 10*time.Second, hlog)
+	}
 	if err != nil {
 		return fail(fmt.Errorf("raft transport on %s: %w", cfg.BindAddr, err))
 	}

@@ -1,0 +1,385 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// Mutual TLS for the raft transport.
+//
+// Every raft peer is both a server (it accepts AppendEntries, votes, snapshot
+// installs) and a client (it sends them), so one *tls.Config serves both
+// sides: each side presents its node certificate and requires the other's to
+// chain to the cluster CA. A peer without such a certificate can neither
+// replicate from nor vote in the cluster.
+//
+// Peers dial each other by IP:port (the raft server address), and node
+// certificates are issued per machine, often without a DNS name. So the
+// identity check is "signed by our CA", not "issued for this host name":
+// the client side turns off the standard library's verification
+// (InsecureSkipVerify) and does the chain check itself in VerifyConnection,
+// against the same CA pool, with no host name. InsecureSkipVerify is never
+// set without that custom verification.
+
+const (
+	// tlsReloadInterval is how often, at most, the certificate, key and CA
+	// files are checked for changes (by modification time and size).
+	tlsReloadInterval = 5 * time.Second
+	// tlsHandshakeTimeout bounds the TLS handshake of one raft connection, so
+	// a peer that connects and stalls holds nothing but its own goroutine.
+	tlsHandshakeTimeout = 10 * time.Second
+)
+
+// TLSFiles names the PEM files for raft mutual TLS. All three are required.
+type TLSFiles struct {
+	// CAFile holds the certificate(s) of the CA that signs every node's
+	// certificate. Only peers with a certificate chaining to it may connect.
+	CAFile string
+	// CertFile is this node's certificate, optionally followed by
+	// intermediates. It is presented both when accepting and when dialing,
+	// so it should allow both server and client authentication (or carry no
+	// extended key usage at all).
+	CertFile string
+	// KeyFile is the private key of CertFile.
+	KeyFile string
+}
+
+// LoadRaftTLS loads the CA, certificate and key named by f and returns a
+// config for both ends of a raft connection: the accepting side requires a
+// client certificate signed by the CA; the dialing side verifies the peer's
+// certificate against the CA without a host name check (see the note at
+// the top of this file) and presents its own. TLS 1.2 is the minimum; Go
+// negotiates 1.3 whenever both ends support it. Set the result as
+// Config.TLS.
+//
+// The files are read now, and again when their modification time or size
+// changes (checked at most every few seconds, on the next handshake), so
+// certificates can be rotated without a restart. A rotation that leaves the
+// files inconsistent (a key that does not match the certificate, a CA that
+// did not sign it) keeps the previous material in use and is retried at the
+// next check.
+func LoadRaftTLS(f TLSFiles) (*tls.Config, error) {
+	return loadRaftTLS(f, time.Now)
+}
+
+// loadRaftTLS is LoadRaftTLS with the reload clock injected for tests.
+func loadRaftTLS(f TLSFiles, now func() time.Time) (*tls.Config, error) {
+	r := &tlsReloader{files: f, now: now}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// Accepting side.
+		ClientAuth: tls.RequireAndVerifyClientCert,
+		ClientCAs:  r.current().pool,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return r.current().cert, nil
+		},
+		// Dialing side. The chain check moved to VerifyConnection, which runs
+		// on both sides; see the note at the top of this file on why there
+		// is no host name. RootCAs is unused while InsecureSkipVerify is set
+		// and only keeps the config self-describing.
+		RootCAs:            r.current().pool,
+		InsecureSkipVerify: true,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return r.current().cert, nil
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyPeerChain(cs, r.current().pool)
+		},
+	}
+	// Hand every accepted handshake the current CA pool, so a rotated CA
+	// applies to the accepting side's standard verification too.
+	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := cfg.Clone()
+		c.ClientCAs = r.current().pool
+		return c, nil
+	}
+	return cfg, nil
+}
+
+// verifyPeerChain checks that the peer's leaf certificate chains to pool,
+// with any intermediates the peer sent, for any key usage and no host name.
+func verifyPeerChain(cs tls.ConnectionState, pool *x509.CertPool) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("raft tls: peer presented no certificate")
+	}
+	opts := x509.VerifyOptions{
+		Roots:         pool,
+		Intermediates: x509.NewCertPool(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}
+	for _, c := range cs.PeerCertificates[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+		return fmt.Errorf("raft tls: peer certificate %q is not signed by the cluster CA: %w",
+			cs.PeerCertificates[0].Subject.CommonName, err)
+	}
+	return nil
+}
+
+// check reports a missing file name.
+func (f TLSFiles) check() error {
+	switch {
+	case f.CAFile == "":
+		return errors.New("raft tls: CA file is not set")
+	case f.CertFile == "":
+		return errors.New("raft tls: certificate file is not set")
+	case f.KeyFile == "":
+		return errors.New("raft tls: key file is not set")
+	}
+	return nil
+}
+
+// tlsMaterial is one consistent set of loaded files.
+type tlsMaterial struct {
+	cert  *tls.Certificate
+	pool  *x509.CertPool
+	stamp [3]fileStamp // CA, cert, key, as they were when read
+}
+
+type fileStamp struct {
+	mod  time.Time
+	size int64
+}
+
+// tlsReloader holds the current material and reloads it from disk when the
+// files change, at most once per tlsReloadInterval.
+type tlsReloader struct {
+	files TLSFiles
+	now   func() time.Time
+
+	mu        sync.Mutex
+	mat       *tlsMaterial
+	lastCheck time.Time
+}
+
+// current returns the material to use for a handshake, reloading it first
+// when the check interval has passed and the files changed.
+func (r *tlsReloader) current() *tlsMaterial {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := r.now(); now.Sub(r.lastCheck) >= tlsReloadInterval {
+		r.lastCheck = now
+		if st, err := r.stamps(); err == nil && st != r.mat.stamp {
+			// On error the old material stays; the next check retries.
+			if mat, err := loadTLSMaterial(r.files); err == nil {
+				mat.stamp = st
+				r.mat = mat
+			}
+		}
+	}
+	return r.mat
+}
+
+// load reads the files for the first time; any problem is an error.
+func (r *tlsReloader) load() error {
+	if err := r.files.check(); err != nil {
+		return err
+	}
+	st, err := r.stamps()
+	if err != nil {
+		return err
+	}
+	mat, err := loadTLSMaterial(r.files)
+	if err != nil {
+		return err
+	}
+	mat.stamp = st
+	r.mu.Lock()
+	r.mat, r.lastCheck = mat, r.now()
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *tlsReloader) stamps() ([3]fileStamp, error) {
+	var st [3]fileStamp
+	for i, name := range []string{r.files.CAFile, r.files.CertFile, r.files.KeyFile} {
+		fi, err := os.Stat(name)
+		if err != nil {
+			return st, fmt.Errorf("raft tls: %w", err)
+		}
+		st[i] = fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	}
+	return st, nil
+}
+
+// loadTLSMaterial reads and cross-checks the three files: the key matches
+// the certificate and the certificate chains to the CA, so a misconfigured
+// node fails at start rather than at its first handshake.
+func loadTLSMaterial(f TLSFiles) (*tlsMaterial, error) {
+	caPEM, err := os.ReadFile(f.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("raft tls: read CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("raft tls: CA file %s holds no PEM certificate", f.CAFile)
+	}
+	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("raft tls: load certificate %s and key %s: %w", f.CertFile, f.KeyFile, err)
+	}
+	leaf := cert.Leaf
+	if leaf == nil { // LoadX509KeyPair fills Leaf since Go 1.23; be safe.
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("raft tls: parse certificate %s: %w", f.CertFile, err)
+		}
+	}
+	inter := x509.NewCertPool()
+	for _, der := range cert.Certificate[1:] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("raft tls: parse intermediate in %s: %w", f.CertFile, err)
+		}
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}); err != nil {
+		return nil, fmt.Errorf("raft tls: certificate %s does not verify against CA %s: %w", f.CertFile, f.CAFile, err)
+	}
+	return &tlsMaterial{cert: &cert, pool: pool}, nil
+}
+
+// tlsStreamLayer is a raft.StreamLayer over TLS. Accept never handshakes:
+// it hands raft a connection whose handshake runs, bounded by a deadline, on
+// first use in raft's per-connection goroutine, so one slow or bad client
+// never holds up the accept loop or other peers.
+type tlsStreamLayer struct {
+	ln               net.Listener
+	advertise        net.Addr
+	config           *tls.Config
+	handshakeTimeout time.Duration
+	log              *slog.Logger
+}
+
+var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
+
+// newTLSStreamLayer listens on bindAddr. config is used for both accepted
+// and dialed connections (LoadRaftTLS builds one that fits).
+func newTLSStreamLayer(bindAddr string, advertise net.Addr, config *tls.Config, logger *slog.Logger) (*tlsStreamLayer, error) {
+	if config == nil {
+		return nil, errors.New("raft tls: no TLS config")
+	}
+	ln, err := net.Listen("tcp", bindAddr)
+	if err != nil {
+		return nil, err
+	}
+	if advertise == nil {
+		advertise = ln.Addr()
+	}
+	return &tlsStreamLayer{
+		ln:               ln,
+		advertise:        advertise,
+		config:           config.Clone(),
+		handshakeTimeout: tlsHandshakeTimeout,
+		log:              logger,
+	}, nil
+}
+
+// newTLSTransport builds a raft transport whose connections all use mutual
+// TLS with config. It listens on bindAddr and tells peers advertise.
+func newTLSTransport(bindAddr string, advertise net.Addr, config *tls.Config, hlog hclog.Logger, logger *slog.Logger) (*raft.NetworkTransport, error) {
+	layer, err := newTLSStreamLayer(bindAddr, advertise, config, logger)
+	if err != nil {
+		return nil, err
+	}
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  layer,
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  hlog,
+	}), nil
+}
+
+// Accept returns the next inbound connection; its TLS handshake happens on
+// its first Read or Write.
+func (l *tlsStreamLayer) Accept() (net.Conn, error) {
+	c, err := l.ln.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &lazyServerConn{Conn: tls.Server(c, l.config), timeout: l.handshakeTimeout, log: l.log}, nil
+}
+
+// Close stops accepting connections.
+func (l *tlsStreamLayer) Close() error { return l.ln.Close() }
+
+// Addr is the address peers dial (the advertise address).
+func (l *tlsStreamLayer) Addr() net.Addr { return l.advertise }
+
+// Dial connects to a peer and completes the TLS handshake within timeout.
+func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	cfg := l.config
+	if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+		// A config with standard verification checks the peer's name;
+		// peers are dialed by IP, so verify against that.
+		host, _, err := net.SplitHostPort(string(address))
+		if err != nil {
+			return nil, fmt.Errorf("raft tls: peer address %q: %w", address, err)
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", string(address))
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", address, err)
+	}
+	return c, nil
+}
+
+// lazyServerConn is an accepted TLS connection that handshakes, within
+// timeout, on first use.
+type lazyServerConn struct {
+	*tls.Conn
+	timeout time.Duration
+	log     *slog.Logger
+
+	once sync.Once
+	err  error
+}
+
+func (c *lazyServerConn) handshake() error {
+	c.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		defer cancel()
+		if err := c.Conn.HandshakeContext(ctx); err != nil {
+			c.err = fmt.Errorf("raft tls handshake with %s: %w", c.RemoteAddr(), err)
+			if c.log != nil {
+				c.log.Warn("rejected raft connection", "remote", c.RemoteAddr().String(), "error", err)
+			}
+		}
+	})
+	return c.err
+}
+
+func (c *lazyServerConn) Read(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *lazyServerConn) Write(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
