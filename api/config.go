@@ -41,6 +41,7 @@ type StatusSource interface {
 const (
 	DefaultLegacyHeader      = "X-Funkypenguin-Token"
 	DefaultMaxBodyBytes      = 64 << 10
+	DefaultMaxSnapshotBytes  = 32 << 20
 	DefaultHookLease         = 30 * time.Minute
 	DefaultApplyTimeout      = 10 * time.Second
 	DefaultReadHeaderTimeout = 5 * time.Second
@@ -63,6 +64,9 @@ type Config struct {
 	LegacyHeader string
 	// MaxBodyBytes bounds a request body; larger bodies get 413.
 	MaxBodyBytes int64
+	// MaxSnapshotBytes bounds the body of POST /v1/snapshot (a whole route
+	// table), which MaxBodyBytes would refuse; larger snapshots get 413.
+	MaxSnapshotBytes int64
 	// HookLease is the lease given to backends registered through the
 	// recipe's hook, which re-posts every REPEAT_INTERVAL: a pod that died
 	// stops refreshing and its backend expires. 0 means hook registrations
@@ -95,6 +99,7 @@ func DefaultConfig() Config {
 	return Config{
 		LegacyHeader:      DefaultLegacyHeader,
 		MaxBodyBytes:      DefaultMaxBodyBytes,
+		MaxSnapshotBytes:  DefaultMaxSnapshotBytes,
 		HookLease:         DefaultHookLease,
 		ApplyTimeout:      DefaultApplyTimeout,
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
@@ -113,6 +118,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxSnapshotBytes == 0 {
+		c.MaxSnapshotBytes = DefaultMaxSnapshotBytes
 	}
 	if c.ApplyTimeout == 0 {
 		c.ApplyTimeout = DefaultApplyTimeout
@@ -156,6 +164,9 @@ func (c Config) Validate() error {
 	if c.MaxBodyBytes < 0 {
 		errs = append(errs, fmt.Errorf("max body bytes %d is negative", c.MaxBodyBytes))
 	}
+	if c.MaxSnapshotBytes < 0 {
+		errs = append(errs, fmt.Errorf("max snapshot bytes %d is negative", c.MaxSnapshotBytes))
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -191,9 +202,14 @@ func validHeaderName(s string) bool {
 	return s != ""
 }
 
-// Deps are the API's collaborators. Applier, State and Status are required.
+// Deps are the API's collaborators. Applier, State and Status are required;
+// the rest are optional and only matter in a cluster: without them a single
+// node serves every request itself, exactly as before clustering.
 type Deps struct {
-	// Applier commits writes (cluster/, forwarding to the leader as needed).
+	// Applier commits writes on this node. With Leader set, only the leader
+	// is asked to (followers forward the HTTP request instead); an Applier
+	// that finds itself no longer leader (a race with an election) returns
+	// an error and the write is answered 503, which clients retry.
 	Applier Applier
 	// State reads this node's applied route table.
 	State StateReader
@@ -209,4 +225,23 @@ type Deps struct {
 	Gatherer prometheus.Gatherer
 	// Now stamps lease ends; nil means time.Now.
 	Now func() time.Time
+
+	// Leader tells where writes go. nil: this node commits every write
+	// itself (a single node).
+	Leader Leader
+	// Consistency confirms leadership before a ?consistent=true read is
+	// served from the leader's state. nil: such reads are served locally
+	// once Leader (if any) says this node leads.
+	Consistency ConsistencyChecker
+	// AppliedWaiter serves ?wait=applied on writes. nil: the write waits
+	// for this node's own HAProxy (Status().HAProxy.AppliedIndex).
+	AppliedWaiter AppliedWaiter
+	// Cluster answers GET /v1/cluster. nil: a one-member cluster built from
+	// Status.
+	Cluster ClusterSource
+	// ForwardClient carries requests forwarded to the leader; cmd/ gives it
+	// the TLS configuration peers' APIs need. nil means NewForwardClient(nil).
+	// Each forwarded request carries its own deadline, so the client needs
+	// no overall Timeout.
+	ForwardClient *http.Client
 }

@@ -17,6 +17,9 @@ type Error struct {
 	Status int
 	// Message is what the client reads; it must not hold secrets.
 	Message string
+	// body, when set, is answered instead of {"error": Message}; it must
+	// carry Message in its own "error" field.
+	body any
 }
 
 // Error implements error.

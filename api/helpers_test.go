@@ -135,6 +135,13 @@ type env struct {
 // clock, and logs to t.Log (and a buffer). mod may adjust the config.
 func newEnv(t *testing.T, mod ...func(*api.Config)) *env {
 	t.Helper()
+	return newEnvDeps(t, nil, mod...)
+}
+
+// newEnvDeps is newEnv with a hook to set the optional Deps (Leader,
+// AppliedWaiter, …) before the API is built.
+func newEnvDeps(t *testing.T, deps func(*api.Deps), mod ...func(*api.Config)) *env {
+	t.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Tokens = []string{testToken, otherToken}
 	reserved, err := fsm.ParsePortRanges([]string{"9000-9002"})
@@ -155,7 +162,7 @@ func newEnv(t *testing.T, mod ...func(*api.Config)) *env {
 		logs:    &syncBuffer{},
 	}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), e.logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e.server, err = api.New(cfg, api.Deps{
+	d := api.Deps{
 		Applier:    e.cluster,
 		State:      f,
 		Status:     e.status,
@@ -163,7 +170,11 @@ func newEnv(t *testing.T, mod ...func(*api.Config)) *env {
 		Registerer: e.reg,
 		Gatherer:   e.reg,
 		Now:        func() time.Time { return fixedNow },
-	})
+	}
+	if deps != nil {
+		deps(&d)
+	}
+	e.server, err = api.New(cfg, d)
 	if err != nil {
 		t.Fatalf("api.New: %v", err)
 	}

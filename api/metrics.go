@@ -12,6 +12,7 @@ type metrics struct {
 	duration     *prometheus.HistogramVec
 	authFailures *prometheus.CounterVec
 	commits      *prometheus.CounterVec
+	forwarded    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -33,6 +34,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "drawbridge_commits_total",
 			Help: "Writes proposed by the API, by outcome.",
 		}, []string{"result"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drawbridge_http_forwarded_total",
+			Help: "Requests this node did not serve itself because it is not the leader, by result: ok (the leader answered), error (it could not be reached), no_leader, loop (a forwarded request reached a node that does not lead).",
+		}, []string{"result"}),
 	}
 	// Known label values start at 0, so rates and alerts work before the
 	// first failure.
@@ -41,6 +46,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	}
 	for _, r := range []string{commitOK, commitConflict, commitInvalid, commitNotFound, commitUnavailable} {
 		m.commits.WithLabelValues(r)
+	}
+	for _, r := range []string{forwardOK, forwardFailed, forwardNoLeader, forwardLoop} {
+		m.forwarded.WithLabelValues(r)
 	}
 	routes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "drawbridge_routes",
@@ -51,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		Help: "Backends over all routes in this node's applied route table.",
 	}, func() float64 { return float64(s.currentState().BackendCount()) })
 
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.commits, routes, backends} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.commits, m.forwarded, routes, backends} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register api metrics: %w", err)
 		}

@@ -1,11 +1,16 @@
 // Package api is drawbridge's HTTP surface: the recipe-compatible webhook
-// (POST /hooks/update-haproxy), the REST v1 route API, status, health and
-// metrics. Every node serves it; writes go through an Applier (cluster/,
-// which forwards to the leader) and are answered only once committed, reads
-// come from this node's applied state.
+// (POST /hooks/update-haproxy), the REST v1 route API, cluster status,
+// snapshots, health and metrics. Every node serves it. Writes are committed
+// by the leader: a follower authenticates the request, then forwards it to
+// the leader's API (credentials and all, marked with ForwardedByHeader so it
+// never hops twice) and streams the answer back; the answer comes once the
+// change is committed, or with ?wait=applied once every edge node's HAProxy
+// runs it. Reads come from this node's applied state; ?consistent=true
+// asks the leader.
 //
 // The package knows nothing of raft or HAProxy: it defines the small
-// interfaces it needs (Applier, StateReader, StatusSource), and cmd/ adapts
+// interfaces it needs (Applier, StateReader, StatusSource, and for a cluster
+// Leader, ConsistencyChecker, AppliedWaiter, ClusterSource), and cmd/ adapts
 // the real components to them, so handlers are tested against fakes.
 //
 // Input is allow-listed before it is proposed: ports are whole numbers in
@@ -32,13 +37,18 @@ import (
 
 // Server is the API. Build it with New, mount Handler, or run Serve.
 type Server struct {
-	cfg       Config
-	applier   Applier
-	stateSrc  StateReader
-	statusSrc StatusSource
-	log       *slog.Logger
-	now       func() time.Time
-	gatherer  prometheus.Gatherer
+	cfg         Config
+	applier     Applier
+	stateSrc    StateReader
+	statusSrc   StatusSource
+	leader      Leader             // nil: this node commits every write
+	consistency ConsistencyChecker // nil: nothing to verify
+	waiter      AppliedWaiter      // nil: wait for this node's HAProxy
+	cluster     ClusterSource      // nil: a cluster of one
+	client      *http.Client       // forwards to the leader
+	log         *slog.Logger
+	now         func() time.Time
+	gatherer    prometheus.Gatherer
 
 	auth    *authenticator
 	metrics *metrics
@@ -65,16 +75,21 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.New("api: Deps.Status is required")
 	}
 	s := &Server{
-		cfg:       cfg,
-		applier:   deps.Applier,
-		stateSrc:  deps.State,
-		statusSrc: deps.Status,
-		log:       deps.Logger,
-		now:       deps.Now,
-		gatherer:  deps.Gatherer,
-		auth:      newAuthenticator(cfg.Tokens, cfg.LegacyHeader),
-		empty:     &fsm.State{},
-		mux:       http.NewServeMux(),
+		cfg:         cfg,
+		applier:     deps.Applier,
+		stateSrc:    deps.State,
+		statusSrc:   deps.Status,
+		leader:      deps.Leader,
+		consistency: deps.Consistency,
+		waiter:      deps.AppliedWaiter,
+		cluster:     deps.Cluster,
+		client:      deps.ForwardClient,
+		log:         deps.Logger,
+		now:         deps.Now,
+		gatherer:    deps.Gatherer,
+		auth:        newAuthenticator(cfg.Tokens, cfg.LegacyHeader),
+		empty:       &fsm.State{},
+		mux:         http.NewServeMux(),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -82,6 +97,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.log = s.log.With("component", "api")
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.client == nil {
+		s.client = NewForwardClient(nil)
 	}
 	reg := deps.Registerer
 	if reg == nil {
@@ -115,17 +133,26 @@ func New(cfg Config, deps Deps) (*Server, error) {
 }
 
 // routes registers every endpoint. Handler names label the metrics.
+//
+// Writes (writeEndpoint) are committed by the leader and forwarded to it
+// from other nodes; reads (readEndpoint) are local unless ?consistent=true;
+// everything else (status, cluster, health, metrics) is always this node's
+// own answer, so it still answers when the leader is gone.
 func (s *Server) routes() {
 	const token, public = true, false
-	s.handle("POST /hooks/update-haproxy", "hook", token, s.handleHook)
+	body, snapshot := s.cfg.MaxBodyBytes, s.cfg.MaxSnapshotBytes
+	s.handle("POST /hooks/update-haproxy", "hook", token, s.writeEndpoint(body, s.handleHook))
 
-	s.handle("GET /v1/routes", "routes_list", token, s.handleListRoutes)
-	s.handle("GET /v1/routes/{port}", "route_get", token, s.handleGetRoute)
-	s.handle("PUT /v1/routes/{port}", "route_put", token, s.handlePutRoute)
-	s.handle("DELETE /v1/routes/{port}", "route_delete", token, s.handleDeleteRoute)
-	s.handle("POST /v1/routes/{port}/backends", "backend_register", token, s.handleRegisterBackend)
-	s.handle("DELETE /v1/routes/{port}/backends/{hostport}", "backend_deregister", token, s.handleDeregisterBackend)
+	s.handle("GET /v1/routes", "routes_list", token, s.readEndpoint(s.handleListRoutes))
+	s.handle("GET /v1/routes/{port}", "route_get", token, s.readEndpoint(s.handleGetRoute))
+	s.handle("PUT /v1/routes/{port}", "route_put", token, s.writeEndpoint(body, s.handlePutRoute))
+	s.handle("DELETE /v1/routes/{port}", "route_delete", token, s.writeEndpoint(body, s.handleDeleteRoute))
+	s.handle("POST /v1/routes/{port}/backends", "backend_register", token, s.writeEndpoint(body, s.handleRegisterBackend))
+	s.handle("DELETE /v1/routes/{port}/backends/{hostport}", "backend_deregister", token, s.writeEndpoint(body, s.handleDeregisterBackend))
+	s.handle("GET /v1/snapshot", "snapshot_save", token, s.readEndpoint(s.handleSnapshotSave))
+	s.handle("POST /v1/snapshot", "snapshot_restore", token, s.writeEndpoint(snapshot, s.handleSnapshotRestore))
 	s.handle("GET /v1/status", "status", token, s.handleStatus)
+	s.handle("GET /v1/cluster", "cluster", token, s.handleCluster)
 
 	s.handle("GET /healthz", "healthz", public, s.handleHealthz)
 	s.handle("GET /readyz", "readyz", public, s.handleReadyz)
@@ -171,6 +198,10 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
+	}
+	if e.body != nil {
+		writeJSON(w, e.Status, e.body)
+		return
 	}
 	writeError(w, e.Status, e.Message)
 }
@@ -293,11 +324,14 @@ func (s *Server) currentState() *fsm.State {
 
 // commit proposes cmd and waits for it, bounded by Config.ApplyTimeout. It
 // returns an *Error for anything but success: 503 when the cluster could not
-// commit, and the domain error's status (400, 404, 409) otherwise.
+// commit, and the domain error's status (400, 404, 409) otherwise. When the
+// request asked ?wait=applied (writeEndpoint put the timeout in ctx), a
+// successful commit then waits for it to be applied everywhere: 504 if that
+// takes too long.
 func (s *Server) commit(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+	applyCtx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
 	defer cancel()
-	res, err := s.applier.Apply(ctx, cmd)
+	res, err := s.applier.Apply(applyCtx, cmd)
 	if err != nil {
 		s.metrics.commits.WithLabelValues(commitUnavailable).Inc()
 		s.log.Warn("write not committed", "command", cmd.Type().String(), "err", err)
@@ -313,6 +347,11 @@ func (s *Server) commit(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 		return res, &Error{Status: status, Message: message(res.Err)}
 	}
 	s.metrics.commits.WithLabelValues(commitOK).Inc()
+	if wait, ok := ctx.Value(waitKey{}).(time.Duration); ok && wait > 0 {
+		if err := s.waitApplied(ctx, res.Index, wait); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
 }
 

@@ -12,6 +12,8 @@ import (
 type Status struct {
 	// Node is this node's name.
 	Node string `json:"node"`
+	// Role is RoleEdge or RoleWitness; the API reports "" as RoleEdge.
+	Role string `json:"role"`
 	// Version is the drawbridge build version.
 	Version string        `json:"version"`
 	Raft    RaftStatus    `json:"raft"`
@@ -19,7 +21,9 @@ type Status struct {
 	HAProxy HAProxyStatus `json:"haproxy"`
 }
 
-// RaftStatus is this node's raft view.
+// RaftStatus is this node's raft view. It comes from the StatusSource alone:
+// GET /v1/status is never forwarded, so a node that lost its leader still
+// says so (Leader "") whether or not forwarding is configured.
 type RaftStatus struct {
 	// State is the raft role: "Leader", "Follower", "Candidate" or "Shutdown".
 	State string `json:"state"`
@@ -70,6 +74,9 @@ type FailedPort struct {
 // status builds the full status: the source's view plus the local state.
 func (s *Server) status() Status {
 	st := s.statusSrc.Status()
+	if st.Role == "" {
+		st.Role = RoleEdge
+	}
 	state := s.currentState()
 	st.State = StateStatus{
 		Index:    state.Index,
@@ -93,9 +100,10 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) error {
 
 // handleReadyz answers readiness: HAProxy runs and runs a config at least as
 // new as this node's route table. A load balancer (or the floating-IP owner
-// check) should send traffic only to ready nodes.
+// check) should send traffic only to ready nodes. A witness runs no HAProxy:
+// it is ready when it sees a raft leader.
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) error {
-	if reason := s.notReady(); reason != "" {
+	if reason := notReady(s.status()); reason != "" {
 		writeText(w, http.StatusServiceUnavailable, "not ready: "+reason)
 		return nil
 	}
@@ -103,10 +111,15 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// notReady returns why this node is not ready, or "".
-func (s *Server) notReady() string {
-	hp := s.statusSrc.Status().HAProxy
-	index := s.currentState().Index
+// notReady returns why the node st describes is not ready, or "".
+func notReady(st Status) string {
+	if st.Role == RoleWitness {
+		if st.Raft.Leader == "" {
+			return "witness sees no raft leader (election in progress or quorum lost); a witness runs no haproxy"
+		}
+		return ""
+	}
+	hp, index := st.HAProxy, st.State.Index
 	switch {
 	case !hp.Running:
 		return "haproxy is not running"
