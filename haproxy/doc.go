@@ -1,0 +1,33 @@
+// Package haproxy renders, checks and applies the HAProxy configuration of
+// one drawbridge node.
+//
+// It takes plain values (Frontend, Server, Settings) so it knows nothing of
+// the route table or of raft. Render is pure and deterministic; Manager owns
+// the local HAProxy master-worker process.
+//
+// Why it works the way it does:
+//
+//   - HAProxy runs daemonized in its own session (-W -D -S master.sock), so
+//     the agent stopping or crashing never stops traffic; a new Manager on the
+//     same directory adopts the running master instead of restarting it.
+//   - Submissions are coalesced (QuietWindow / MaxDelay) because one
+//     `haproxy -c` and one reload per burst is what keeps a busy node cheap;
+//     a single goroutine does every check, install and reload, so reloads are
+//     strictly serialized (the master CLI refuses connections while the
+//     master re-executes).
+//   - Nothing reaches haproxy.cfg without passing `haproxy -W -c`. -W because
+//     a master-worker accepts a configuration with no frontend, which plain -c
+//     refuses.
+//   - `haproxy -c` does not bind, so a port held by another process would only
+//     fail at reload time and fail the whole reload. The Manager therefore
+//     probes every port the live configuration does not serve yet and holds
+//     back (Status.FailedPorts) the frontends it cannot bind, retrying them
+//     every RetryInterval.
+//   - A reload is confirmed through `show proc`: the master's reload counter
+//     went up, its [failed: N] counter did not, and a worker with 0 reloads
+//     exists. On failure haproxy.cfg.last-good is put back; the old workers
+//     keep serving.
+//   - HAProxy needs about 2*MaxConn file descriptors and refuses to start if
+//     the hard RLIMIT_NOFILE is lower (the default MaxConn of 20000 needs
+//     ~40k); run the agent with a matching LimitNOFILE.
+package haproxy

@@ -1,0 +1,158 @@
+package haproxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// haproxyBin returns the haproxy binary or skips the test.
+func haproxyBin(tb testing.TB) string {
+	tb.Helper()
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		tb.Skip("haproxy not installed (apt-get install haproxy)")
+	}
+	return bin
+}
+
+// checkConfig runs haproxy -c on cfg.
+func checkConfig(tb testing.TB, cfg []byte) error {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "haproxy.cfg")
+	if err := os.WriteFile(path, cfg, 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	return Validate(context.Background(), haproxyBin(tb), path)
+}
+
+// freePort returns a TCP port that was free a moment ago.
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// echoBackend listens on 127.0.0.1 and greets every connection with reply.
+func echoBackend(tb testing.TB, reply string) int {
+	tb.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.WriteString(c, reply+"\n")
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// dialRead connects to 127.0.0.1:port and returns the first line received.
+func dialRead(port int) (string, error) {
+	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(tb testing.TB, d time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type tbWriter struct{ tb testing.TB }
+
+func (w tbWriter) Write(p []byte) (int, error) {
+	w.tb.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// testConfig returns a Manager config for dir with short timings and a
+// MaxConn that fits the test machine's file descriptor limit.
+func testConfig(tb testing.TB, dir string) Config {
+	return Config{
+		Bin: haproxyBin(tb),
+		Dir: dir,
+		Settings: Settings{
+			BindAddress: "127.0.0.1",
+			MaxConn:     1000,
+		},
+		RetryInterval:  200 * time.Millisecond,
+		HealthInterval: 100 * time.Millisecond,
+		Logger:         slog.New(slog.NewTextHandler(tbWriter{tb}, nil)),
+	}
+}
+
+// startManager starts a Manager and registers cleanups that stop its loop
+// and the HAProxy it runs.
+func startManager(tb testing.TB, cfg Config) *Manager {
+	tb.Helper()
+	m, err := NewManager(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := m.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		m.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := m.StopHAProxy(ctx); err != nil {
+			tb.Error(err)
+		}
+	})
+	return m
+}
+
+func waitApplied(tb testing.TB, m *Manager, index uint64) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := m.WaitApplied(ctx, index); err != nil {
+		tb.Fatalf("%v (status %+v)", err, m.Status())
+	}
+}
+
+func route(port int, name string, backends ...int) Frontend {
+	fe := Frontend{Port: port, Name: name, Balance: "roundrobin"}
+	for _, b := range backends {
+		fe.Servers = append(fe.Servers, Server{Address: "127.0.0.1", Port: b})
+	}
+	return fe
+}

@@ -1,0 +1,703 @@
+package haproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a Manager.
+type Config struct {
+	// Bin is the haproxy binary; default "haproxy" looked up in PATH.
+	Bin string
+	// Dir is the runtime directory: haproxy.cfg, haproxy.cfg.last-good,
+	// master.sock, haproxy.pid (and haproxy.start.log).
+	Dir      string
+	Settings Settings
+	// QuietWindow: apply once no submission arrived for this long (default
+	// 20ms)...
+	QuietWindow time.Duration
+	// MaxDelay: ...but never later than this after the first pending
+	// submission (default 250ms).
+	MaxDelay time.Duration
+	// ReloadTimeout bounds starting a master and confirming a reload
+	// (default 10s).
+	ReloadTimeout time.Duration
+	// RetryInterval is how often ports held back because they could not be
+	// bound are probed again, without a new submission (default 3s).
+	RetryInterval time.Duration
+	// HealthInterval is how often the master process is checked (default 1s).
+	HealthInterval time.Duration
+	Logger         *slog.Logger
+	// Registerer receives the drawbridge_haproxy_* metrics; nil = none.
+	Registerer prometheus.Registerer
+}
+
+// PortFailure is a frontend held back because its port could not be bound
+// on this node (typically another process listens on it).
+type PortFailure struct {
+	Port  int
+	Name  string
+	Error string
+}
+
+// Status is a snapshot of what the Manager knows about HAProxy.
+type Status struct {
+	Running   bool
+	MasterPID int
+	Adopted   bool // the master was already running when Start was called
+	Version   string
+
+	// AppliedIndex is the index of the latest submission that is live,
+	// possibly without frontends held back (see FailedPorts).
+	AppliedIndex uint64
+	ConfigHash   string // Hash of the live haproxy.cfg
+	AppliedAt    time.Time
+
+	Reloads            uint64
+	LastReloadAt       time.Time
+	LastReloadDuration time.Duration
+	Restarts           uint64 // masters started again after dying
+
+	LastError   string
+	LastErrorAt time.Time
+	FailedPorts []PortFailure
+}
+
+// submission is one Submit call.
+type submission struct {
+	index uint64
+	fes   []Frontend
+}
+
+// Manager keeps a local HAProxy master-worker in line with the latest
+// submitted frontends. All HAProxy operations (render, check, install,
+// reload, restart, stop) run one at a time; Submit never blocks.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+
+	cfgPath, lastGoodPath, sockPath, pidPath string
+
+	mu           sync.Mutex
+	status       Status
+	changed      chan struct{} // closed and replaced on every status change
+	pending      *submission   // latest submission not yet taken by the loop
+	firstPending time.Time
+	lastSubmit   time.Time
+	stopped      bool // StopHAProxy was called: do not restart the master
+	wake         chan struct{}
+
+	// opMu serialises every operation on the HAProxy process and the files
+	// in Dir. The fields below are guarded by it.
+	opMu        sync.Mutex
+	desired     *submission // latest submission taken by the loop
+	appliedHash string
+	served      map[int]bool // ports the live configuration binds
+	retry       bool         // re-apply desired on the next retry tick
+
+	startOnce sync.Once
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+// NewManager checks cfg and the HAProxy binary; it starts nothing.
+func NewManager(cfg Config) (*Manager, error) {
+	if cfg.Bin == "" {
+		cfg.Bin = "haproxy"
+	}
+	bin, err := exec.LookPath(cfg.Bin)
+	if err != nil {
+		return nil, fmt.Errorf("haproxy binary %q not found (install it, e.g. `apt-get install haproxy`): %w", cfg.Bin, err)
+	}
+	cfg.Bin = bin
+	if cfg.Dir == "" {
+		return nil, errors.New("haproxy: Config.Dir is required")
+	}
+	if cfg.Dir, err = filepath.Abs(cfg.Dir); err != nil {
+		return nil, fmt.Errorf("haproxy: %w", err)
+	}
+	cfg.Settings = cfg.Settings.WithDefaults()
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.QuietWindow, 20*time.Millisecond)
+	def(&cfg.MaxDelay, 250*time.Millisecond)
+	def(&cfg.ReloadTimeout, 10*time.Second)
+	def(&cfg.RetryInterval, 3*time.Second)
+	def(&cfg.HealthInterval, time.Second)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{
+		cfg:          cfg,
+		log:          cfg.Logger.With("component", "haproxy"),
+		metrics:      met,
+		cfgPath:      filepath.Join(cfg.Dir, "haproxy.cfg"),
+		lastGoodPath: filepath.Join(cfg.Dir, "haproxy.cfg.last-good"),
+		sockPath:     filepath.Join(cfg.Dir, "master.sock"),
+		pidPath:      filepath.Join(cfg.Dir, "haproxy.pid"),
+		changed:      make(chan struct{}),
+		wake:         make(chan struct{}, 1),
+		served:       map[int]bool{},
+	}, nil
+}
+
+// Start adopts the HAProxy master already running from Dir (pid file names
+// a live process whose master CLI answers `show proc`) without restarting or
+// reloading it, or else starts one from the configuration on disk (an empty
+// one when there is none). It then runs the apply loop until Close.
+func (m *Manager) Start(ctx context.Context) error {
+	err := errors.New("haproxy manager already started")
+	m.startOnce.Do(func() { err = m.start(ctx) })
+	return err
+}
+
+func (m *Manager) start(ctx context.Context) error {
+	if err := os.MkdirAll(m.cfg.Dir, 0o755); err != nil {
+		return fmt.Errorf("haproxy runtime dir: %w", err)
+	}
+	m.opMu.Lock()
+	p, adopted := m.adopt(ctx)
+	var err error
+	if !adopted {
+		p, err = m.startFromDisk(ctx)
+	}
+	m.opMu.Unlock()
+	if err != nil {
+		return err
+	}
+	m.update(func(s *Status) {
+		s.Running, s.MasterPID, s.Adopted, s.Version = true, p.MasterPID, adopted, p.Version
+		s.ConfigHash = m.appliedHash
+	})
+	m.metrics.setRunning(true)
+	m.log.Info("haproxy master ready", "pid", p.MasterPID, "adopted", adopted, "version", p.Version)
+
+	loopCtx, cancel := context.WithCancel(context.Background())
+	m.cancel, m.done = cancel, make(chan struct{})
+	go m.run(loopCtx)
+	return nil
+}
+
+// adopt takes over a running master. It gives a master in the middle of a
+// reload a moment to answer.
+func (m *Manager) adopt(ctx context.Context) (procInfo, bool) {
+	pid, err := readPIDFile(m.pidPath)
+	if err != nil || !processAlive(pid) {
+		return procInfo{}, false
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		p, err := showProc(ctx, m.sockPath)
+		if err == nil && p.MasterPID == pid {
+			cfg, err := os.ReadFile(m.cfgPath)
+			if err != nil {
+				m.log.Warn("adopted haproxy but cannot read its config", "err", err)
+			}
+			m.appliedHash, m.served = Hash(cfg), boundPorts(cfg)
+			return p, true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil || !processAlive(pid) {
+			m.log.Warn("haproxy pid file names a live process whose master CLI does not answer; starting a new master", "pid", pid, "err", err)
+			return procInfo{}, false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// startFromDisk starts a master from haproxy.cfg, else from last-good, else
+// from an empty configuration, each only if it passes haproxy -c and the
+// master comes up with it (a port taken meanwhile makes it fail).
+func (m *Manager) startFromDisk(ctx context.Context) (procInfo, error) {
+	var errs []error
+	candidates := []string{m.cfgPath, m.lastGoodPath, ""}
+	for _, path := range candidates {
+		var cfg []byte
+		if path == "" {
+			cfg = Render(m.cfg.Settings, nil)
+		} else {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				if !os.IsNotExist(err) {
+					errs = append(errs, err)
+				}
+				continue
+			}
+			cfg = b
+		}
+		tmp, err := m.writeTemp(cfg)
+		if err != nil {
+			return procInfo{}, err
+		}
+		if err := Validate(ctx, m.cfg.Bin, tmp); err != nil {
+			os.Remove(tmp)
+			errs = append(errs, err)
+			continue
+		}
+		if err := os.Rename(tmp, m.cfgPath); err != nil {
+			os.Remove(tmp)
+			return procInfo{}, fmt.Errorf("install haproxy config: %w", err)
+		}
+		syncDir(m.cfg.Dir)
+		p, err := m.startMaster(ctx)
+		if err != nil {
+			errs = append(errs, err)
+			m.log.Warn("haproxy failed to start", "config", path, "err", err)
+			continue
+		}
+		m.appliedHash, m.served = Hash(cfg), boundPorts(cfg)
+		if path != m.cfgPath {
+			m.retry = true // what is live is a fallback; re-apply the desired routes
+		}
+		return p, nil
+	}
+	return procInfo{}, fmt.Errorf("start haproxy: %w", errors.Join(errs...))
+}
+
+// Submit hands the Manager the frontends of route table index. It never
+// blocks; the latest submission wins and bursts are coalesced.
+func (m *Manager) Submit(index uint64, fes []Frontend) {
+	cp := make([]Frontend, len(fes))
+	for i, fe := range fes {
+		fe.Servers = slices.Clone(fe.Servers)
+		cp[i] = fe
+	}
+	now := time.Now()
+	m.mu.Lock()
+	if m.pending == nil {
+		m.firstPending = now
+	}
+	m.pending = &submission{index: index, fes: cp}
+	m.lastSubmit = now
+	m.mu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Status returns a copy of the current status.
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.status
+	s.FailedPorts = slices.Clone(s.FailedPorts)
+	return s
+}
+
+// WaitApplied blocks until AppliedIndex >= index or ctx ends.
+func (m *Manager) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		m.mu.Lock()
+		applied, ch := m.status.AppliedIndex, m.changed
+		m.mu.Unlock()
+		if applied >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for haproxy to apply index %d (applied %d): %w", index, applied, ctx.Err())
+		}
+	}
+}
+
+// Close stops the apply loop. HAProxy keeps running and serving the last
+// applied configuration: stopping the agent never stops traffic. A new
+// Manager on the same Dir adopts it.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	cancel, done := m.cancel, m.done
+	m.cancel = nil
+	m.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	return nil
+}
+
+// StopHAProxy stops the master and its workers (soft stop, then kill) and
+// keeps the Manager from starting it again. For tests and uninstall.
+func (m *Manager) StopHAProxy(ctx context.Context) error {
+	m.mu.Lock()
+	m.stopped = true
+	pid := m.status.MasterPID
+	m.mu.Unlock()
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	if p, err := readPIDFile(m.pidPath); err == nil {
+		pid = p
+	}
+	grace := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		grace = time.Until(d) / 2
+	}
+	err := stopMaster(ctx, pid, grace)
+	if err == nil {
+		_ = os.Remove(m.pidPath)
+	}
+	m.update(func(s *Status) { s.Running = false })
+	m.metrics.setRunning(false)
+	return err
+}
+
+// update changes the status under the lock and wakes WaitApplied callers.
+func (m *Manager) update(f func(*Status)) {
+	m.mu.Lock()
+	f(&m.status)
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+func (m *Manager) recordError(msg string, err error) {
+	text := msg
+	if err != nil {
+		text = msg + ": " + err.Error()
+	}
+	m.update(func(s *Status) { s.LastError, s.LastErrorAt = text, time.Now() })
+	if err != nil {
+		m.log.Error(msg, "err", err)
+	} else {
+		m.log.Error(msg)
+	}
+}
+
+// run is the apply loop: it owns every HAProxy operation after Start.
+func (m *Manager) run(ctx context.Context) {
+	defer close(m.done)
+	health := time.NewTicker(m.cfg.HealthInterval)
+	defer health.Stop()
+	retry := time.NewTicker(m.cfg.RetryInterval)
+	defer retry.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		m.mu.Lock()
+		due, has := m.firstPending.Add(m.cfg.MaxDelay), m.pending != nil
+		if q := m.lastSubmit.Add(m.cfg.QuietWindow); q.Before(due) {
+			due = q
+		}
+		m.mu.Unlock()
+		if has {
+			wait := time.Until(due)
+			if wait <= 0 {
+				m.applyPending(ctx)
+				continue
+			}
+			timer.Reset(wait)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.wake:
+		case <-timer.C:
+		case <-health.C:
+			m.checkHealth(ctx)
+		case <-retry.C:
+			m.opMu.Lock()
+			sub, again := m.desired, m.retry
+			m.opMu.Unlock()
+			m.mu.Lock()
+			again = again && !has && m.pending == nil
+			m.mu.Unlock()
+			if again && sub != nil {
+				m.apply(ctx, sub)
+			}
+		}
+	}
+}
+
+func (m *Manager) applyPending(ctx context.Context) {
+	m.mu.Lock()
+	sub := m.pending
+	m.pending = nil
+	m.mu.Unlock()
+	if sub != nil {
+		m.apply(ctx, sub)
+	}
+}
+
+// apply makes sub live: probe new ports, render, skip if unchanged, check,
+// install, reload and confirm. A configuration that fails haproxy -c is
+// never installed.
+func (m *Manager) apply(ctx context.Context, sub *submission) {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.desired = sub
+	m.retry = false
+	m.mu.Lock()
+	stopped := m.stopped
+	m.mu.Unlock()
+	if stopped {
+		return
+	}
+	s := m.cfg.Settings
+
+	kept, failed := m.probe(sub.fes)
+	cfg, renderErr := RenderChecked(s, kept)
+	hash := Hash(cfg)
+	if renderErr != nil {
+		m.log.Warn("render left out values", "index", sub.index, "err", renderErr)
+	}
+	if hash == m.appliedHash {
+		m.recordApplied(sub.index, hash, failed, false, 0)
+		return
+	}
+
+	tmp, err := m.writeTemp(cfg)
+	if err != nil {
+		m.recordError("write haproxy config", err)
+		return
+	}
+	defer os.Remove(tmp)
+	vStart := time.Now()
+	err = Validate(ctx, m.cfg.Bin, tmp)
+	if m.metrics != nil {
+		m.metrics.validationDuration.Observe(time.Since(vStart).Seconds())
+	}
+	if err != nil {
+		if m.metrics != nil {
+			m.metrics.validationFailures.Inc()
+		}
+		m.recordError(fmt.Sprintf("haproxy config for index %d rejected, keeping the live one", sub.index), err)
+		return
+	}
+	if err := m.install(tmp); err != nil {
+		m.recordError("install haproxy config", err)
+		return
+	}
+
+	rStart := time.Now()
+	err = m.reload(ctx)
+	took := time.Since(rStart)
+	if err != nil {
+		if m.metrics != nil {
+			m.metrics.reloadFailures.Inc()
+		}
+		if rerr := m.restoreLastGood(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		// A port may have been taken between the probe and the reload: probe
+		// again so the next attempt holds it back.
+		_, again := m.probe(kept)
+		if len(again) > 0 {
+			m.retry = true
+			for _, f := range again {
+				err = fmt.Errorf("%w; port %d (%s): %s", err, f.Port, f.Name, f.Error)
+			}
+		}
+		m.recordError(fmt.Sprintf("reload haproxy for index %d failed, old workers keep serving", sub.index), err)
+		return
+	}
+	m.appliedHash, m.served = hash, boundPorts(cfg)
+	if m.metrics != nil {
+		m.metrics.reloads.Inc()
+		m.metrics.reloadDuration.Observe(took.Seconds())
+	}
+	m.log.Info("haproxy reloaded", "index", sub.index, "hash", hash[:12], "frontends", len(kept),
+		"held_back", len(failed), "took", took)
+	m.recordApplied(sub.index, hash, failed, true, took)
+}
+
+// probe splits fes into those whose port is served already or can be bound
+// now, and those held back.
+func (m *Manager) probe(fes []Frontend) (kept []Frontend, failed []PortFailure) {
+	for _, fe := range fes {
+		if !m.served[fe.Port] {
+			if err := probePort(m.cfg.Settings.BindAddress, fe.Port); err != nil {
+				failed = append(failed, PortFailure{Port: fe.Port, Name: fe.Name, Error: err.Error()})
+				continue
+			}
+		}
+		kept = append(kept, fe)
+	}
+	slices.SortFunc(failed, func(a, b PortFailure) int { return a.Port - b.Port })
+	return kept, failed
+}
+
+func (m *Manager) recordApplied(index uint64, hash string, failed []PortFailure, reloaded bool, took time.Duration) {
+	m.mu.Lock()
+	same := slices.Equal(failed, m.status.FailedPorts)
+	m.mu.Unlock()
+	if len(failed) > 0 {
+		m.retry = true
+	}
+	if len(failed) > 0 && !same {
+		var parts []string
+		for _, f := range failed {
+			parts = append(parts, fmt.Sprintf("%d (%s): %s", f.Port, f.Name, f.Error))
+		}
+		m.recordError("frontends held back, port cannot be bound", errors.New(strings.Join(parts, "; ")))
+	}
+	now := time.Now()
+	m.update(func(s *Status) {
+		if index > s.AppliedIndex {
+			s.AppliedIndex = index
+		}
+		s.ConfigHash, s.AppliedAt, s.FailedPorts = hash, now, failed
+		if reloaded {
+			s.Reloads++
+			s.LastReloadAt, s.LastReloadDuration = now, took
+		}
+		if m.metrics != nil {
+			m.metrics.appliedIndex.Set(float64(s.AppliedIndex))
+		}
+	})
+}
+
+// writeTemp writes cfg to a new file in Dir and fsyncs it.
+func (m *Manager) writeTemp(cfg []byte) (string, error) {
+	f, err := os.CreateTemp(m.cfg.Dir, "haproxy.cfg.tmp-*")
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.Write(cfg); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// install keeps the live haproxy.cfg as haproxy.cfg.last-good and renames
+// tmp over haproxy.cfg; both steps are atomic renames.
+func (m *Manager) install(tmp string) error {
+	if _, err := os.Stat(m.cfgPath); err == nil {
+		if err := replaceWithLink(m.cfgPath, m.lastGoodPath); err != nil {
+			return fmt.Errorf("keep last-good: %w", err)
+		}
+	}
+	if err := os.Rename(tmp, m.cfgPath); err != nil {
+		return err
+	}
+	syncDir(m.cfg.Dir)
+	return nil
+}
+
+// restoreLastGood puts haproxy.cfg.last-good back as haproxy.cfg, so that a
+// later restart of the master uses the configuration the workers run.
+func (m *Manager) restoreLastGood() error {
+	if _, err := os.Stat(m.lastGoodPath); err != nil {
+		return fmt.Errorf("restore last-good: %w", err)
+	}
+	if err := replaceWithLink(m.lastGoodPath, m.cfgPath); err != nil {
+		return fmt.Errorf("restore last-good: %w", err)
+	}
+	syncDir(m.cfg.Dir)
+	return nil
+}
+
+// replaceWithLink atomically makes dst a hard link to src's content.
+func replaceWithLink(src, dst string) error {
+	tmp := dst + ".tmp-link"
+	_ = os.Remove(tmp)
+	if err := os.Link(src, tmp); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}
+
+// reload asks the master to reload and waits until `show proc` confirms it:
+// the reload counter went up, the failure counter did not, and a new worker
+// exists. The master CLI refuses connections while the master re-executes.
+func (m *Manager) reload(ctx context.Context) error {
+	before, err := showProc(ctx, m.sockPath)
+	if err != nil {
+		return fmt.Errorf("reload haproxy: master not answering: %w", err)
+	}
+	// The connection is closed or reset when the master re-executes; that
+	// is the expected answer, so only a failure to connect counts.
+	var opErr *net.OpError
+	if _, err := masterCommand(ctx, m.sockPath, "reload"); errors.As(err, &opErr) && opErr.Op == "dial" {
+		return fmt.Errorf("reload haproxy: %w", err)
+	}
+	deadline := time.Now().Add(m.cfg.ReloadTimeout)
+	var last error
+	for {
+		p, err := showProc(ctx, m.sockPath)
+		switch {
+		case err != nil:
+			last = err
+		case p.Failed > before.Failed:
+			return fmt.Errorf("reload haproxy: master reported a failed reload (failed: %d)", p.Failed)
+		case p.Reloads > before.Reloads && p.hasNewWorker():
+			m.update(func(s *Status) { s.MasterPID, s.Version = p.MasterPID, p.Version })
+			return nil
+		default:
+			last = fmt.Errorf("reloads %d -> %d, no new worker yet", before.Reloads, p.Reloads)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("reload haproxy: not confirmed within %v: %w", m.cfg.ReloadTimeout, last)
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("reload haproxy: %w", ctx.Err())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkHealth restarts the master from the last installed configuration
+// when it has died.
+func (m *Manager) checkHealth(ctx context.Context) {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.mu.Lock()
+	pid, stopped := m.status.MasterPID, m.stopped
+	m.mu.Unlock()
+	if stopped || processAlive(pid) {
+		return
+	}
+	m.metrics.setRunning(false)
+	m.update(func(s *Status) { s.Running = false })
+	m.recordError(fmt.Sprintf("haproxy master %d died, restarting it", pid), nil)
+	p, err := m.startFromDisk(ctx)
+	if err != nil {
+		m.recordError("restart haproxy", err)
+		return
+	}
+	m.retry = true // re-check held-back ports and fallbacks against the desired routes
+	m.metrics.setRunning(true)
+	m.update(func(s *Status) {
+		s.Running, s.MasterPID, s.Version, s.Adopted = true, p.MasterPID, p.Version, false
+		s.ConfigHash = m.appliedHash
+		s.Restarts++
+	})
+	m.log.Info("haproxy master restarted", "pid", p.MasterPID)
+}

@@ -1,0 +1,382 @@
+package haproxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+func TestManagerEndToEnd(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Settings.BindAddress = "" // all addresses, as in production
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	m := startManager(t, cfg)
+	st := m.Status()
+	if !st.Running || st.MasterPID == 0 || st.Adopted || !strings.HasPrefix(st.Version, "2.") {
+		t.Fatalf("status after start: %+v", st)
+	}
+
+	backend := echoBackend(t, "hello from backend")
+	port := freePort(t)
+	m.Submit(1, []Frontend{route(port, "web", backend)})
+	waitApplied(t, m, 1)
+	got, err := dialRead(port)
+	if err != nil || got != "hello from backend" {
+		t.Fatalf("through haproxy: %q, %v", got, err)
+	}
+	st = m.Status()
+	onDisk, err := os.ReadFile(filepath.Join(cfg.Dir, "haproxy.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Reloads != 1 || st.ConfigHash != Hash(onDisk) || st.LastReloadDuration <= 0 || st.LastError != "" {
+		t.Fatalf("status after apply: %+v", st)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, "haproxy.cfg.last-good")); err != nil {
+		t.Fatalf("last-good not kept: %v", err)
+	}
+	t.Logf("reload took %v", st.LastReloadDuration)
+	for name, want := range map[string]float64{
+		"drawbridge_haproxy_reloads_total":               1,
+		"drawbridge_haproxy_reload_duration_seconds":     1,
+		"drawbridge_haproxy_validation_duration_seconds": 1,
+		"drawbridge_haproxy_running":                     1,
+		"drawbridge_haproxy_applied_index":               1,
+		"drawbridge_haproxy_reload_failures_total":       0,
+		"drawbridge_haproxy_validation_failures_total":   0,
+	} {
+		if got := metricValue(t, reg, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+
+	// Identical render: index recorded, no reload.
+	m.Submit(2, []Frontend{route(port, "web", backend)})
+	waitApplied(t, m, 2)
+	if st := m.Status(); st.Reloads != 1 {
+		t.Fatalf("identical render reloaded: %+v", st)
+	}
+
+	// Removing every route is a valid (empty) configuration.
+	m.Submit(3, nil)
+	waitApplied(t, m, 3)
+	if _, err := dialRead(port); err == nil {
+		t.Fatal("removed frontend still answers")
+	}
+}
+
+func TestManagerCoalescesBursts(t *testing.T) {
+	m := startManager(t, testConfig(t, t.TempDir()))
+	backend := echoBackend(t, "burst")
+	port := freePort(t)
+	for i := 1; i <= 200; i++ {
+		m.Submit(uint64(i), []Frontend{route(port, fmt.Sprintf("r-%d", i), backend)})
+	}
+	waitApplied(t, m, 200)
+	st := m.Status()
+	if st.Reloads > 10 {
+		t.Fatalf("%d reloads for 200 rapid submissions", st.Reloads)
+	}
+	cfg, _ := os.ReadFile(filepath.Join(m.cfg.Dir, "haproxy.cfg"))
+	if !strings.Contains(string(cfg), "# route r-200\n") {
+		t.Fatalf("latest submission not live:\n%s", cfg)
+	}
+	if got, err := dialRead(port); err != nil || got != "burst" {
+		t.Fatalf("through haproxy: %q, %v", got, err)
+	}
+	t.Logf("200 submissions -> %d reloads", st.Reloads)
+}
+
+// dialer connects repeatedly until stopped and counts failures.
+type dialer struct {
+	ok, failed atomic.Int64
+	lastErr    atomic.Value
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startDialer(port int, want string) *dialer {
+	d := &dialer{stop: make(chan struct{})}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for {
+			select {
+			case <-d.stop:
+				return
+			default:
+			}
+			got, err := dialRead(port)
+			if err == nil && got != want {
+				err = fmt.Errorf("got %q", got)
+			}
+			if err != nil {
+				d.failed.Add(1)
+				d.lastErr.Store(err.Error())
+			} else {
+				d.ok.Add(1)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	return d
+}
+
+func (d *dialer) halt() { close(d.stop); d.wg.Wait() }
+
+func TestManagerAdoptKeepsTraffic(t *testing.T) {
+	dir := t.TempDir()
+	backend := echoBackend(t, "adopted")
+	port := freePort(t)
+	fes := []Frontend{route(port, "web", backend)}
+
+	m1 := startManager(t, testConfig(t, dir))
+	m1.Submit(1, fes)
+	waitApplied(t, m1, 1)
+	pid := m1.Status().MasterPID
+
+	d := startDialer(port, "adopted")
+	time.Sleep(50 * time.Millisecond)
+	if err := m1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+
+	m2 := startManager(t, testConfig(t, dir))
+	st := m2.Status()
+	onDisk, _ := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
+	if !st.Adopted || st.MasterPID != pid || !st.Running || st.ConfigHash != Hash(onDisk) {
+		t.Fatalf("second manager did not adopt master %d: %+v", pid, st)
+	}
+	m2.Submit(2, fes)
+	waitApplied(t, m2, 2)
+	if st := m2.Status(); st.Reloads != 0 {
+		t.Fatalf("adopted manager reloaded an identical config: %+v", st)
+	}
+	// A real change through the adopted master.
+	other := freePort(t)
+	m2.Submit(3, append(fes, route(other, "other", backend)))
+	waitApplied(t, m2, 3)
+	if st := m2.Status(); st.Reloads != 1 || st.MasterPID != pid {
+		t.Fatalf("after change: %+v", st)
+	}
+	if got, err := dialRead(other); err != nil || got != "adopted" {
+		t.Fatalf("new frontend: %q, %v", got, err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	d.halt()
+	if n := d.failed.Load(); n != 0 {
+		t.Fatalf("%d of %d connections failed during the switch, last: %v", n, n+d.ok.Load(), d.lastErr.Load())
+	}
+	t.Logf("%d connections, none failed", d.ok.Load())
+}
+
+func TestManagerHoldsBackTakenPort(t *testing.T) {
+	m := startManager(t, testConfig(t, t.TempDir()))
+	backend := echoBackend(t, "held")
+	free, taken := freePort(t), freePort(t)
+	squatter, err := net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(taken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+
+	m.Submit(1, []Frontend{route(free, "free", backend), route(taken, "taken", backend)})
+	waitApplied(t, m, 1)
+	st := m.Status()
+	if len(st.FailedPorts) != 1 || st.FailedPorts[0].Port != taken || st.FailedPorts[0].Name != "taken" ||
+		!strings.Contains(st.LastError, strconv.Itoa(taken)) {
+		t.Fatalf("taken port not reported: %+v", st)
+	}
+	if got, err := dialRead(free); err != nil || got != "held" {
+		t.Fatalf("other frontend not live: %q, %v", got, err)
+	}
+
+	squatter.Close()
+	eventually(t, 10*time.Second, "held-back frontend to come up", func() bool {
+		return len(m.Status().FailedPorts) == 0
+	})
+	if got, err := dialRead(taken); err != nil || got != "held" {
+		t.Fatalf("frontend after retry: %q, %v", got, err)
+	}
+}
+
+func TestManagerRestartsDeadMaster(t *testing.T) {
+	m := startManager(t, testConfig(t, t.TempDir()))
+	backend := echoBackend(t, "reborn")
+	port := freePort(t)
+	m.Submit(1, []Frontend{route(port, "web", backend)})
+	waitApplied(t, m, 1)
+
+	pid := m.Status().MasterPID
+	workers := childrenOf(pid)
+	if len(workers) == 0 {
+		t.Fatal("no workers found")
+	}
+	for _, p := range append([]int{pid}, workers...) {
+		if err := syscall.Kill(p, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "master restart", func() bool {
+		st := m.Status()
+		return st.Running && st.Restarts >= 1 && st.MasterPID != pid
+	})
+	if got, err := dialRead(port); err != nil || got != "reborn" {
+		t.Fatalf("after restart: %q, %v (status %+v)", got, err, m.Status())
+	}
+}
+
+// TestManagerNeverLoadsRejectedConfig swaps the binary for a wrapper whose
+// -c refuses configurations naming route "poison", and checks that such a
+// configuration never becomes haproxy.cfg.
+func TestManagerNeverLoadsRejectedConfig(t *testing.T) {
+	real := haproxyBin(t)
+	dir := t.TempDir()
+	wrapper := filepath.Join(t.TempDir(), "haproxy-wrapper")
+	script := "#!/bin/sh\n" +
+		"if [ \"$2\" = \"-c\" ] && grep -q 'route poison' \"$4\"; then\n" +
+		"  echo \"[ALERT]    (1) : config : parsing [$4:16] : poisoned route\" >&2; exit 1\nfi\n" +
+		"exec " + real + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, dir)
+	cfg.Bin = wrapper
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	m := startManager(t, cfg)
+	backend := echoBackend(t, "safe")
+	port := freePort(t)
+	m.Submit(1, []Frontend{route(port, "good", backend)})
+	waitApplied(t, m, 1)
+	before, _ := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
+
+	m.Submit(2, []Frontend{route(port, "poison", backend)})
+	eventually(t, 5*time.Second, "validation failure", func() bool {
+		return strings.Contains(m.Status().LastError, "poisoned route")
+	})
+	st := m.Status()
+	after, _ := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
+	if st.AppliedIndex != 1 || st.Reloads != 1 || string(after) != string(before) {
+		t.Fatalf("rejected config was applied: %+v", st)
+	}
+	if got := metricValue(t, reg, "drawbridge_haproxy_validation_failures_total"); got != 1 {
+		t.Fatalf("validation failures = %v", got)
+	}
+	if got, err := dialRead(port); err != nil || got != "safe" {
+		t.Fatalf("old config not serving: %q, %v", got, err)
+	}
+	// The next good submission goes through.
+	m.Submit(3, []Frontend{route(port, "better", backend)})
+	waitApplied(t, m, 3)
+}
+
+func TestManagerStopHAProxy(t *testing.T) {
+	m := startManager(t, testConfig(t, t.TempDir()))
+	pid := m.Status().MasterPID
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.StopHAProxy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if processAlive(pid) {
+		t.Fatal("master still alive")
+	}
+	time.Sleep(300 * time.Millisecond) // several health ticks: must not restart
+	if st := m.Status(); st.Running || st.Restarts != 0 {
+		t.Fatalf("status after stop: %+v", st)
+	}
+}
+
+func BenchmarkApply(b *testing.B) {
+	m := startManager(b, testConfig(b, b.TempDir()))
+	backend := echoBackend(b, "bench")
+	port := freePort(b)
+	var total time.Duration
+	i := uint64(0)
+	for b.Loop() {
+		i++
+		m.Submit(i, []Frontend{route(port, fmt.Sprintf("r-%d", i), backend)})
+		waitApplied(b, m, i)
+		total += m.Status().LastReloadDuration
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(i), "reload-ms/op")
+}
+
+// TestManagerReloadFailureRestoresLastGood makes the master's reload fail on
+// a port taken behind the bind probe's back (as a race would) and checks
+// that the live config file is restored and the old workers keep serving.
+func TestManagerReloadFailureRestoresLastGood(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	m := startManager(t, cfg)
+	backend := echoBackend(t, "still here")
+	port, taken := freePort(t), freePort(t)
+	m.Submit(1, []Frontend{route(port, "web", backend)})
+	waitApplied(t, m, 1)
+	before, _ := os.ReadFile(m.cfgPath)
+
+	squatter, err := net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(taken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	m.opMu.Lock()
+	m.served[taken] = true // the probe believes haproxy binds it already
+	m.opMu.Unlock()
+
+	m.Submit(2, []Frontend{route(port, "web", backend), route(taken, "raced", backend)})
+	eventually(t, 15*time.Second, "reload failure", func() bool {
+		return strings.Contains(m.Status().LastError, "failed reload")
+	})
+	st := m.Status()
+	after, _ := os.ReadFile(m.cfgPath)
+	if st.AppliedIndex != 1 || st.Reloads != 1 || string(after) != string(before) {
+		t.Fatalf("failed reload not rolled back: %+v\n%s", st, after)
+	}
+	if got := metricValue(t, reg, "drawbridge_haproxy_reload_failures_total"); got != 1 {
+		t.Fatalf("reload failures = %v", got)
+	}
+	if got, err := dialRead(port); err != nil || got != "still here" {
+		t.Fatalf("old workers not serving: %q, %v", got, err)
+	}
+	t.Logf("error: %s", st.LastError)
+}

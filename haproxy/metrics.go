@@ -1,0 +1,68 @@
+package haproxy
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the Manager's Prometheus collectors; a nil *metrics records
+// nothing.
+type metrics struct {
+	reloads            prometheus.Counter
+	reloadFailures     prometheus.Counter
+	reloadDuration     prometheus.Histogram
+	validationDuration prometheus.Histogram
+	validationFailures prometheus.Counter
+	running            prometheus.Gauge
+	appliedIndex       prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	m := &metrics{
+		reloads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drawbridge_haproxy_reloads_total", Help: "Confirmed HAProxy reloads.",
+		}),
+		reloadFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drawbridge_haproxy_reload_failures_total", Help: "HAProxy reloads that failed or were not confirmed.",
+		}),
+		reloadDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "drawbridge_haproxy_reload_duration_seconds", Help: "Time from reload command to confirmed new worker.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		validationDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "drawbridge_haproxy_validation_duration_seconds", Help: "Duration of haproxy -c.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		validationFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drawbridge_haproxy_validation_failures_total", Help: "Rendered configurations haproxy -c rejected.",
+		}),
+		running: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drawbridge_haproxy_running", Help: "1 when the HAProxy master is running.",
+		}),
+		appliedIndex: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drawbridge_haproxy_applied_index", Help: "Route table index of the live configuration.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.reloads, m.reloadFailures, m.reloadDuration,
+		m.validationDuration, m.validationFailures, m.running, m.appliedIndex} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register haproxy metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) setRunning(up bool) {
+	if m == nil {
+		return
+	}
+	if up {
+		m.running.Set(1)
+	} else {
+		m.running.Set(0)
+	}
+}

@@ -1,0 +1,221 @@
+package haproxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// processAlive reports whether pid names a running process. A zombie counts
+// as dead: a daemonized master is reparented to PID 1, which may not reap it.
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return false
+		}
+		return syscall.Kill(pid, 0) == nil
+	}
+	st, _, ok := procStat(b)
+	return ok && st != 'Z' && st != 'X'
+}
+
+// procStat returns the state and parent PID from a /proc/<pid>/stat line.
+func procStat(b []byte) (state byte, ppid int, ok bool) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0, 0, false
+	}
+	ppid, err := strconv.Atoi(f[1])
+	return f[0][0], ppid, err == nil
+}
+
+// childrenOf lists the live children of pid (the workers of a master).
+func childrenOf(pid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if st, ppid, ok := procStat(b); ok && ppid == pid && st != 'Z' {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func readPIDFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pid file %s: invalid content %q", path, b)
+	}
+	return pid, nil
+}
+
+// startMaster launches a daemonized HAProxy master-worker on the config at
+// m.cfgPath and waits until its master CLI answers. The daemon runs in its
+// own session with stdio on a file, so neither the agent exiting nor its
+// pipes being closed affects it.
+func (m *Manager) startMaster(ctx context.Context) (procInfo, error) {
+	_ = os.Remove(m.pidPath)
+	logPath := filepath.Join(m.cfg.Dir, "haproxy.start.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return procInfo{}, fmt.Errorf("start haproxy: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(m.cfg.Bin, "-W", "-D",
+		"-S", m.sockPath+",mode,600",
+		"-p", m.pidPath,
+		"-f", m.cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return procInfo{}, fmt.Errorf("start haproxy: %w", err)
+	}
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	select {
+	case err = <-waitErr:
+	case <-time.After(m.cfg.ReloadTimeout):
+		_ = cmd.Process.Kill()
+		err = fmt.Errorf("did not daemonize within %v", m.cfg.ReloadTimeout)
+		<-waitErr
+	}
+	if err != nil {
+		out, _ := os.ReadFile(logPath)
+		if alerts := parseAlerts(string(out)); len(alerts) > 0 {
+			return procInfo{}, fmt.Errorf("start haproxy: %s", strings.Join(alerts, "; "))
+		}
+		return procInfo{}, fmt.Errorf("start haproxy: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	deadline := time.Now().Add(m.cfg.ReloadTimeout)
+	for {
+		pid, perr := readPIDFile(m.pidPath)
+		if perr == nil {
+			p, err := showProc(ctx, m.sockPath)
+			if err == nil && p.MasterPID == pid {
+				return p, nil
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return procInfo{}, fmt.Errorf("start haproxy: master CLI %s not answering within %v", m.sockPath, m.cfg.ReloadTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stopMaster stops the master pid and its workers: SIGUSR1 (soft stop:
+// workers finish their connections) until ctx ends or grace passes, then
+// SIGTERM, then SIGKILL for anything left.
+func stopMaster(ctx context.Context, pid int, grace time.Duration) error {
+	if pid <= 1 {
+		return nil // never signal init or "every process"
+	}
+	workers := childrenOf(pid)
+	allDead := func() bool {
+		if processAlive(pid) {
+			return false
+		}
+		for _, w := range workers {
+			if processAlive(w) {
+				return false
+			}
+		}
+		return true
+	}
+	waitDead := func(d time.Duration) bool {
+		deadline := time.Now().Add(d)
+		for {
+			if allDead() {
+				return true
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return false
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !processAlive(pid) {
+		for _, w := range workers {
+			_ = syscall.Kill(w, syscall.SIGKILL)
+		}
+		return nil
+	}
+	_ = syscall.Kill(pid, syscall.SIGUSR1)
+	if waitDead(grace) {
+		return nil
+	}
+	workers = append(workers, childrenOf(pid)...)
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	if waitDead(time.Second) {
+		return nil
+	}
+	workers = append(workers, childrenOf(pid)...)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, w := range workers {
+		_ = syscall.Kill(w, syscall.SIGKILL)
+	}
+	ctx = context.WithoutCancel(ctx)
+	if !waitDead(2 * time.Second) {
+		return fmt.Errorf("stop haproxy: master %d still alive after SIGKILL", pid)
+	}
+	return nil
+}
+
+// probePort reports whether host:port can be bound now. HAProxy -c does not
+// bind, so without this a port held by another process would only show up
+// as a failed reload.
+func probePort(host string, port int) error {
+	network := "tcp"
+	if host == "" {
+		network, host = "tcp4", "0.0.0.0"
+	}
+	l, err := net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}
+
+// boundPorts returns the ports of the bind lines of a configuration this
+// package rendered.
+func boundPorts(cfg []byte) map[int]bool {
+	ports := map[int]bool{}
+	for _, line := range strings.Split(string(cfg), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "bind ") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ':')
+		if p, err := strconv.Atoi(line[i+1:]); err == nil {
+			ports[p] = true
+		}
+	}
+	return ports
+}

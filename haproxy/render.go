@@ -1,0 +1,336 @@
+package haproxy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Frontend is one public port and the servers behind it. It is a plain value:
+// the caller converts from its route table, so this package never depends on
+// how routes are stored or replicated.
+type Frontend struct {
+	Port int    // public TCP port, 1-65535, unique among frontends
+	Name string // route name, [a-z0-9][a-z0-9._-]{0,62}; rendered as a comment only
+
+	// Balance is the HAProxy balance algorithm: roundrobin, leastconn, source,
+	// first or random. Empty means roundrobin.
+	Balance string
+	// Sticky pins a client (by source address) to the server it first reached.
+	Sticky bool
+	// ProxyProtocol is "", "v1" or "v2": send the PROXY protocol header to the
+	// servers (send-proxy / send-proxy-v2).
+	ProxyProtocol string
+	// HealthCheck enables TCP health checks on every server.
+	HealthCheck bool
+	Servers     []Server
+}
+
+// Server is one backend endpoint. Address is a canonical IPv4 or IPv6 literal
+// (as netip.Addr.String prints it, no zone).
+type Server struct {
+	Address string
+	Port    int
+}
+
+// Settings are the node-wide parts of the rendered configuration.
+type Settings struct {
+	// BindAddress is the address frontends bind to. Empty binds the IPv4
+	// wildcard, so a floating IP attached to the node later is served without
+	// a reload; otherwise a canonical IP literal.
+	BindAddress string
+	// HardStopAfter bounds how long old workers (kept alive by long-lived TCP
+	// connections) survive a reload. Default 30m.
+	HardStopAfter time.Duration
+	// MaxReloads is mworker-max-reloads: a worker that survived this many
+	// reloads is killed. Default 50.
+	MaxReloads int
+	// MaxConn is the global connection limit. Default 20000. HAProxy needs
+	// about 2*MaxConn file descriptors and refuses to start when the hard
+	// RLIMIT_NOFILE is lower.
+	MaxConn int
+	// Timeouts; defaults 5s, 1h, 1h.
+	TimeoutConnect, TimeoutClient, TimeoutServer time.Duration
+	// CheckInterval is the health check interval of servers. Default 2s.
+	CheckInterval time.Duration
+	// StatsSocket is the runtime API socket path (admin level, mode 600), an
+	// absolute path of [A-Za-z0-9._/-]. Empty renders none.
+	StatsSocket string
+}
+
+// Defaults applied by WithDefaults.
+const (
+	DefaultHardStopAfter  = 30 * time.Minute
+	DefaultMaxReloads     = 50
+	DefaultMaxConn        = 20000
+	DefaultTimeoutConnect = 5 * time.Second
+	DefaultTimeoutClient  = time.Hour
+	DefaultTimeoutServer  = time.Hour
+	DefaultCheckInterval  = 2 * time.Second
+)
+
+// maxTimer is the largest timer HAProxy accepts (2^31-1 ms, about 24.8 days);
+// we keep to whole days below it.
+const maxTimer = 24 * 24 * time.Hour
+
+// WithDefaults returns s with every zero field replaced by its default.
+func (s Settings) WithDefaults() Settings {
+	if s.HardStopAfter == 0 {
+		s.HardStopAfter = DefaultHardStopAfter
+	}
+	if s.MaxReloads == 0 {
+		s.MaxReloads = DefaultMaxReloads
+	}
+	if s.MaxConn == 0 {
+		s.MaxConn = DefaultMaxConn
+	}
+	if s.TimeoutConnect == 0 {
+		s.TimeoutConnect = DefaultTimeoutConnect
+	}
+	if s.TimeoutClient == 0 {
+		s.TimeoutClient = DefaultTimeoutClient
+	}
+	if s.TimeoutServer == 0 {
+		s.TimeoutServer = DefaultTimeoutServer
+	}
+	if s.CheckInterval == 0 {
+		s.CheckInterval = DefaultCheckInterval
+	}
+	return s
+}
+
+// ErrRejected wraps every problem RenderChecked reports: a value outside the
+// allow-lists that was left out of (or defaulted in) the rendered file.
+var ErrRejected = errors.New("value rejected by render allow-list")
+
+var (
+	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	socketRE = regexp.MustCompile(`^/[A-Za-z0-9._/-]{1,200}$`)
+	balances = map[string]bool{"roundrobin": true, "leastconn": true, "source": true, "first": true, "random": true}
+)
+
+// Render returns the complete haproxy.cfg for fes. The output is
+// deterministic: the same frontends in any order (servers in any order) give
+// the same bytes. Anything outside the allow-lists is left out (a frontend or
+// server) or replaced by its default (a setting); use RenderChecked to learn
+// what was dropped.
+func Render(s Settings, fes []Frontend) []byte {
+	cfg, _ := RenderChecked(s, fes)
+	return cfg
+}
+
+// RenderChecked is Render that also reports, as errors wrapping ErrRejected,
+// every value it refused. The returned configuration is always usable: it is
+// rendered from the accepted values only, so no input can break out of its
+// field (a defence in depth behind the route table's own validation).
+func RenderChecked(s Settings, fes []Frontend) ([]byte, error) {
+	var errs []error
+	reject := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrRejected}, args...)...))
+	}
+	s, bindHost, v6 := checkSettings(s, reject)
+
+	sorted := slices.Clone(fes)
+	slices.SortFunc(sorted, func(a, b Frontend) int {
+		if a.Port != b.Port {
+			return a.Port - b.Port
+		}
+		// Only duplicate ports get here (they are rejected); compare whole
+		// values so which one wins does not depend on input order.
+		return strings.Compare(fmt.Sprintf("%#v", a), fmt.Sprintf("%#v", b))
+	})
+
+	var b bytes.Buffer
+	b.WriteString("# drawbridge: generated configuration, do not edit\n")
+	b.WriteString("global\n")
+	fmt.Fprintf(&b, "    hard-stop-after %s\n", formatDuration(s.HardStopAfter))
+	fmt.Fprintf(&b, "    mworker-max-reloads %d\n", s.MaxReloads)
+	fmt.Fprintf(&b, "    maxconn %d\n", s.MaxConn)
+	if s.StatsSocket != "" {
+		fmt.Fprintf(&b, "    stats socket %s mode 600 level admin\n", s.StatsSocket)
+	}
+	b.WriteString("\ndefaults\n")
+	b.WriteString("    mode tcp\n")
+	b.WriteString("    option dontlognull\n")
+	fmt.Fprintf(&b, "    timeout connect %s\n", formatDuration(s.TimeoutConnect))
+	fmt.Fprintf(&b, "    timeout client %s\n", formatDuration(s.TimeoutClient))
+	fmt.Fprintf(&b, "    timeout server %s\n", formatDuration(s.TimeoutServer))
+
+	for i, fe := range sorted {
+		if i > 0 && sorted[i-1].Port == fe.Port {
+			reject("frontend %q: port %d already used by %q", fe.Name, fe.Port, sorted[i-1].Name)
+			continue
+		}
+		if err := checkFrontend(fe); err != nil {
+			reject("%v", err)
+			continue
+		}
+		balance := fe.Balance
+		if balance == "" {
+			balance = "roundrobin"
+		}
+		fmt.Fprintf(&b, "\nfrontend fe_%d\n", fe.Port)
+		fmt.Fprintf(&b, "    # route %s\n", fe.Name)
+		fmt.Fprintf(&b, "    bind %s:%d\n", bindHost, fe.Port)
+		fmt.Fprintf(&b, "    default_backend be_%d\n", fe.Port)
+		fmt.Fprintf(&b, "\nbackend be_%d\n", fe.Port)
+		fmt.Fprintf(&b, "    balance %s\n", balance)
+		if fe.Sticky {
+			typ := "ip"
+			if v6 {
+				typ = "ipv6"
+			}
+			fmt.Fprintf(&b, "    stick-table type %s size 200k expire 30m\n", typ)
+			b.WriteString("    stick on src\n")
+		}
+		var opts string
+		if fe.HealthCheck {
+			opts += " check inter " + formatDuration(s.CheckInterval)
+		}
+		switch fe.ProxyProtocol {
+		case "v1":
+			opts += " send-proxy"
+		case "v2":
+			opts += " send-proxy-v2"
+		}
+		for _, sv := range sortServers(fe, reject) {
+			fmt.Fprintf(&b, "    server %s %s%s\n", serverName(sv), serverAddr(sv), opts)
+		}
+	}
+	return b.Bytes(), errors.Join(errs...)
+}
+
+// checkSettings applies defaults and replaces invalid settings by defaults.
+// It returns the bind host as rendered before ":port" and whether clients
+// are IPv6 (which needs an ipv6 stick table).
+func checkSettings(s Settings, reject func(string, ...any)) (Settings, string, bool) {
+	s = s.WithDefaults()
+	d := Settings{}.WithDefaults()
+	timer := func(name string, v *time.Duration, def time.Duration) {
+		if *v < time.Millisecond || *v > maxTimer {
+			reject("setting %s %v out of range [1ms, %v]", name, *v, maxTimer)
+			*v = def
+		}
+	}
+	timer("HardStopAfter", &s.HardStopAfter, d.HardStopAfter)
+	timer("TimeoutConnect", &s.TimeoutConnect, d.TimeoutConnect)
+	timer("TimeoutClient", &s.TimeoutClient, d.TimeoutClient)
+	timer("TimeoutServer", &s.TimeoutServer, d.TimeoutServer)
+	timer("CheckInterval", &s.CheckInterval, d.CheckInterval)
+	if s.MaxReloads < 1 || s.MaxReloads > 1_000_000 {
+		reject("setting MaxReloads %d out of range [1, 1000000]", s.MaxReloads)
+		s.MaxReloads = d.MaxReloads
+	}
+	if s.MaxConn < 1 || s.MaxConn > 10_000_000 {
+		reject("setting MaxConn %d out of range [1, 10000000]", s.MaxConn)
+		s.MaxConn = d.MaxConn
+	}
+	if s.StatsSocket != "" && (!socketRE.MatchString(s.StatsSocket) || strings.Contains(s.StatsSocket, "..")) {
+		reject("setting StatsSocket %q is not an absolute path of [A-Za-z0-9._/-]", s.StatsSocket)
+		s.StatsSocket = ""
+	}
+	bindHost, v6 := "", false
+	if s.BindAddress != "" {
+		a, ok := canonicalAddr(s.BindAddress)
+		switch {
+		case !ok:
+			reject("setting BindAddress %q is not a canonical IP literal; binding all addresses", s.BindAddress)
+			s.BindAddress = ""
+		case a.Is4():
+			bindHost = s.BindAddress
+		default:
+			bindHost, v6 = "["+s.BindAddress+"]", true
+		}
+	}
+	return s, bindHost, v6
+}
+
+func checkFrontend(fe Frontend) error {
+	switch {
+	case fe.Port < 1 || fe.Port > 65535:
+		return fmt.Errorf("frontend %q: port %d out of range", fe.Name, fe.Port)
+	case !nameRE.MatchString(fe.Name):
+		return fmt.Errorf("frontend port %d: invalid name %q", fe.Port, fe.Name)
+	case fe.Balance != "" && !balances[fe.Balance]:
+		return fmt.Errorf("frontend %q: invalid balance %q", fe.Name, fe.Balance)
+	case fe.ProxyProtocol != "" && fe.ProxyProtocol != "v1" && fe.ProxyProtocol != "v2":
+		return fmt.Errorf("frontend %q: invalid proxy protocol %q", fe.Name, fe.ProxyProtocol)
+	}
+	return nil
+}
+
+// sortServers returns the valid, distinct servers of fe in a stable order.
+func sortServers(fe Frontend, reject func(string, ...any)) []Server {
+	out := make([]Server, 0, len(fe.Servers))
+	for _, sv := range fe.Servers {
+		if _, ok := canonicalAddr(sv.Address); !ok {
+			reject("frontend %q: server address %q is not a canonical IP literal", fe.Name, sv.Address)
+			continue
+		}
+		if sv.Port < 1 || sv.Port > 65535 {
+			reject("frontend %q: server port %d out of range", fe.Name, sv.Port)
+			continue
+		}
+		out = append(out, sv)
+	}
+	slices.SortFunc(out, func(a, b Server) int {
+		if c := strings.Compare(a.Address, b.Address); c != 0 {
+			return c
+		}
+		return a.Port - b.Port
+	})
+	return slices.Compact(out)
+}
+
+// canonicalAddr accepts only an IP literal in its canonical text form, which
+// guarantees it contains nothing but hex digits, dots and colons.
+func canonicalAddr(s string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" || a.String() != s {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// serverName is unique per address and port: dots and colons become
+// underscores (an IPv4 name has four groups, an IPv6 one eight or a "__").
+func serverName(sv Server) string {
+	r := strings.NewReplacer(".", "_", ":", "_")
+	return "s_" + r.Replace(sv.Address) + "_" + strconv.Itoa(sv.Port)
+}
+
+func serverAddr(sv Server) string {
+	if strings.Contains(sv.Address, ":") {
+		return "[" + sv.Address + "]:" + strconv.Itoa(sv.Port)
+	}
+	return sv.Address + ":" + strconv.Itoa(sv.Port)
+}
+
+// formatDuration prints d in the largest HAProxy time unit that divides it
+// exactly, rounding sub-millisecond values up to the next millisecond.
+func formatDuration(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+	case d%time.Minute == 0:
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+	case d%time.Second == 0:
+		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+	default:
+		return strconv.FormatInt(int64((d+time.Millisecond-1)/time.Millisecond), 10) + "ms"
+	}
+}
+
+// Hash returns the hex SHA-256 of a rendered configuration.
+func Hash(cfg []byte) string {
+	sum := sha256.Sum256(cfg)
+	return hex.EncodeToString(sum[:])
+}
