@@ -52,3 +52,18 @@ lint: ## gofmt and go vet
 .PHONY: clean
 clean: ## Remove build output and the dev data directory
 	rm -rf bin drawbridge-data
+
+.PHONY: cluster
+cluster: haproxy build ## Start three local nodes (API 9000/9010/9020, frontends on 127.0.1.1-3)
+	./scripts/cluster.sh
+
+.PHONY: cluster-stop
+cluster-stop: ## Stop the HAProxies that `make cluster` left serving
+	./scripts/cluster.sh stop
+
+IMAGE ?= ghcr.io/drawbridge-lb/drawbridge
+DOCKER ?= docker
+
+.PHONY: image
+image: ## Build the container image $(IMAGE):$(VERSION) (needs a Docker engine)
+	$(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .

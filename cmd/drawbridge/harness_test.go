@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// testToken is an obviously fake token used only by tests.
+const testToken = "test-token-not-a-secret-0000"
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "drawbridge-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "drawbridge")
+	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build drawbridge: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireHAProxy(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		t.Skip("haproxy not installed (apt-get install haproxy)")
+	}
+}
+
+// freePort returns a TCP port that was free a moment ago on 127.0.0.1.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// agent is one drawbridge process started from the built binary.
+type agent struct {
+	t       testing.TB
+	dir     string
+	name    string
+	apiPort int
+	args    []string
+	cmd     *exec.Cmd
+	logs    *lockedBuffer
+	exited  chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startDevAgent starts `agent --dev` on free ports with its data in a fresh
+// directory, waits until it is ready, and stops it and its HAProxy at the end
+// of the test.
+func startDevAgent(t testing.TB, extra ...string) *agent {
+	t.Helper()
+	a := &agent{t: t, dir: t.TempDir(), name: "e2e", apiPort: freePort(t)}
+	a.args = append([]string{"agent", "--dev",
+		"--data-dir", a.dir,
+		"--node-name", a.name,
+		"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--log-level", "debug",
+	}, extra...)
+	t.Cleanup(func() {
+		a.stop()
+		stopHAProxyIn(filepath.Join(a.dir, "haproxy"))
+		if t.Failed() {
+			t.Logf("agent logs:\n%s", a.logs.String())
+		}
+	})
+	a.start()
+	a.waitReady()
+	return a
+}
+
+func (a *agent) start() {
+	a.t.Helper()
+	a.logs = &lockedBuffer{}
+	a.cmd = exec.Command(binPath, a.args...)
+	a.cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken)
+	a.cmd.Stdout = a.logs
+	a.cmd.Stderr = a.logs
+	if err := a.cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	a.exited = make(chan struct{})
+	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(a.cmd, a.exited)
+}
+
+// stop sends SIGTERM and waits for the agent to exit.
+func (a *agent) stop() { a.signal(syscall.SIGTERM) }
+
+// kill sends SIGKILL and waits.
+func (a *agent) kill() { a.signal(syscall.SIGKILL) }
+
+func (a *agent) signal(sig syscall.Signal) {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-a.exited:
+		return
+	default:
+	}
+	a.cmd.Process.Signal(sig)
+	select {
+	case <-a.exited:
+	case <-time.After(20 * time.Second):
+		a.cmd.Process.Kill()
+		<-a.exited
+		a.t.Errorf("agent did not stop within 20s after %v", sig)
+	}
+}
+
+func (a *agent) url(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", a.apiPort, path)
+}
+
+func (a *agent) waitReady() {
+	a.t.Helper()
+	poll(a.t, 30*time.Second, "agent ready", func() bool {
+		select {
+		case <-a.exited:
+			a.t.Fatalf("agent exited early:\n%s", a.logs.String())
+		default:
+		}
+		resp, err := http.Get(a.url("/readyz"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return false
+		}
+		// Ready to serve traffic is not ready to commit: wait for a leader.
+		req, _ := http.NewRequest("GET", a.url("/v1/status"), nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Raft struct {
+				Leader string `json:"leader"`
+			} `json:"raft"`
+		}
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Raft.Leader != ""
+	})
+}
+
+// request sends a JSON request with the given headers and returns status and body.
+func (a *agent) request(method, path string, headers map[string]string, body any) (int, []byte) {
+	a.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		data, _ := json.Marshal(b)
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, a.url(path), rd)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+func bearer() map[string]string { return map[string]string{"Authorization": "Bearer " + testToken} }
+
+// status returns /v1/status decoded loosely.
+func (a *agent) status() map[string]any {
+	a.t.Helper()
+	code, body := a.request("GET", "/v1/status", bearer(), nil)
+	if code != 200 {
+		a.t.Fatalf("status: %d %s", code, body)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		a.t.Fatal(err)
+	}
+	return m
+}
+
+// haproxyPID reads the master PID from the agent's HAProxy pid file.
+func haproxyPID(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "haproxy.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.Split(string(b), "\n")[0]))
+	return pid
+}
+
+// stopHAProxyIn kills the HAProxy master (and so its workers) that an agent
+// left running in dir.
+func stopHAProxyIn(dir string) {
+	pid := haproxyPID(dir)
+	if pid <= 0 {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// backend is a TCP server that greets every connection with its name.
+type backend struct {
+	ln   net.Listener
+	name string
+}
+
+func startBackend(t testing.TB, name string) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{ln: ln, name: name}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "%s\n", name)
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return b
+}
+
+func (b *backend) port() int { return b.ln.Addr().(*net.TCPAddr).Port }
+
+// dialRead connects to addr and returns the first line it reads.
+func dialRead(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// hookPayload is the recipe's webhook body.
+func hookPayload(name string, frontend, backendPort int, ip, action string) map[string]any {
+	return map[string]any{
+		"name": name, "frontend-port": frontend, "backend-port": backendPort,
+		"dst-ip": ip, "action": action,
+	}
+}

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drawbridge-lb/drawbridge/api"
+	"github.com/drawbridge-lb/drawbridge/cluster"
+	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/haproxy"
+)
+
+// nodeInfo joins the raft node's, gossip's and the HAProxy manager's views:
+// it is the API's StatusSource, AppliedWaiter and ClusterSource, and it
+// supplies this node's gossip metadata. proxy is nil on a witness.
+type nodeInfo struct {
+	cfg     *Config
+	node    *cluster.Node
+	table   *fsm.FSM
+	proxy   *haproxy.Manager
+	cluster *cluster.Cluster
+}
+
+var (
+	_ api.StatusSource  = (*nodeInfo)(nil)
+	_ api.AppliedWaiter = (*nodeInfo)(nil)
+	_ api.ClusterSource = (*nodeInfo)(nil)
+)
+
+// Status implements api.StatusSource.
+func (s *nodeInfo) Status() api.Status {
+	rs := s.node.Status()
+	st := api.Status{
+		Node:    s.cfg.NodeName,
+		Version: version,
+		Role:    s.cfg.Role,
+		Raft: api.RaftStatus{
+			State:        rs.State,
+			Leader:       rs.LeaderID,
+			LastIndex:    rs.LastIndex,
+			CommitIndex:  rs.CommitIndex,
+			AppliedIndex: rs.AppliedIndex,
+		},
+	}
+	if s.proxy == nil {
+		return st
+	}
+	hs := s.proxy.Status()
+	st.HAProxy = api.HAProxyStatus{
+		Running:      hs.Running,
+		MasterPID:    hs.MasterPID,
+		Adopted:      hs.Adopted,
+		AppliedIndex: hs.AppliedIndex,
+		ConfigHash:   hs.ConfigHash,
+		Reloads:      hs.Reloads,
+		LastReloadAt: hs.LastReloadAt,
+		LastError:    hs.LastError,
+		LastErrorAt:  hs.LastErrorAt,
+	}
+	for _, f := range hs.FailedPorts {
+		st.HAProxy.FailedPorts = append(st.HAProxy.FailedPorts, api.FailedPort{Port: f.Port, Name: f.Name, Error: f.Error})
+	}
+	return st
+}
+
+// meta is what this node gossips about itself.
+func (s *nodeInfo) meta() cluster.Meta {
+	m := cluster.Meta{
+		Role:         s.cfg.Role,
+		RaftAddr:     s.cfg.Raft.Advertise,
+		APIURL:       s.cfg.API.Advertise,
+		Version:      version,
+		Bootstrapped: s.node.HasState(),
+		Index:        s.table.State().Index,
+	}
+	if s.proxy == nil {
+		m.Healthy = s.node.Status().Leader != ""
+		return m
+	}
+	hs := s.proxy.Status()
+	m.Applied = hs.AppliedIndex
+	m.ConfigHash = hs.ConfigHash
+	m.Error = hs.LastError
+	m.Healthy = hs.Running && hs.AppliedIndex >= m.Index
+	return m
+}
+
+// WaitApplied implements api.AppliedWaiter over gossip metadata.
+func (s *nodeInfo) WaitApplied(ctx context.Context, index uint64) ([]api.Lag, error) {
+	lags, err := s.cluster.WaitApplied(ctx, index)
+	out := make([]api.Lag, 0, len(lags))
+	for _, l := range lags {
+		out = append(out, api.Lag{Node: l.Node, Applied: l.Applied, Error: l.Error})
+	}
+	return out, err
+}
+
+// Cluster implements api.ClusterSource.
+func (s *nodeInfo) Cluster() api.ClusterStatus {
+	voters := s.cluster.Voters()
+	st := api.ClusterStatus{Leader: s.node.Status().LeaderID}
+	seen := map[string]bool{}
+	for _, m := range s.cluster.Members().Members() {
+		seen[m.Name] = true
+		_, voter := voters[m.Name]
+		st.Members = append(st.Members, api.MemberStatus{
+			Name:         m.Name,
+			Role:         m.Meta.Role,
+			Status:       m.Status,
+			Voter:        voter,
+			RaftAddr:     m.Meta.RaftAddr,
+			APIURL:       m.Meta.APIURL,
+			Version:      m.Meta.Version,
+			RaftIndex:    m.Meta.Index,
+			AppliedIndex: m.Meta.Applied,
+			ConfigHash:   m.Meta.ConfigHash,
+			Healthy:      m.Meta.Healthy,
+			LastError:    m.Meta.Error,
+		})
+	}
+	// Voters gossip has never seen (or has forgotten) still count for quorum.
+	for id, v := range voters {
+		if !seen[id] {
+			st.Members = append(st.Members, api.MemberStatus{Name: id, Status: "unknown", Voter: true, RaftAddr: string(v.Address)})
+		}
+	}
+	sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].Name < st.Members[j].Name })
+	return st
+}
+
+func newStatusCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show a node's raft, route table and HAProxy state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "GET", "/v1/status", nil, &raw); err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			var st api.Status
+			if err := json.Unmarshal(raw, &st); err != nil {
+				return fmt.Errorf("decode status: %w", err)
+			}
+			return printStatus(cmd.OutOrStdout(), st)
+		},
+	}
+	cf.register(cmd)
+	return cmd
+}
+
+func printStatus(w io.Writer, st api.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	leader := st.Raft.Leader
+	if leader == "" {
+		leader = "(none)"
+	}
+	fmt.Fprintf(tw, "node\t%s (drawbridge %s)\n", st.Node, st.Version)
+	fmt.Fprintf(tw, "raft\t%s, leader %s, last index %d, commit %d, applied %d\n",
+		st.Raft.State, leader, st.Raft.LastIndex, st.Raft.CommitIndex, st.Raft.AppliedIndex)
+	fmt.Fprintf(tw, "routes\t%d routes, %d backends at index %d (hash %.12s)\n",
+		st.State.Routes, st.State.Backends, st.State.Index, st.State.Hash)
+	h := st.HAProxy
+	running := "not running"
+	if h.Running {
+		running = fmt.Sprintf("running (master pid %d", h.MasterPID)
+		if h.Adopted {
+			running += ", adopted"
+		}
+		running += ")"
+	}
+	fmt.Fprintf(tw, "haproxy\t%s, config of index %d (hash %.12s), %d reloads\n", running, h.AppliedIndex, h.ConfigHash, h.Reloads)
+	if !h.LastReloadAt.IsZero() {
+		fmt.Fprintf(tw, "last reload\t%s ago\n", time.Since(h.LastReloadAt).Round(time.Second))
+	}
+	if h.LastError != "" {
+		fmt.Fprintf(tw, "last error\t%s (%s ago)\n", h.LastError, time.Since(h.LastErrorAt).Round(time.Second))
+	}
+	for _, f := range h.FailedPorts {
+		fmt.Fprintf(tw, "not served\tport %d (%s): %s\n", f.Port, f.Name, f.Error)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,262 @@
+// Command bench measures drawbridge end to end with the built binary: a dev
+// agent with its own HAProxy on loopback, a local TCP backend, and webhook
+// posts timed until the route answers through HAProxy. It prints figures; it
+// asserts nothing. Run it with `make bench`.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// token is an obviously fake token for the local benchmark agent.
+const token = "bench-token-not-a-secret-000"
+
+func main() {
+	bin := flag.String("bin", "bin/drawbridge", "drawbridge binary")
+	seq := flag.Int("sequential", 100, "sequential adds")
+	conc := flag.Int("concurrent", 500, "adds in the concurrent run")
+	clients := flag.Int("clients", 32, "concurrent clients")
+	flag.Parse()
+	if err := run(*bin, *seq, *conc, *clients); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type agent struct {
+	dir  string
+	api  string
+	cmd  *exec.Cmd
+	logs bytes.Buffer
+}
+
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func startAgent(bin string) (*agent, error) {
+	dir, err := os.MkdirTemp("", "drawbridge-bench-")
+	if err != nil {
+		return nil, err
+	}
+	a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort())}
+	a.cmd = exec.Command(bin, "agent", "--dev", "--data-dir", dir, "--node-name", "bench",
+		"--api-addr", a.api,
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort()),
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort()))
+	a.cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token)
+	a.cmd.Stdout, a.cmd.Stderr = &a.logs, &a.logs
+	if err := a.cmd.Start(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + a.api + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return a, nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.stop()
+	return nil, fmt.Errorf("agent not ready:\n%s", a.logs.String())
+}
+
+func (a *agent) stop() {
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.cmd.Wait()
+	if b, err := os.ReadFile(filepath.Join(a.dir, "haproxy", "haproxy.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	os.RemoveAll(a.dir)
+}
+
+func (a *agent) hook(name string, fport, bport int) (int, error) {
+	body, _ := json.Marshal(map[string]any{
+		"name": name, "frontend-port": fport, "backend-port": bport, "dst-ip": "127.0.0.1", "action": "add",
+	})
+	req, _ := http.NewRequest("POST", "http://"+a.api+"/hooks/update-haproxy", bytes.NewReader(body))
+	req.Header.Set("X-Funkypenguin-Token", token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func (a *agent) reloads() uint64 {
+	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var st struct {
+		HAProxy struct {
+			Reloads uint64 `json:"reloads"`
+		} `json:"haproxy"`
+	}
+	json.NewDecoder(resp.Body).Decode(&st)
+	return st.HAProxy.Reloads
+}
+
+// backend greets each connection with "ok".
+func startBackend() (int, func()) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("ok\n"))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, func() { ln.Close() }
+}
+
+// live reports whether a connection through HAProxy reaches the backend.
+func live(port int) bool {
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && line == "ok\n"
+}
+
+func waitLive(port int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if live(port) {
+			return true
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return false
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+// freePorts reserves n distinct free ports.
+func freePorts(n int) []int {
+	seen := map[int]bool{}
+	var out []int
+	for len(out) < n {
+		p := freePort()
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func run(bin string, seq, conc, clients int) error {
+	bport, stopBackend := startBackend()
+	defer stopBackend()
+	a, err := startAgent(bin)
+	if err != nil {
+		return err
+	}
+	defer a.stop()
+
+	fmt.Printf("drawbridge end-to-end benchmark (single dev node, HAProxy master-worker, loopback)\n")
+	// Sequential: post, then time until a connection through HAProxy works.
+	var lat []time.Duration
+	for i, port := range freePorts(seq) {
+		start := time.Now()
+		code, err := a.hook(fmt.Sprintf("seq-%d", i), port, bport)
+		if err != nil || code != 200 {
+			return fmt.Errorf("sequential add %d: %d %v", i, code, err)
+		}
+		if !waitLive(port, 10*time.Second) {
+			return fmt.Errorf("sequential add %d: port %d never went live", i, port)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	fmt.Printf("webhook -> route live, %d sequential adds: p50 %v  p99 %v  max %v\n",
+		seq, pct(lat, .5).Round(time.Millisecond), pct(lat, .99).Round(time.Millisecond), slices.Max(lat).Round(time.Millisecond))
+
+	// Concurrent: many clients post at once; count reloads, check every 2xx goes live.
+	before := a.reloads()
+	ports := freePorts(conc)
+	var mu sync.Mutex
+	var acked []int
+	var failures int
+	start := time.Now()
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				code, err := a.hook(fmt.Sprintf("conc-%d", i), ports[i], bport)
+				mu.Lock()
+				if err == nil && code == 200 {
+					acked = append(acked, ports[i])
+				} else {
+					failures++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range ports {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	posted := time.Since(start)
+	notLive := 0
+	for _, p := range acked {
+		if !waitLive(p, 30*time.Second) {
+			notLive++
+		}
+	}
+	allLive := time.Since(start)
+	fmt.Printf("%d adds from %d concurrent clients: %d acknowledged, %d failed; all posted in %v; all live in %v; %d HAProxy reloads; %d acknowledged routes never went live\n",
+		conc, clients, len(acked), failures, posted.Round(time.Millisecond), allLive.Round(time.Millisecond), a.reloads()-before, notLive)
+	return nil
+}
