@@ -53,9 +53,12 @@ type Settings struct {
 	// MaxReloads is mworker-max-reloads: a worker that survived this many
 	// reloads is killed. Default 50.
 	MaxReloads int
-	// MaxConn is the global connection limit. Default 20000. HAProxy needs
-	// about 2*MaxConn file descriptors and refuses to start when the hard
-	// RLIMIT_NOFILE is lower.
+	// MaxConn is the global connection limit. 0 (the default) leaves it out,
+	// so HAProxy sizes it from its file-descriptor limit, leaving room for
+	// every listener and health check: a fixed value needs about two
+	// descriptors per connection plus one per listener and server, and a
+	// reload that does not fit fails (seen here at 81 routes with maxconn
+	// 9900 under a 20000 limit).
 	MaxConn int
 	// Timeouts; defaults 5s, 1h, 1h.
 	TimeoutConnect, TimeoutClient, TimeoutServer time.Duration
@@ -70,7 +73,6 @@ type Settings struct {
 const (
 	DefaultHardStopAfter  = 30 * time.Minute
 	DefaultMaxReloads     = 50
-	DefaultMaxConn        = 20000
 	DefaultTimeoutConnect = 5 * time.Second
 	DefaultTimeoutClient  = time.Hour
 	DefaultTimeoutServer  = time.Hour
@@ -88,9 +90,6 @@ func (s Settings) WithDefaults() Settings {
 	}
 	if s.MaxReloads == 0 {
 		s.MaxReloads = DefaultMaxReloads
-	}
-	if s.MaxConn == 0 {
-		s.MaxConn = DefaultMaxConn
 	}
 	if s.TimeoutConnect == 0 {
 		s.TimeoutConnect = DefaultTimeoutConnect
@@ -153,7 +152,9 @@ func RenderChecked(s Settings, fes []Frontend) ([]byte, error) {
 	b.WriteString("global\n")
 	fmt.Fprintf(&b, "    hard-stop-after %s\n", formatDuration(s.HardStopAfter))
 	fmt.Fprintf(&b, "    mworker-max-reloads %d\n", s.MaxReloads)
-	fmt.Fprintf(&b, "    maxconn %d\n", s.MaxConn)
+	if s.MaxConn > 0 {
+		fmt.Fprintf(&b, "    maxconn %d\n", s.MaxConn)
+	}
 	if s.StatsSocket != "" {
 		fmt.Fprintf(&b, "    stats socket %s mode 600 level admin\n", s.StatsSocket)
 	}
@@ -229,8 +230,8 @@ func checkSettings(s Settings, reject func(string, ...any)) (Settings, string, b
 		reject("setting MaxReloads %d out of range [1, 1000000]", s.MaxReloads)
 		s.MaxReloads = d.MaxReloads
 	}
-	if s.MaxConn < 1 || s.MaxConn > 10_000_000 {
-		reject("setting MaxConn %d out of range [1, 10000000]", s.MaxConn)
+	if s.MaxConn < 0 || s.MaxConn > 10_000_000 {
+		reject("setting MaxConn %d out of range [0, 10000000]", s.MaxConn)
 		s.MaxConn = d.MaxConn
 	}
 	if s.StatsSocket != "" && (!socketRE.MatchString(s.StatsSocket) || strings.Contains(s.StatsSocket, "..")) {

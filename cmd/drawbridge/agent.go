@@ -297,7 +297,6 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error 
 
 // newHAProxyManager builds the HAProxy manager from the config.
 func newHAProxyManager(cfg *Config, logger *slog.Logger, reg prometheus.Registerer) (*haproxy.Manager, error) {
-	maxConn := fitMaxConn(cfg.HAProxy.MaxConn, logger)
 	return haproxy.NewManager(haproxy.Config{
 		Bin: cfg.HAProxy.Bin,
 		Dir: cfg.HAProxy.Dir,
@@ -305,7 +304,7 @@ func newHAProxyManager(cfg *Config, logger *slog.Logger, reg prometheus.Register
 			BindAddress:   cfg.HAProxy.BindAddress,
 			HardStopAfter: cfg.HAProxy.HardStopAfter,
 			MaxReloads:    cfg.HAProxy.MaxReloads,
-			MaxConn:       maxConn,
+			MaxConn:       cfg.HAProxy.MaxConn,
 			TimeoutClient: cfg.HAProxy.TimeoutClient,
 			TimeoutServer: cfg.HAProxy.TimeoutServer,
 			StatsSocket:   filepath.Join(cfg.HAProxy.Dir, "admin.sock"),
@@ -327,22 +326,6 @@ func writeAgentFiles(cfg *Config) error {
 		return fmt.Errorf("record node name: %w", err)
 	}
 	return nil
-}
-
-// fitMaxConn lowers HAProxy's maxconn to what the file-descriptor hard limit
-// allows (HAProxy needs about two descriptors per connection and refuses to
-// start otherwise), and says so. The systemd unit raises the limit.
-func fitMaxConn(want int, logger *slog.Logger) int {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || want <= 0 {
-		return want
-	}
-	const reserve = 200
-	if fit := (int(lim.Max) - reserve) / 2; fit < want && fit > 0 {
-		logger.Warn("lowering haproxy.maxconn to fit the file-descriptor limit", "maxconn", fit, "configured", want, "nofile_limit", lim.Max)
-		return fit
-	}
-	return want
 }
 
 // loadGossipKey returns the gossip encryption key from config or its file.

@@ -187,7 +187,7 @@ var defaults = map[string]any{
 	"haproxy.bind_address":    "",
 	"haproxy.hard_stop_after": "30m",
 	"haproxy.max_reloads":     50,
-	"haproxy.maxconn":         20000,
+	"haproxy.maxconn":         0,
 	"haproxy.quiet_window":    "20ms",
 	"haproxy.max_delay":       "250ms",
 	"haproxy.timeout_client":  "1h",

@@ -66,6 +66,7 @@ type agent struct {
 	name    string
 	apiPort int
 	args    []string
+	env     []string
 	cmd     *exec.Cmd
 	logs    *lockedBuffer
 	exited  chan struct{}
@@ -118,7 +119,7 @@ func (a *agent) start() {
 	a.t.Helper()
 	a.logs = &lockedBuffer{}
 	a.cmd = exec.Command(binPath, a.args...)
-	a.cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken)
+	a.cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken), a.env...)
 	a.cmd.Stdout = a.logs
 	a.cmd.Stderr = a.logs
 	if err := a.cmd.Start(); err != nil {
@@ -126,6 +127,19 @@ func (a *agent) start() {
 	}
 	a.exited = make(chan struct{})
 	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(a.cmd, a.exited)
+}
+
+// running reports whether the agent process is alive.
+func (a *agent) running() bool {
+	if a.exited == nil {
+		return false
+	}
+	select {
+	case <-a.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 // stop sends SIGTERM and waits for the agent to exit.
@@ -190,9 +204,25 @@ func (a *agent) waitReady() {
 	})
 }
 
-// request sends a JSON request with the given headers and returns status and body.
+// request sends a JSON request with the given headers and returns status and
+// body; a transport error fails the test.
 func (a *agent) request(method, path string, headers map[string]string, body any) (int, []byte) {
 	a.t.Helper()
+	code, out := a.requestWith(http.DefaultClient, method, path, headers, body)
+	if code == 0 {
+		a.t.Fatalf("%s %s: %s", method, path, out)
+	}
+	return code, out
+}
+
+// tryRequest is request without failing the test: status 0 on a transport error.
+func (a *agent) tryRequest(method, path string, headers map[string]string, body any) (int, []byte) {
+	return a.requestWith(http.DefaultClient, method, path, headers, body)
+}
+
+// requestWith sends the request with client; status 0 and the error text on a
+// transport error.
+func (a *agent) requestWith(client *http.Client, method, path string, headers map[string]string, body any) (int, []byte) {
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -204,14 +234,14 @@ func (a *agent) request(method, path string, headers map[string]string, body any
 	}
 	req, err := http.NewRequest(method, a.url(path), rd)
 	if err != nil {
-		a.t.Fatal(err)
+		return 0, []byte(err.Error())
 	}
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		a.t.Fatalf("%s %s: %v", method, path, err)
+		return 0, []byte(err.Error())
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
@@ -319,6 +349,13 @@ func dialRead(addr string) (string, error) {
 		return "", err
 	}
 	return strings.TrimSpace(line), nil
+}
+
+// cliCommand returns the built binary run as a client of a's API.
+func cliCommand(a *agent, args ...string) *exec.Cmd {
+	cmd := exec.Command(binPath, append(args, "--addr", a.url(""))...)
+	cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken)
+	return cmd
 }
 
 // hookPayload is the recipe's webhook body.

@@ -75,7 +75,7 @@ func startAgent(bin string) (*agent, error) {
 		resp, err := http.Get("http://" + a.api + "/readyz")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == 200 {
+			if resp.StatusCode == 200 && a.leader() != "" {
 				return a, nil
 			}
 		}
@@ -110,6 +110,37 @@ func (a *agent) hook(name string, fport, bport int) (int, error) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// statusText returns /v1/status as text, for error reports.
+func (a *agent) statusText() string {
+	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// leader returns the raft leader the agent knows, "" when none.
+func (a *agent) leader() string {
+	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Raft struct {
+			Leader string `json:"leader"`
+		} `json:"raft"`
+	}
+	json.NewDecoder(resp.Body).Decode(&st)
+	return st.Raft.Leader
 }
 
 func (a *agent) reloads() uint64 {
@@ -178,14 +209,19 @@ func pct(d []time.Duration, p float64) time.Duration {
 	return s[i]
 }
 
-// freePorts reserves n distinct free ports.
+// nextPort walks a range below the kernel's ephemeral ports, so no outgoing
+// connection (HAProxy's health checks, our own HTTP clients) can be holding a
+// port we are about to route.
+var nextPort = 20000
+
+// freePorts returns n distinct ports that are free now.
 func freePorts(n int) []int {
-	seen := map[int]bool{}
 	var out []int
-	for len(out) < n {
-		p := freePort()
-		if !seen[p] {
-			seen[p] = true
+	for len(out) < n && nextPort < 32000 {
+		p := nextPort
+		nextPort++
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			ln.Close()
 			out = append(out, p)
 		}
 	}
@@ -211,7 +247,7 @@ func run(bin string, seq, conc, clients int) error {
 			return fmt.Errorf("sequential add %d: %d %v", i, code, err)
 		}
 		if !waitLive(port, 10*time.Second) {
-			return fmt.Errorf("sequential add %d: port %d never went live", i, port)
+			return fmt.Errorf("sequential add %d: port %d never went live; status: %s", i, port, a.statusText())
 		}
 		lat = append(lat, time.Since(start))
 	}
