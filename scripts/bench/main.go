@@ -32,16 +32,26 @@ func main() {
 	seq := flag.Int("sequential", 100, "sequential adds")
 	conc := flag.Int("concurrent", 500, "adds in the concurrent run")
 	clients := flag.Int("clients", 32, "concurrent clients")
+	mode := flag.String("mode", "all", "single, cluster or all")
 	flag.Parse()
-	if err := run(*bin, *seq, *conc, *clients); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
+	if *mode == "single" || *mode == "all" {
+		if err := run(*bin, *seq, *conc, *clients); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+	if *mode == "cluster" || *mode == "all" {
+		if err := runCluster(*bin); err != nil {
+			fmt.Fprintln(os.Stderr, "bench cluster:", err)
+			os.Exit(1)
+		}
 	}
 }
 
 type agent struct {
 	dir  string
 	api  string
+	args []string
 	cmd  *exec.Cmd
 	logs bytes.Buffer
 }
@@ -61,33 +71,48 @@ func startAgent(bin string) (*agent, error) {
 		return nil, err
 	}
 	a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort())}
-	a.cmd = exec.Command(bin, "agent", "--dev", "--data-dir", dir, "--node-name", "bench",
+	a.args = []string{"agent", "--dev", "--data-dir", dir, "--node-name", "bench",
 		"--api-addr", a.api,
 		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort()),
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort()))
-	a.cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token)
-	a.cmd.Stdout, a.cmd.Stderr = &a.logs, &a.logs
-	if err := a.cmd.Start(); err != nil {
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}
+	if err := a.launch(bin); err != nil {
 		return nil, err
 	}
+	if err := a.waitReady(); err != nil {
+		a.stop()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *agent) launch(bin string) error {
+	a.logs.Reset()
+	a.cmd = exec.Command(bin, a.args...)
+	a.cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token)
+	a.cmd.Stdout, a.cmd.Stderr = &a.logs, &a.logs
+	return a.cmd.Start()
+}
+
+func (a *agent) waitReady() error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get("http://" + a.api + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 && a.leader() != "" {
-				return a, nil
+				return nil
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	a.stop()
-	return nil, fmt.Errorf("agent not ready:\n%s", a.logs.String())
+	return fmt.Errorf("agent not ready:\n%s", a.logs.String())
 }
 
 func (a *agent) stop() {
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	a.cmd.Wait()
+	if a.cmd.ProcessState == nil {
+		a.cmd.Process.Signal(syscall.SIGTERM)
+		a.cmd.Wait()
+	}
 	if b, err := os.ReadFile(filepath.Join(a.dir, "haproxy", "haproxy.pid")); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
 			syscall.Kill(pid, syscall.SIGTERM)
@@ -98,10 +123,14 @@ func (a *agent) stop() {
 }
 
 func (a *agent) hook(name string, fport, bport int) (int, error) {
+	return a.hookQuery(name, fport, bport, "")
+}
+
+func (a *agent) hookQuery(name string, fport, bport int, query string) (int, error) {
 	body, _ := json.Marshal(map[string]any{
 		"name": name, "frontend-port": fport, "backend-port": bport, "dst-ip": "127.0.0.1", "action": "add",
 	})
-	req, _ := http.NewRequest("POST", "http://"+a.api+"/hooks/update-haproxy", bytes.NewReader(body))
+	req, _ := http.NewRequest("POST", "http://"+a.api+"/hooks/update-haproxy"+query, bytes.NewReader(body))
 	req.Header.Set("X-Funkypenguin-Token", token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -180,8 +209,10 @@ func startBackend() (int, func()) {
 }
 
 // live reports whether a connection through HAProxy reaches the backend.
-func live(port int) bool {
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
+func live(port int) bool { return liveAt("127.0.0.1", port) }
+
+func liveAt(host string, port int) bool {
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", host, port), 200*time.Millisecond)
 	if err != nil {
 		return false
 	}

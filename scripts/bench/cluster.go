@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// startCluster starts three agents on loopback with default raft timings,
+// frontends bound to 127.0.1.1-3, formed by bootstrap-expect.
+func startCluster(bin string) ([]*agent, error) {
+	var gossip []string
+	for i := 0; i < 3; i++ {
+		gossip = append(gossip, fmt.Sprintf("127.0.0.1:%d", freePort()))
+	}
+	var agents []*agent
+	for i := 0; i < 3; i++ {
+		dir, err := os.MkdirTemp("", "drawbridge-bench-")
+		if err != nil {
+			return nil, err
+		}
+		a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort())}
+		a.args = []string{"agent", "--node-name", fmt.Sprintf("edge-%d", i+1), "--data-dir", dir,
+			"--api-addr", a.api, "--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort()),
+			"--gossip-addr", gossip[i], "--bootstrap-expect", "3",
+			"--haproxy-bind-address", fmt.Sprintf("127.0.1.%d", i+1)}
+		for j, g := range gossip {
+			if j != i {
+				a.args = append(a.args, "--join", g)
+			}
+		}
+		if err := a.launch(bin); err != nil {
+			return nil, err
+		}
+		agents = append(agents, a)
+	}
+	for _, a := range agents {
+		if err := a.waitReady(); err != nil {
+			for _, b := range agents {
+				b.stop()
+			}
+			return nil, err
+		}
+	}
+	return agents, nil
+}
+
+func (a *agent) running() bool { return a.cmd.ProcessState == nil }
+
+func (a *agent) isLeader() bool {
+	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Raft struct {
+			State string `json:"state"`
+		} `json:"raft"`
+	}
+	json.NewDecoder(resp.Body).Decode(&st)
+	return st.Raft.State == "Leader"
+}
+
+func leaderOf(agents []*agent) *agent {
+	for _, a := range agents {
+		if a.running() && a.isLeader() {
+			return a
+		}
+	}
+	return nil
+}
+
+// put upserts route port with one backend; it reports whether it committed.
+func (a *agent) put(client *http.Client, port, backendPort int) bool {
+	body, _ := json.Marshal(map[string]any{"name": "r" + strconv.Itoa(port),
+		"backends": []map[string]any{{"address": "10.99.0.1", "port": backendPort}}})
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://%s/v1/routes/%d", a.api, port), bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
+func runCluster(bin string) error {
+	bport, stopBackend := startBackend()
+	defer stopBackend()
+	agents, err := startCluster(bin)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, a := range agents {
+			a.stop()
+		}
+	}()
+	fmt.Printf("\ndrawbridge three-node benchmark (3 agents + 3 HAProxies on loopback, default raft timings, fsync on)\n")
+
+	// Sustained writes: 64 clients, random nodes (followers forward), 5 s.
+	ports := freePorts(200)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var ok, failed atomic.Int64
+	stop := time.Now().Add(5 * time.Second)
+	var wg sync.WaitGroup
+	for c := 0; c < 64; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			for time.Now().Before(stop) {
+				a := agents[rng.IntN(3)]
+				if a.put(client, ports[rng.IntN(len(ports))], 1+rng.IntN(60000)) {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+		}(c)
+	}
+	start := time.Now()
+	wg.Wait()
+	elapsed := time.Since(start)
+	fmt.Printf("sustained writes, 64 clients to random nodes: %.0f committed writes/s (%d ok, %d failed in %v)\n",
+		float64(ok.Load())/elapsed.Seconds(), ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
+
+	// Webhook -> live on all three HAProxies, posted to random nodes.
+	var lat []time.Duration
+	for i, port := range freePorts(50) {
+		a := agents[i%3]
+		t0 := time.Now()
+		code, err := a.hook(fmt.Sprintf("live-%d", i), port, bport)
+		if err != nil || code != 200 {
+			return fmt.Errorf("add %d: %d %v", i, code, err)
+		}
+		for n := 1; n <= 3; n++ {
+			host := fmt.Sprintf("127.0.1.%d", n)
+			deadline := time.Now().Add(10 * time.Second)
+			for !liveAt(host, port) {
+				if time.Now().After(deadline) {
+					return fmt.Errorf("add %d never went live on %s", i, host)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	fmt.Printf("webhook -> route live on all three HAProxies, 50 sequential adds: p50 %v  p99 %v  max %v\n",
+		pct(lat, .5).Round(time.Millisecond), pct(lat, .99).Round(time.Millisecond), slices.Max(lat).Round(time.Millisecond))
+
+	// Leader kill -9 -> first committed write, three times.
+	var kills []time.Duration
+	wclient := &http.Client{Timeout: time.Second}
+	for trial := 0; trial < 3; trial++ {
+		leader := leaderOf(agents)
+		if leader == nil {
+			return fmt.Errorf("no leader before kill %d", trial)
+		}
+		t0 := time.Now()
+		leader.cmd.Process.Kill()
+		leader.cmd.Wait()
+		var first time.Duration
+		for i := 0; first == 0; i++ {
+			if time.Since(t0) > 30*time.Second {
+				return fmt.Errorf("no write committed within 30s of killing the leader")
+			}
+			for _, a := range agents {
+				if a.running() && a.put(wclient, ports[i%len(ports)], 1+i) {
+					first = time.Since(t0)
+					break
+				}
+			}
+		}
+		kills = append(kills, first)
+		if err := leader.launch(bin); err != nil {
+			return err
+		}
+		if err := leader.waitReady(); err != nil {
+			return err
+		}
+		time.Sleep(2 * time.Second) // let it rejoin fully before the next kill
+	}
+	slices.Sort(kills)
+	fmt.Printf("leader kill -9 -> first committed write (3 trials): median %v  (all: %v)\n", kills[1].Round(time.Millisecond), roundAll(kills))
+	return nil
+}
+
+func roundAll(d []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(d))
+	for i, x := range d {
+		out[i] = x.Round(time.Millisecond)
+	}
+	return out
+}
