@@ -49,6 +49,23 @@ type Meta struct {
 	// Leaving is gossiped just before a graceful leave, so peers can tell
 	// "left on purpose" (remove the voter) from "failed" (keep it).
 	Leaving bool `json:"l,omitempty"`
+	// FIP is this edge node's floating-IP claim (nil when none is managed).
+	FIP *FIPMeta `json:"f,omitempty"`
+}
+
+// FIPMeta is an edge node's floating-IP state as gossiped: whether it may
+// hold the address, whether it does and with which claim epoch, and how it
+// got it.
+type FIPMeta struct {
+	Eligible bool   `json:"el,omitempty"`
+	Holding  bool   `json:"h,omitempty"`
+	Epoch    uint64 `json:"e,omitempty"`
+	Priority int    `json:"p,omitempty"`
+	// Last failover that gave this node the address.
+	LastAt   int64  `json:"la,omitempty"` // unix milliseconds
+	LastFrom string `json:"lf,omitempty"`
+	LastMS   int64  `json:"ld,omitempty"` // duration in milliseconds
+	LastWhy  string `json:"lw,omitempty"`
 }
 
 // Member is a node as gossip sees it.
@@ -183,6 +200,9 @@ func (m *Membership) encodeMeta() []byte {
 	m.mu.Unlock()
 	if len(md.Error) > 120 {
 		md.Error = md.Error[:120]
+	}
+	if md.FIP != nil && len(md.FIP.LastWhy) > 60 {
+		md.FIP.LastWhy = md.FIP.LastWhy[:60]
 	}
 	b, _ := json.Marshal(md)
 	return b

@@ -206,6 +206,13 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error 
 	}
 	clus := cluster.NewCluster(node, members, logger)
 	info.cluster = clus
+	owner, err := newFloatingIPOwner(cfg, info, members, logger, reg)
+	if err != nil {
+		members.Shutdown()
+		cleanup()
+		return fmt.Errorf("floating IP: %w", err)
+	}
+	info.owner = owner
 
 	server, err := api.New(api.Config{
 		Tokens:        tokens,
@@ -263,6 +270,9 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error 
 	if len(cfg.Join) > 0 {
 		spawn(func(ctx context.Context) { _ = members.Join(ctx, cfg.Join) })
 	}
+	if owner != nil {
+		spawn(owner.Run)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- server.Serve(runCtx, ln) }()
 
@@ -283,8 +293,14 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error 
 			result = fmt.Errorf("api server: %w", err)
 		}
 	}
-	// Hand leadership over and say goodbye while the API still answers, so
+	// Give the floating IP up first so a peer claims it at once, then hand
+	// leadership over and say goodbye while the API still answers, so
 	// forwarded writes find the new leader; then stop the rest.
+	if owner != nil {
+		stopCtx, stopCancel := context.WithTimeout(context.Background(), 5*time.Second)
+		owner.Stop(stopCtx)
+		stopCancel()
+	}
 	clus.Leave(3 * time.Second)
 	cancel()
 	wg.Wait()

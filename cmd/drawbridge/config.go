@@ -49,7 +49,9 @@ type Config struct {
 	HAProxy HAProxyConfig `mapstructure:"haproxy"`
 	Routes  RoutesConfig  `mapstructure:"routes"`
 	Leases  LeasesConfig  `mapstructure:"leases"`
-	Log     LogConfig     `mapstructure:"log"`
+	// FloatingIP configures the public address that moves between edge nodes.
+	FloatingIP FloatingIPConfig `mapstructure:"floating_ip"`
+	Log        LogConfig        `mapstructure:"log"`
 }
 
 // APIConfig configures the HTTP API (webhook, REST, metrics).
@@ -126,6 +128,39 @@ type RoutesConfig struct {
 	DenyPorts []string `mapstructure:"deny_ports"`
 }
 
+// FloatingIPConfig selects how the floating IP moves (see cluster/floatingip).
+type FloatingIPConfig struct {
+	Provider  string `mapstructure:"provider"`
+	Address   string `mapstructure:"address"`
+	Interface string `mapstructure:"interface"`
+	PrefixLen int    `mapstructure:"prefix_len"`
+	// Priority: the eligible node with the highest priority claims first.
+	Priority int `mapstructure:"priority"`
+	// HoldDown: after losing the address to a newer claim, a node waits
+	// this long before claiming again while another eligible node lives.
+	HoldDown time.Duration `mapstructure:"hold_down"`
+	// LagGrace: how long HAProxy may run an older table than this node's
+	// before the node stops being eligible (and a holder hands over).
+	LagGrace     time.Duration      `mapstructure:"lag_grace"`
+	Exec         FloatingIPExec     `mapstructure:"exec"`
+	DigitalOcean FloatingIPDOConfig `mapstructure:"digitalocean"`
+}
+
+// FloatingIPExec configures the exec provider.
+type FloatingIPExec struct {
+	Command string        `mapstructure:"command"`
+	Timeout time.Duration `mapstructure:"timeout"`
+	Retries int           `mapstructure:"retries"`
+}
+
+// FloatingIPDOConfig configures the digitalocean provider. The API token
+// comes from TokenFile or the DIGITALOCEAN_TOKEN environment variable.
+type FloatingIPDOConfig struct {
+	TokenFile string `mapstructure:"token_file"`
+	DropletID int    `mapstructure:"droplet_id"`
+	APIURL    string `mapstructure:"api_url"`
+}
+
 // LeasesConfig tunes backend lease expiry.
 type LeasesConfig struct {
 	Interval    time.Duration `mapstructure:"interval"`
@@ -144,61 +179,74 @@ type LogConfig struct {
 // keys DRAWBRIDGE_* variables can set (viper only maps env vars onto keys it
 // knows).
 var defaults = map[string]any{
-	"node_name":               "",
-	"data_dir":                "/var/lib/drawbridge",
-	"dev":                     false,
-	"role":                    "edge",
-	"join":                    []string{},
-	"bootstrap_expect":        0,
-	"api.addr":                ":9000",
-	"api.token":               "",
-	"api.tokens":              []string{},
-	"api.token_file":          "",
-	"api.legacy_header":       "X-Funkypenguin-Token",
-	"api.tls_cert_file":       "",
-	"api.tls_key_file":        "",
-	"api.advertise":           "",
-	"api.forward_ca_file":     "",
-	"api.max_body_bytes":      64 << 10,
-	"api.hook_lease":          "30m",
-	"api.apply_timeout":       "10s",
-	"api.metrics_public":      true,
-	"raft.addr":               ":9001",
-	"raft.advertise":          "",
-	"raft.bootstrap":          false,
-	"raft.heartbeat_timeout":  "1s",
-	"raft.election_timeout":   "1s",
-	"raft.snapshot_threshold": 8192,
-	"raft.snapshot_interval":  "2m",
-	"raft.tls_ca_file":        "",
-	"raft.tls_cert_file":      "",
-	"raft.tls_key_file":       "",
-	"gossip.addr":             ":9002",
-	"gossip.advertise":        "",
-	"gossip.key":              "",
-	"gossip.key_file":         "",
-	"gossip.label":            "drawbridge",
-	"gossip.probe_interval":   "500ms",
-	"gossip.probe_timeout":    "250ms",
-	"gossip.suspicion_mult":   3,
-	"gossip.gossip_interval":  "100ms",
-	"haproxy.bin":             "haproxy",
-	"haproxy.dir":             "",
-	"haproxy.bind_address":    "",
-	"haproxy.hard_stop_after": "30m",
-	"haproxy.max_reloads":     50,
-	"haproxy.maxconn":         0,
-	"haproxy.quiet_window":    "20ms",
-	"haproxy.max_delay":       "250ms",
-	"haproxy.timeout_client":  "1h",
-	"haproxy.timeout_server":  "1h",
-	"routes.deny_ports":       []string{},
-	"leases.interval":         "5s",
-	"leases.grace":            "2m",
-	"leases.max_fraction":     0.5,
-	"leases.force":            false,
-	"log.level":               "info",
-	"log.format":              "text",
+	"node_name":                           "",
+	"data_dir":                            "/var/lib/drawbridge",
+	"dev":                                 false,
+	"role":                                "edge",
+	"join":                                []string{},
+	"bootstrap_expect":                    0,
+	"api.addr":                            ":9000",
+	"api.token":                           "",
+	"api.tokens":                          []string{},
+	"api.token_file":                      "",
+	"api.legacy_header":                   "X-Funkypenguin-Token",
+	"api.tls_cert_file":                   "",
+	"api.tls_key_file":                    "",
+	"api.advertise":                       "",
+	"api.forward_ca_file":                 "",
+	"api.max_body_bytes":                  64 << 10,
+	"api.hook_lease":                      "30m",
+	"api.apply_timeout":                   "10s",
+	"api.metrics_public":                  true,
+	"raft.addr":                           ":9001",
+	"raft.advertise":                      "",
+	"raft.bootstrap":                      false,
+	"raft.heartbeat_timeout":              "1s",
+	"raft.election_timeout":               "1s",
+	"raft.snapshot_threshold":             8192,
+	"raft.snapshot_interval":              "2m",
+	"raft.tls_ca_file":                    "",
+	"raft.tls_cert_file":                  "",
+	"raft.tls_key_file":                   "",
+	"gossip.addr":                         ":9002",
+	"gossip.advertise":                    "",
+	"gossip.key":                          "",
+	"gossip.key_file":                     "",
+	"gossip.label":                        "drawbridge",
+	"gossip.probe_interval":               "200ms",
+	"gossip.probe_timeout":                "100ms",
+	"gossip.suspicion_mult":               2,
+	"gossip.gossip_interval":              "100ms",
+	"haproxy.bin":                         "haproxy",
+	"haproxy.dir":                         "",
+	"haproxy.bind_address":                "",
+	"haproxy.hard_stop_after":             "30m",
+	"haproxy.max_reloads":                 50,
+	"haproxy.maxconn":                     0,
+	"haproxy.quiet_window":                "20ms",
+	"haproxy.max_delay":                   "250ms",
+	"haproxy.timeout_client":              "1h",
+	"haproxy.timeout_server":              "1h",
+	"routes.deny_ports":                   []string{},
+	"floating_ip.provider":                "none",
+	"floating_ip.address":                 "",
+	"floating_ip.interface":               "",
+	"floating_ip.prefix_len":              32,
+	"floating_ip.priority":                0,
+	"floating_ip.hold_down":               "3s",
+	"floating_ip.lag_grace":               "5s",
+	"floating_ip.exec.command":            "",
+	"floating_ip.exec.timeout":            "10s",
+	"floating_ip.exec.retries":            3,
+	"floating_ip.digitalocean.token_file": "",
+	"floating_ip.digitalocean.droplet_id": 0,
+	"floating_ip.digitalocean.api_url":    "",
+	"leases.interval":                     "5s",
+	"leases.grace":                        "2m",
+	"leases.max_fraction":                 0.5,
+	"leases.force":                        false,
+	"log.level":                           "info",
+	"log.format":                          "text",
 }
 
 // devDefaults replace some defaults under --dev: everything on loopback, data
@@ -445,6 +493,21 @@ func (c *Config) Validate() error {
 	}
 	if _, err := fsm.ParsePortRanges(c.Routes.DenyPorts); err != nil {
 		errs = append(errs, fmt.Errorf("routes.deny_ports: %w", err))
+	}
+	switch c.FloatingIP.Provider {
+	case "none", "":
+	case "digitalocean", "vip", "exec":
+		if c.Role == roleWitness {
+			errs = append(errs, errors.New("floating_ip: a witness never holds the floating IP; set floating_ip.provider: none on it"))
+		}
+		if _, err := netip.ParseAddr(c.FloatingIP.Address); err != nil {
+			errs = append(errs, fmt.Errorf("floating_ip.address %q is not an IP address", c.FloatingIP.Address))
+		}
+		if c.FloatingIP.Provider == "exec" && c.FloatingIP.Exec.Command == "" {
+			errs = append(errs, errors.New("floating_ip.exec.command is required with provider exec"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("floating_ip.provider %q must be digitalocean, vip, exec or none", c.FloatingIP.Provider))
 	}
 	if c.Leases.MaxFraction < 0 || c.Leases.MaxFraction > 1 {
 		errs = append(errs, errors.New("leases.max_fraction must be between 0 and 1"))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/api"
 	"github.com/drawbridge-lb/drawbridge/cluster"
+	"github.com/drawbridge-lb/drawbridge/cluster/floatingip"
 	"github.com/drawbridge-lb/drawbridge/fsm"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
 )
@@ -26,6 +28,35 @@ type nodeInfo struct {
 	table   *fsm.FSM
 	proxy   *haproxy.Manager
 	cluster *cluster.Cluster
+	owner   *floatingip.Owner // nil when no floating IP is managed
+
+	mu          sync.Mutex
+	behindSince time.Time // when HAProxy fell behind the table (zero: current)
+}
+
+// eligible reports whether this node may hold the floating IP: HAProxy runs,
+// and it has not been behind this node's table for longer than the lag
+// grace (a failed validation or reload keeps it behind; an ordinary apply
+// catches up in well under a second).
+func (s *nodeInfo) eligible() bool {
+	if s.proxy == nil {
+		return false
+	}
+	hs := s.proxy.Status()
+	index := s.table.State().Index
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !hs.Running {
+		return false
+	}
+	if hs.AppliedIndex >= index {
+		s.behindSince = time.Time{}
+		return true
+	}
+	if s.behindSince.IsZero() {
+		s.behindSince = time.Now()
+	}
+	return time.Since(s.behindSince) < s.cfg.FloatingIP.LagGrace
 }
 
 var (
@@ -89,6 +120,9 @@ func (s *nodeInfo) meta() cluster.Meta {
 	m.ConfigHash = hs.ConfigHash
 	m.Error = hs.LastError
 	m.Healthy = hs.Running && hs.AppliedIndex >= m.Index
+	if s.owner != nil {
+		m.FIP = fipMeta(s.owner.Claim())
+	}
 	return m
 }
 
@@ -107,7 +141,9 @@ func (s *nodeInfo) Cluster() api.ClusterStatus {
 	voters := s.cluster.Voters()
 	st := api.ClusterStatus{Leader: s.node.Status().LeaderID}
 	seen := map[string]bool{}
-	for _, m := range s.cluster.Members().Members() {
+	members := s.cluster.Members().Members()
+	st.FloatingIP = s.floatingIPStatus(members)
+	for _, m := range members {
 		seen[m.Name] = true
 		_, voter := voters[m.Name]
 		st.Members = append(st.Members, api.MemberStatus{

@@ -1,0 +1,461 @@
+package floatingip
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Peer is another edge node as gossip sees it, with the floating-IP fields
+// it publishes about itself.
+type Peer struct {
+	Name string
+	// Alive is false when gossip suspects the node, declared it dead, or it
+	// left. A suspected holder is treated as lost: suspicion needs a failed
+	// direct probe and failed indirect probes through the other members.
+	Alive bool
+	// Eligible means the node says its HAProxy runs the latest config it
+	// knows and it is not stopping.
+	Eligible bool
+	Priority int
+	// Holding and Epoch are the node's claim: the epoch of a claim is one
+	// more than any epoch its claimer had seen, so the newest claim wins.
+	Holding bool
+	Epoch   uint64
+	// Last is the holder's record of how it got the address.
+	Last *Failover
+}
+
+// Failover records one move of the floating IP.
+type Failover struct {
+	At       time.Time
+	From     string
+	To       string
+	Duration time.Duration
+	Reason   string
+}
+
+// View is the owner loop's window on the cluster.
+type View interface {
+	// Peers returns the other edge nodes (never this one).
+	Peers() []Peer
+	// Changed returns a channel closed at the next membership change.
+	Changed() <-chan struct{}
+}
+
+// Claim is this node's published floating-IP state (gossiped by the caller).
+type Claim struct {
+	Holding  bool
+	Epoch    uint64
+	Priority int
+	Eligible bool
+	Last     *Failover
+}
+
+// OwnerConfig tunes the owner loop.
+type OwnerConfig struct {
+	NodeName string
+	Address  string
+	Priority int
+	// Interval between decisions when nothing changes (default 100ms).
+	Interval time.Duration
+	// VerifyInterval is how often a holder asks the provider whether it
+	// still holds the address (default 1s; cloud providers: 5s).
+	VerifyInterval time.Duration
+	// HoldDown is how long a node that lost the address to a newer claim
+	// waits before claiming again while another eligible node is alive
+	// (default 3s). With the newest-claim-wins rule it bounds moves when a
+	// link flaps.
+	HoldDown time.Duration
+	// RetryInterval after a failed claim (default 1s).
+	RetryInterval time.Duration
+}
+
+// Owner decides, on every edge node, whether this node should hold the
+// floating IP, and moves it through a Provider:
+//   - the current holder keeps the address while it is eligible (alive,
+//     HAProxy running the latest config): no move back when a better node
+//     returns;
+//   - when no alive, eligible node holds it, the best eligible node by
+//     priority (higher first) then name claims it at once;
+//   - when two nodes hold it (a partition healed), the newer claim (higher
+//     epoch) keeps it, the other releases;
+//   - a holder that becomes ineligible (HAProxy died, apply failed) or
+//     stops releases first, so the next node claims without waiting for
+//     failure detection.
+type Owner struct {
+	cfg      OwnerConfig
+	provider Provider
+	view     View
+	healthy  func() bool
+	publish  func()
+	log      *slog.Logger
+	metrics  *ownerMetrics
+
+	mu       sync.Mutex
+	claim    Claim
+	stopping bool
+	maxEpoch uint64
+	// quietUntil: after losing a conflict, this node claims again only if
+	// no other eligible node is alive until then.
+	quietUntil time.Time
+	lostAt     time.Time // when this node first saw no eligible holder
+	lastFrom   string    // the holder before the address was lost
+	why        string
+	wake       chan struct{}
+}
+
+// NewOwner returns an owner loop. healthy reports this node's own
+// eligibility (HAProxy running and current); publish is called after every
+// change of Claim so the caller can gossip it at once.
+func NewOwner(cfg OwnerConfig, p Provider, view View, healthy func() bool, publish func(), logger *slog.Logger, reg prometheus.Registerer) *Owner {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 100 * time.Millisecond
+	}
+	if cfg.VerifyInterval <= 0 {
+		cfg.VerifyInterval = time.Second
+		if p.Name() == ProviderDigitalOcean {
+			cfg.VerifyInterval = 5 * time.Second
+		}
+	}
+	if cfg.HoldDown <= 0 {
+		cfg.HoldDown = 3 * time.Second
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = time.Second
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if publish == nil {
+		publish = func() {}
+	}
+	return &Owner{
+		cfg: cfg, provider: p, view: view, healthy: healthy, publish: publish,
+		log:     logger.With("component", "floating-ip", "address", cfg.Address, "provider", p.Name()),
+		metrics: newOwnerMetrics(reg),
+		claim:   Claim{Priority: cfg.Priority},
+		wake:    make(chan struct{}, 1),
+	}
+}
+
+// Claim returns what this node publishes about the floating IP.
+func (o *Owner) Claim() Claim {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c := o.claim
+	c.Eligible = !o.stopping && o.healthy()
+	return c
+}
+
+// Provider returns the provider the owner moves the address with.
+func (o *Owner) Provider() Provider { return o.provider }
+
+// Poke asks for a decision now (e.g. after a local health change).
+func (o *Owner) Poke() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run decides and acts until ctx ends. It starts from what the provider
+// says: an address still held from before a crash counts as the oldest
+// claim, so a newer holder elsewhere wins.
+func (o *Owner) Run(ctx context.Context) {
+	if held, err := o.provider.Held(ctx); err == nil && held {
+		o.mu.Lock()
+		o.claim.Holding = true
+		o.claim.Epoch = 0
+		o.mu.Unlock()
+		o.log.Info("holding the floating IP from before this start")
+		o.publish()
+	}
+	tick := time.NewTicker(o.cfg.Interval)
+	defer tick.Stop()
+	lastVerify := time.Now()
+	for {
+		changed := o.view.Changed()
+		o.step(ctx)
+		if time.Since(lastVerify) >= o.cfg.VerifyInterval {
+			o.verify(ctx)
+			lastVerify = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-o.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// Stop releases the address if held, publishes that this node no longer
+// holds it and is not eligible, so a peer claims at once. Call it before
+// leaving gossip on a graceful stop.
+func (o *Owner) Stop(ctx context.Context) {
+	o.mu.Lock()
+	o.stopping = true
+	holding := o.claim.Holding
+	o.mu.Unlock()
+	if holding {
+		o.release(ctx, "this node is stopping")
+	}
+	o.publish()
+}
+
+// rank orders candidates: higher priority first, then name.
+func rank(aPrio int, aName string, bPrio int, bName string) int {
+	if c := cmp.Compare(bPrio, aPrio); c != 0 {
+		return c
+	}
+	return cmp.Compare(aName, bName)
+}
+
+func (o *Owner) step(ctx context.Context) {
+	peers := o.view.Peers()
+	o.mu.Lock()
+	for _, p := range peers {
+		if p.Epoch > o.maxEpoch {
+			o.maxEpoch = p.Epoch
+		}
+	}
+	stopping := o.stopping
+	holding := o.claim.Holding
+	epoch := o.claim.Epoch
+	quiet := time.Now().Before(o.quietUntil)
+	o.mu.Unlock()
+	if stopping {
+		return
+	}
+	eligible := o.healthy()
+	o.metrics.holder.Set(b2f(holding))
+
+	var holders []Peer // other alive, eligible holders
+	for _, p := range peers {
+		if p.Alive && p.Eligible && p.Holding {
+			holders = append(holders, p)
+		}
+	}
+
+	if holding {
+		switch {
+		case !eligible:
+			o.release(ctx, "this node is not healthy (HAProxy not running the latest config)")
+		case len(holders) > 0:
+			// Two holders: the newer claim wins; equal epochs go by rank.
+			newest := slices.MaxFunc(holders, func(a, b Peer) int { return cmp.Compare(a.Epoch, b.Epoch) })
+			older := newest.Epoch > epoch || (newest.Epoch == epoch && rank(newest.Priority, newest.Name, o.cfg.Priority, o.cfg.NodeName) < 0)
+			if older {
+				o.release(ctx, "a newer claim by "+newest.Name)
+				o.mu.Lock()
+				o.quietUntil = time.Now().Add(o.cfg.HoldDown)
+				o.mu.Unlock()
+			}
+		}
+		return
+	}
+	if !eligible {
+		return
+	}
+	if len(holders) > 0 {
+		o.mu.Lock()
+		o.lostAt, o.lastFrom = time.Time{}, holders[0].Name
+		o.mu.Unlock()
+		return
+	}
+	// Nobody eligible holds the address. Note when that started and why.
+	o.mu.Lock()
+	if o.lostAt.IsZero() {
+		o.lostAt = time.Now()
+		if o.lastFrom == "" {
+			o.lastFrom = lastHolder(peers)
+		}
+		o.why = lossReason(peers, o.lastFrom)
+	}
+	o.mu.Unlock()
+	best := o.cfg.NodeName
+	bestPrio := o.cfg.Priority
+	for _, p := range peers {
+		if p.Alive && p.Eligible && rank(p.Priority, p.Name, bestPrio, best) < 0 {
+			best, bestPrio = p.Name, p.Priority
+		}
+	}
+	if best != o.cfg.NodeName {
+		return
+	}
+	if quiet && o.otherEligible(peers) {
+		// This node just lost a conflict: let the others settle first, so
+		// a flapping link cannot bounce the address back and forth.
+		return
+	}
+	o.claimNow(ctx)
+}
+
+// otherEligible reports whether any other alive, eligible node exists.
+func (o *Owner) otherEligible(peers []Peer) bool {
+	for _, p := range peers {
+		if p.Alive && p.Eligible {
+			return true
+		}
+	}
+	return false
+}
+
+// lastHolder returns the peer with the newest claim, dead or alive.
+func lastHolder(peers []Peer) string {
+	var name string
+	var epoch uint64
+	for _, p := range peers {
+		if p.Holding && (name == "" || p.Epoch > epoch) {
+			name, epoch = p.Name, p.Epoch
+		}
+	}
+	return name
+}
+
+// lossReason says why no eligible node holds the address.
+func lossReason(peers []Peer, last string) string {
+	for _, p := range peers {
+		if p.Name != last {
+			continue
+		}
+		switch {
+		case !p.Alive:
+			return "holder " + p.Name + " failed"
+		case !p.Eligible:
+			return "holder " + p.Name + " unhealthy or stopping"
+		case !p.Holding:
+			return "holder " + p.Name + " released it"
+		}
+	}
+	if last == "" {
+		return "no holder"
+	}
+	return "holder " + last + " gone"
+}
+
+func (o *Owner) claimNow(ctx context.Context) {
+	o.mu.Lock()
+	from, why, lostAt := o.lastFrom, o.why, o.lostAt
+	o.mu.Unlock()
+	start := time.Now()
+	o.metrics.claims.Inc()
+	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	err := o.provider.Claim(cctx)
+	cancel()
+	if err != nil {
+		o.metrics.claimFailures.Inc()
+		o.log.Warn("claim failed; retrying", "err", err, "retry_in", o.cfg.RetryInterval)
+		select {
+		case <-ctx.Done():
+		case <-time.After(o.cfg.RetryInterval):
+		}
+		return
+	}
+	o.mu.Lock()
+	stopping := o.stopping
+	o.mu.Unlock()
+	if stopping {
+		// Stop ran while the claim was in flight: give it back.
+		o.release(ctx, "this node is stopping")
+		return
+	}
+	dur := time.Since(lostAt)
+	if lostAt.IsZero() {
+		dur = time.Since(start)
+	}
+	o.mu.Lock()
+	o.maxEpoch++
+	o.claim.Holding = true
+	o.claim.Epoch = o.maxEpoch
+	o.claim.Last = &Failover{At: time.Now(), From: from, To: o.cfg.NodeName, Duration: dur, Reason: why}
+	o.lostAt, o.lastFrom = time.Time{}, o.cfg.NodeName
+	o.mu.Unlock()
+	o.metrics.holder.Set(1)
+	o.metrics.failover.Observe(dur.Seconds())
+	o.log.Info("claimed the floating IP", "from", from, "reason", why, "after", dur.Round(time.Millisecond), "claim_took", time.Since(start).Round(time.Millisecond))
+	o.publish()
+}
+
+func (o *Owner) release(ctx context.Context, why string) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err := o.provider.Release(cctx)
+	cancel()
+	o.mu.Lock()
+	o.claim.Holding = false
+	o.mu.Unlock()
+	o.metrics.holder.Set(0)
+	if err != nil {
+		o.log.Warn("release failed", "reason", why, "err", err)
+	} else {
+		o.log.Info("released the floating IP", "reason", why)
+	}
+	o.publish()
+}
+
+// verify asks the provider whether a holder still holds the address (a
+// cloud API may have moved it on another node's claim).
+func (o *Owner) verify(ctx context.Context) {
+	o.mu.Lock()
+	holding, stopping := o.claim.Holding, o.stopping
+	o.mu.Unlock()
+	if !holding || stopping {
+		return
+	}
+	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	held, err := o.provider.Held(vctx)
+	cancel()
+	if err != nil || held {
+		return
+	}
+	o.log.Warn("the provider says this node no longer holds the floating IP")
+	o.mu.Lock()
+	o.claim.Holding = false
+	o.quietUntil = time.Now().Add(o.cfg.HoldDown)
+	o.mu.Unlock()
+	o.publish()
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+type ownerMetrics struct {
+	holder        prometheus.Gauge
+	claims        prometheus.Counter
+	claimFailures prometheus.Counter
+	failover      prometheus.Histogram
+}
+
+func newOwnerMetrics(reg prometheus.Registerer) *ownerMetrics {
+	m := &ownerMetrics{
+		holder: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drawbridge_floating_ip_holder", Help: "1 when this node holds the floating IP.",
+		}),
+		claims: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drawbridge_floating_ip_claims_total", Help: "Claims of the floating IP this node attempted.",
+		}),
+		claimFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drawbridge_floating_ip_claim_failures_total", Help: "Claims of the floating IP that failed.",
+		}),
+		failover: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "drawbridge_floating_ip_failover_duration_seconds",
+			Help:    "From this node seeing no eligible holder to its claim completing.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2, 5, 10, 30, 60},
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.holder, m.claims, m.claimFailures, m.failover)
+	}
+	return m
+}

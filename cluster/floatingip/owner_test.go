@@ -1,0 +1,292 @@
+package floatingip
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// fakeView is a settable cluster view: the owner logic is what is tested.
+type fakeView struct {
+	mu      sync.Mutex
+	peers   []Peer
+	changed chan struct{}
+}
+
+func newFakeView(peers ...Peer) *fakeView {
+	return &fakeView{peers: peers, changed: make(chan struct{})}
+}
+
+func (v *fakeView) Peers() []Peer {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]Peer(nil), v.peers...)
+}
+
+func (v *fakeView) Changed() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.changed
+}
+
+func (v *fakeView) set(peers ...Peer) {
+	v.mu.Lock()
+	v.peers = peers
+	close(v.changed)
+	v.changed = make(chan struct{})
+	v.mu.Unlock()
+}
+
+// fakeProvider records calls; the real providers have their own tests.
+type fakeProvider struct {
+	mu       sync.Mutex
+	held     bool
+	claims   int
+	releases int
+	fail     error
+}
+
+func (p *fakeProvider) Name() string { return "fake" }
+func (p *fakeProvider) Claim(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.claims++
+	if p.fail != nil {
+		return p.fail
+	}
+	p.held = true
+	return nil
+}
+func (p *fakeProvider) Release(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.releases++
+	p.held = false
+	return nil
+}
+func (p *fakeProvider) Held(context.Context) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held, nil
+}
+func (p *fakeProvider) counts() (int, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.claims, p.releases
+}
+
+type testOwner struct {
+	*Owner
+	prov    *fakeProvider
+	view    *fakeView
+	healthy *boolFlag
+}
+
+type boolFlag struct {
+	mu sync.Mutex
+	v  bool
+}
+
+func (b *boolFlag) get() bool  { b.mu.Lock(); defer b.mu.Unlock(); return b.v }
+func (b *boolFlag) set(v bool) { b.mu.Lock(); b.v = v; b.mu.Unlock() }
+
+func newTestOwner(name string, prio int, peers ...Peer) *testOwner {
+	prov := &fakeProvider{}
+	view := newFakeView(peers...)
+	h := &boolFlag{v: true}
+	o := NewOwner(OwnerConfig{NodeName: name, Address: "192.0.2.10", Priority: prio, Interval: 5 * time.Millisecond,
+		VerifyInterval: 10 * time.Millisecond, HoldDown: time.Hour},
+		prov, view, h.get, nil, nil, prometheus.NewRegistry())
+	return &testOwner{Owner: o, prov: prov, view: view, healthy: h}
+}
+
+func (o *testOwner) run(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { o.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// settle runs enough decision rounds for the owner to act on its view.
+func settle(o *testOwner) {
+	for i := 0; i < 5; i++ {
+		o.step(context.Background())
+	}
+}
+
+func TestOwnerClaimsWhenNobodyHolds(t *testing.T) {
+	o := newTestOwner("edge-a", 0)
+	settle(o)
+	if c := o.Claim(); !c.Holding || c.Epoch != 1 || c.Last == nil || c.Last.To != "edge-a" {
+		t.Fatalf("claim: %+v", c)
+	}
+}
+
+func TestOwnerBestCandidateClaimsOthersWait(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		self     string
+		prio     int
+		peer     Peer
+		wantHold bool
+	}{
+		{"higher priority peer wins", "edge-a", 0, Peer{Name: "edge-b", Alive: true, Eligible: true, Priority: 10}, false},
+		{"higher own priority wins", "edge-b", 10, Peer{Name: "edge-a", Alive: true, Eligible: true}, true},
+		{"equal priority: lower name wins", "edge-a", 0, Peer{Name: "edge-b", Alive: true, Eligible: true}, true},
+		{"equal priority: peer with lower name wins", "edge-b", 0, Peer{Name: "edge-a", Alive: true, Eligible: true}, false},
+		{"ineligible better peer does not count", "edge-b", 0, Peer{Name: "edge-a", Alive: true, Eligible: false}, true},
+		{"dead better peer does not count", "edge-b", 0, Peer{Name: "edge-a", Alive: false, Eligible: true}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := newTestOwner(tc.self, tc.prio, tc.peer)
+			settle(o)
+			if got := o.Claim().Holding; got != tc.wantHold {
+				t.Errorf("holding = %v, want %v", got, tc.wantHold)
+			}
+		})
+	}
+}
+
+func TestOwnerHolderKeepsAddress(t *testing.T) {
+	// A better node comes back while another holds: no move back.
+	o := newTestOwner("edge-a", 100, Peer{Name: "edge-b", Alive: true, Eligible: true, Holding: true, Epoch: 4})
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("claimed from a healthy holder")
+	}
+	if c, _ := o.prov.counts(); c != 0 {
+		t.Fatalf("%d provider claims against a healthy holder", c)
+	}
+}
+
+func TestOwnerTakesOverFromFailedHolder(t *testing.T) {
+	o := newTestOwner("edge-b", 0, Peer{Name: "edge-a", Alive: true, Eligible: true, Holding: true, Epoch: 3})
+	o.run(t)
+	o.view.set(Peer{Name: "edge-a", Alive: false, Eligible: true, Holding: true, Epoch: 3})
+	eventually(t, "takeover", func() bool { return o.Claim().Holding })
+	c := o.Claim()
+	if c.Epoch != 4 || c.Last.From != "edge-a" || c.Last.Reason != "holder edge-a failed" {
+		t.Errorf("claim after takeover: %+v %+v", c, c.Last)
+	}
+}
+
+func TestOwnerUnhealthyHolderHandsOver(t *testing.T) {
+	o := newTestOwner("edge-a", 0, Peer{Name: "edge-b", Alive: true, Eligible: true})
+	o.run(t)
+	eventually(t, "claim", func() bool { return o.Claim().Holding })
+	o.healthy.set(false)
+	o.Poke()
+	eventually(t, "release", func() bool { return !o.Claim().Holding })
+	if c := o.Claim(); c.Eligible {
+		t.Error("an unhealthy node publishes itself eligible")
+	}
+	if _, r := o.prov.counts(); r != 1 {
+		t.Errorf("releases = %d, want 1", r)
+	}
+}
+
+func TestOwnerNewerClaimWinsAndNoBounce(t *testing.T) {
+	// After a partition heals both hold; the newer claim keeps it.
+	o := newTestOwner("edge-a", 100)
+	settle(o) // holds with epoch 1
+	o.view.set(Peer{Name: "edge-b", Alive: true, Eligible: true, Holding: true, Epoch: 2})
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("older claim kept the address")
+	}
+	// The link flaps: edge-b looks briefly unreachable, then back. edge-a
+	// lost a conflict a moment ago and another eligible node is alive, so
+	// it does not grab the address back.
+	o.view.set(Peer{Name: "edge-b", Alive: true, Eligible: true, Holding: false, Epoch: 2}, Peer{Name: "edge-c", Alive: true, Eligible: true})
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("claimed again inside the hold-down while another eligible node is alive")
+	}
+	claims, _ := o.prov.counts()
+	if claims != 1 {
+		t.Errorf("provider claims = %d, want 1", claims)
+	}
+}
+
+func TestOwnerStopReleasesAndPublishes(t *testing.T) {
+	var published int
+	var mu sync.Mutex
+	prov := &fakeProvider{}
+	o := NewOwner(OwnerConfig{NodeName: "edge-a", Address: "192.0.2.10"}, prov, newFakeView(), func() bool { return true },
+		func() { mu.Lock(); published++; mu.Unlock() }, nil, prometheus.NewRegistry())
+	o.step(context.Background())
+	if !o.Claim().Holding {
+		t.Fatal("did not claim")
+	}
+	o.Stop(context.Background())
+	if c := o.Claim(); c.Holding || c.Eligible {
+		t.Errorf("after Stop: %+v", c)
+	}
+	if _, r := prov.counts(); r != 1 {
+		t.Errorf("releases = %d", r)
+	}
+	o.step(context.Background())
+	if o.Claim().Holding {
+		t.Error("claimed again after Stop")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if published < 2 {
+		t.Errorf("published %d times, want a publish per change", published)
+	}
+}
+
+func TestOwnerVerifyNoticesLostAddress(t *testing.T) {
+	o := newTestOwner("edge-a", 0, Peer{Name: "edge-b", Alive: true, Eligible: true, Holding: true, Epoch: 9})
+	o.prov.held = true // held from before a crash: the oldest claim
+	o.run(t)
+	// It starts as holder (epoch 0), sees edge-b's newer claim, releases.
+	eventually(t, "release to the newer holder", func() bool {
+		_, r := o.prov.counts()
+		return r == 1 && !o.Claim().Holding
+	})
+	// A cloud provider moves the address away: verify notices.
+	o2 := newTestOwner("edge-z", 0)
+	o2.run(t)
+	eventually(t, "claim", func() bool { return o2.Claim().Holding })
+	o2.prov.mu.Lock()
+	o2.prov.held = false
+	o2.prov.mu.Unlock()
+	eventually(t, "verify drops the claim", func() bool { return !o2.Claim().Holding })
+}
+
+func TestOwnerRetriesFailedClaim(t *testing.T) {
+	o := newTestOwner("edge-a", 0)
+	o.prov.fail = errors.New("api down")
+	o.cfg.RetryInterval = time.Millisecond
+	o.step(context.Background())
+	o.step(context.Background())
+	if o.Claim().Holding {
+		t.Fatal("holding after failed claims")
+	}
+	o.prov.mu.Lock()
+	o.prov.fail = nil
+	o.prov.mu.Unlock()
+	o.step(context.Background())
+	if !o.Claim().Holding {
+		t.Fatal("no claim after the provider recovered")
+	}
+	if c, _ := o.prov.counts(); c != 3 {
+		t.Errorf("claims = %d, want 3", c)
+	}
+}
