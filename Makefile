@@ -41,8 +41,12 @@ bench: build ## Run the benchmarks and print the figures
 	$(GO) run ./scripts/bench -bin $(BIN)
 
 .PHONY: fuzz
-fuzz: ## Fuzz the renderer and the webhook decoder for a minute each
+fuzz: ## Fuzz the renderer for a minute
 	$(GO) test -run '^$$' -fuzz FuzzRenderEscapes -fuzztime 60s ./haproxy
+
+.PHONY: chaos
+chaos: ## Kill the leader of a 3-node cluster under load, 10 runs, each history checked with porcupine
+	DRAWBRIDGE_CHAOS_RUNS=$${DRAWBRIDGE_CHAOS_RUNS:-10} $(GO) test -count=1 -timeout 30m -run 'TestE2EClusterLeaderKillLinearizable' -v ./cmd/drawbridge
 
 .PHONY: lint
 lint: ## gofmt and go vet
@@ -51,7 +55,7 @@ lint: ## gofmt and go vet
 
 .PHONY: clean
 clean: ## Remove build output and the dev data directory
-	rm -rf bin drawbridge-data
+	rm -rf bin dist drawbridge-data drawbridge-cluster
 
 .PHONY: cluster
 cluster: haproxy build ## Start three local nodes (API 9000/9010/9020, frontends on 127.0.1.1-3)
@@ -67,3 +71,29 @@ DOCKER ?= docker
 .PHONY: image
 image: ## Build the container image $(IMAGE):$(VERSION) (needs a Docker engine)
 	$(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
+
+# Packaging: static binaries for the edge nodes, and the Debian package.
+DIST ?= dist
+DIST_ARCHES ?= amd64 arm64
+NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+# A Debian version starts with a digit: v1.2.3 -> 1.2.3, v1.2.3-4-gabc1234 ->
+# 1.2.3.4.gabc1234 (sorts after 1.2.3), untagged abc1234-dirty ->
+# 0.0.0~dev.abc1234.dirty. Override with DEB_VERSION=...
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -E 's/^v([0-9]+\.[0-9]+)/\1/; /^[0-9]+\.[0-9]+/!s/^/0.0.0~dev./; s/-/./g')
+
+.PHONY: dist
+dist: ## Build static linux/amd64 and linux/arm64 binaries into dist/
+	@mkdir -p $(DIST)
+	@set -e; for arch in $(DIST_ARCHES); do \
+		echo "$(DIST)/drawbridge_linux_$$arch ($(VERSION))"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+			-o $(DIST)/drawbridge_linux_$$arch ./cmd/drawbridge; \
+	done
+
+.PHONY: deb
+deb: dist ## Build the Debian packages into dist/ (nfpm, deploy/nfpm.yaml)
+	@set -e; for arch in $(DIST_ARCHES); do \
+		DRAWBRIDGE_VERSION='$(DEB_VERSION)' DRAWBRIDGE_ARCH=$$arch \
+		DRAWBRIDGE_BINARY=$(DIST)/drawbridge_linux_$$arch \
+		$(NFPM) pkg --packager deb --config deploy/nfpm.yaml --target $(DIST)/; \
+	done

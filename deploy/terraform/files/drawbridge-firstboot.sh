@@ -1,0 +1,75 @@
+#!/bin/bash
+# drawbridge-firstboot: the last step of cloud-init on a drawbridge droplet.
+#
+#   drawbridge-firstboot --package-url URL [--package-sha256 HEX] \
+#                        --tag TAG --vpc VPC_ID --expect N
+#
+# Installs the drawbridge package (and with it the drawbridge user), hands the
+# secrets cloud-init wrote to the drawbridge group, fills in this droplet's
+# addresses and peers (drawbridge-peers), checks the config and starts the
+# agent. Safe to run again. Prints no secret.
+set -euo pipefail
+
+package_url="" package_sha256="" tag="" vpc="" expect=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--package-url) package_url=$2 ;;
+	--package-sha256) package_sha256=$2 ;;
+	--tag) tag=$2 ;;
+	--vpc) vpc=$2 ;;
+	--expect) expect=$2 ;;
+	*)
+		echo "drawbridge-firstboot: unknown argument $1" >&2
+		exit 2
+		;;
+	esac
+	shift 2
+done
+if [ -z "$package_url" ] || [ -z "$tag" ] || [ -z "$vpc" ] || [ -z "$expect" ]; then
+	echo "drawbridge-firstboot: --package-url, --tag, --vpc and --expect are required" >&2
+	exit 2
+fi
+
+log() { echo "drawbridge-firstboot: $*" >&2; }
+
+config=/etc/drawbridge/drawbridge.yaml
+secrets=(/etc/drawbridge/token /etc/drawbridge/gossip.key /etc/drawbridge/do-token)
+export DEBIAN_FRONTEND=noninteractive
+
+log "downloading the drawbridge package"
+cache=/var/cache/drawbridge
+install -d -m 0755 "$cache"
+deb="$cache/drawbridge.deb"
+curl --fail --silent --show-error --location --proto '=https' \
+	--retry 10 --retry-delay 3 --retry-all-errors \
+	--output "$deb.part" "$package_url"
+if [ -n "$package_sha256" ]; then
+	echo "$package_sha256  $deb.part" | sha256sum --check --quiet --strict -
+else
+	log "no --package-sha256 given: the package is not verified"
+fi
+mv "$deb.part" "$deb"
+
+# --force-confold keeps the config cloud-init wrote; the package's sample
+# lands beside it as drawbridge.yaml.dpkg-dist.
+log "installing $(dpkg-deb --field "$deb" Package Version | tr '\n' ' ')"
+apt-get install -y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "$deb"
+
+# The agent runs its own HAProxy master; Debian's haproxy.service would only
+# hold the stock config (and could hold ports routes need).
+systemctl disable --now haproxy.service || true
+
+for f in "${secrets[@]}"; do
+	if [ -e "$f" ]; then
+		chown root:drawbridge "$f"
+		chmod 0640 "$f"
+	fi
+done
+
+drawbridge-peers --config "$config" --token-file /etc/drawbridge/do-token \
+	--tag "$tag" --vpc "$vpc" --expect "$expect"
+drawbridge agent --check-config --config "$config"
+
+systemctl enable drawbridge.service
+systemctl restart drawbridge.service
+log "drawbridge.service started; journalctl -u drawbridge -f follows it"
