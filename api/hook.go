@@ -129,6 +129,7 @@ func (s *Server) handleHook(w http.ResponseWriter, r *http.Request) error {
 	backend := fsm.Backend{Address: req.address, Port: req.backendPort, Owner: req.name}
 	if s.cfg.HookLease > 0 {
 		backend.ExpiresAt = s.now().Add(s.cfg.HookLease).UTC()
+		backend.TTL = s.cfg.HookLease
 	}
 	create := fsm.NewRoute(req.port, req.name)
 	create.Implicit = true

@@ -43,7 +43,7 @@ func TestHookAdd(t *testing.T) {
 			}](t, rec).Route
 			want := fsm.NewRoute(8080, "unifi-adoption")
 			want.Implicit = true
-			want.Backends = []fsm.Backend{{Address: "35.244.91.178", Port: 30808, Owner: "unifi-adoption", ExpiresAt: lease}}
+			want.Backends = []fsm.Backend{{Address: "35.244.91.178", Port: 30808, Owner: "unifi-adoption", ExpiresAt: lease, TTL: lease.Sub(fixedNow)}}
 			assertRoute(t, got, want)
 			// Answered after commit: the state already has it.
 			if r, ok := e.fsm.State().Route(8080); !ok || len(r.Backends) != 1 {
@@ -62,7 +62,7 @@ func assertRoute(t *testing.T, got, want fsm.Route) {
 	}
 	for i := range want.Backends {
 		g, w := got.Backends[i], want.Backends[i]
-		if g.Address != w.Address || g.Port != w.Port || g.Owner != w.Owner || !g.ExpiresAt.Equal(w.ExpiresAt) {
+		if g.Address != w.Address || g.Port != w.Port || g.Owner != w.Owner || !g.ExpiresAt.Equal(w.ExpiresAt) || g.TTL != w.TTL {
 			t.Fatalf("backend %d\n got %+v\nwant %+v", i, g, w)
 		}
 	}

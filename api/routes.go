@@ -221,6 +221,7 @@ func (s *Server) handleRegisterBackend(w http.ResponseWriter, r *http.Request) e
 	backend := fsm.Backend{Address: req.Address, Port: req.Port, Owner: req.Owner}
 	if req.TTL > 0 {
 		backend.ExpiresAt = s.now().Add(time.Duration(req.TTL)).UTC()
+		backend.TTL = time.Duration(req.TTL)
 	}
 	cmd := &fsm.RegisterBackend{Port: port, Name: req.Name, Backend: backend}
 	if req.Create {

@@ -146,7 +146,7 @@ func TestRegisterBackend(t *testing.T) {
 			body: `{"address":"10.0.0.5","port":30000,"owner":"node-a","ttl":"90s"}`, wantStatus: 200,
 			want: func() fsm.Route {
 				r := fsm.NewRoute(8080, "web")
-				r.Backends = []fsm.Backend{{Address: "10.0.0.5", Port: 30000, Owner: "node-a", ExpiresAt: fixedNow.Add(90 * time.Second)}}
+				r.Backends = []fsm.Backend{{Address: "10.0.0.5", Port: 30000, Owner: "node-a", ExpiresAt: fixedNow.Add(90 * time.Second), TTL: 90 * time.Second}}
 				return r
 			},
 		},
@@ -155,7 +155,7 @@ func TestRegisterBackend(t *testing.T) {
 			body: `{"address":"10.0.0.5","port":30000,"ttl":120}`, wantStatus: 200,
 			want: func() fsm.Route {
 				r := fsm.NewRoute(8080, "web")
-				r.Backends = []fsm.Backend{{Address: "10.0.0.5", Port: 30000, ExpiresAt: fixedNow.Add(120 * time.Second)}}
+				r.Backends = []fsm.Backend{{Address: "10.0.0.5", Port: 30000, ExpiresAt: fixedNow.Add(120 * time.Second), TTL: 120 * time.Second}}
 				return r
 			},
 		},
