@@ -25,6 +25,8 @@ var fastClusterEnv = []string{
 	"DRAWBRIDGE_GOSSIP_PROBE_INTERVAL=200ms",
 	"DRAWBRIDGE_GOSSIP_PROBE_TIMEOUT=100ms",
 	"DRAWBRIDGE_LEASES_INTERVAL=1s",
+	// A new leader still waits at least one lease TTL before expiring.
+	"DRAWBRIDGE_LEASES_GRACE=1s",
 }
 
 // localCluster is N agents on loopback, each with its own HAProxy whose

@@ -94,7 +94,13 @@ func (l *lockedBuffer) String() string {
 // of the test.
 func startDevAgent(t testing.TB, extra ...string) *agent {
 	t.Helper()
-	a := &agent{t: t, dir: t.TempDir(), name: "e2e", apiPort: freePort(t)}
+	return startDevAgentEnv(t, nil, extra...)
+}
+
+// startDevAgentEnv is startDevAgent with extra DRAWBRIDGE_* environment.
+func startDevAgentEnv(t testing.TB, env []string, extra ...string) *agent {
+	t.Helper()
+	a := &agent{t: t, dir: t.TempDir(), name: "e2e", apiPort: freePort(t), env: env}
 	a.args = append([]string{"agent", "--dev",
 		"--data-dir", a.dir,
 		"--node-name", a.name,
