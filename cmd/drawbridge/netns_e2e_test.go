@@ -132,16 +132,13 @@ type nsLab struct {
 
 // nsStatus is the part of GET /v1/status the tests read.
 type nsStatus struct {
-	Node string `json:"node"`
-	Role string `json:"role"`
 	Raft struct {
 		State  string `json:"state"`
 		Leader string `json:"leader"`
 	} `json:"raft"`
 	State struct {
-		Index  uint64 `json:"index"`
-		Hash   string `json:"hash"`
-		Routes int    `json:"routes"`
+		Index uint64 `json:"index"`
+		Hash  string `json:"hash"`
 	} `json:"state"`
 	HAProxy struct {
 		Running    bool   `json:"running"`
@@ -401,6 +398,27 @@ func (l *nsLab) agreedLeader(nodes []*nsNode) *nsNode {
 	return nil
 }
 
+// memberStatus returns the gossip status of member name in n's
+// /v1/cluster, "" when unknown.
+func (l *nsLab) memberStatus(n *nsNode, name string) string {
+	var cs struct {
+		Members []struct {
+			Name   string `json:"name"`
+			Status string `json:"status"`
+		} `json:"members"`
+	}
+	code, body := l.do(n, "GET", "/v1/cluster", nil)
+	if code != 200 || json.Unmarshal(body, &cs) != nil {
+		return ""
+	}
+	for _, m := range cs.Members {
+		if m.Name == name {
+			return m.Status
+		}
+	}
+	return ""
+}
+
 // others returns the nodes that are not one of skip.
 func (l *nsLab) others(skip ...*nsNode) []*nsNode {
 	var out []*nsNode
@@ -457,6 +475,47 @@ func (l *nsLab) waitLive(nodes []*nsNode, port int, within time.Duration) {
 			return err == nil && got == nsGreeting
 		})
 	}
+}
+
+// backendsHealthy reports whether every server of n's HAProxy is fully up
+// with a passed health check (not in the state after a start or reload in
+// which a single failed check takes a server down), and otherwise which is
+// not. It asks HAProxy's runtime API on the stats socket in n's data dir.
+func (n *nsNode) backendsHealthy() (bool, string) {
+	c, err := net.DialTimeout("unix", filepath.Join(n.dir, "haproxy", "admin.sock"), time.Second)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(c, "show stat\n"); err != nil {
+		return false, err.Error()
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return false, err.Error()
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	col := map[string]int{}
+	for i, name := range strings.Split(strings.TrimPrefix(lines[0], "# "), ",") {
+		col[name] = i
+	}
+	st, chk, sv := col["status"], col["check_status"], col["svname"]
+	if st == 0 || chk == 0 || sv == 0 {
+		return false, "unexpected stats header: " + lines[0]
+	}
+	servers := 0
+	for _, line := range lines[1:] {
+		f := strings.Split(line, ",")
+		if len(f) <= max(st, chk) || f[sv] == "FRONTEND" || f[sv] == "BACKEND" {
+			continue
+		}
+		servers++
+		if f[st] != "UP" || (f[chk] != "" && f[chk] != "L4OK") {
+			return false, fmt.Sprintf("%s/%s: %s %s", f[0], f[sv], f[st], f[chk])
+		}
+	}
+	return servers > 0, ""
 }
 
 // normalizedConfigHash is the hash of the HAProxy config n runs with n's own
@@ -623,7 +682,7 @@ func TestNetnsLeaderPartition(t *testing.T) {
 	t.Logf("converged %v after healing", convergedIn.Round(time.Millisecond))
 	l.waitLive([]*nsNode{old}, 8201, 10*time.Second)
 	l.waitLive([]*nsNode{old}, 8202, 10*time.Second)
-	took = l.mustWrite(old, "after", 8301, 15*time.Second)
+	l.mustWrite(old, "after", 8301, 15*time.Second)
 	t.Logf("write via the former minority accepted %v after healing", time.Since(healed).Round(time.Millisecond))
 	l.waitLive(l.nodes, 8301, 10*time.Second)
 	l.waitConverged(10 * time.Second)
@@ -646,35 +705,46 @@ func TestNetnsLeaderPartition(t *testing.T) {
 }
 
 // TestNetnsWitnessPairSurvivesEdgeLoss unplugs each edge node of a pair
-// with a witness in turn (the leader first when an edge leads): writes via
-// the other edge keep being accepted and go live on its HAProxy, and after
-// the lost node returns everything converges.
+// with a witness in turn, first the one that leads, then the other: writes
+// via the remaining edge keep being accepted and go live on its HAProxy,
+// and after the lost node is plugged back in everything converges.
 func TestNetnsWitnessPairSurvivesEdgeLoss(t *testing.T) {
 	l := nsStartLab(t, nsEdge("e1"), nsEdge("e2"), nsWitness("w"))
-	l.mustWrite(l.nodes[0], "before", 8001, 10*time.Second)
-	l.waitLive(l.edges(), 8001, 10*time.Second)
+	edges, witness := l.edges(), l.nodes[2]
+	l.mustWrite(edges[0], "before", 8001, 10*time.Second)
+	l.waitLive(edges, 8001, 10*time.Second)
 
+	// Losing the leader is the harder case: when the witness leads, make
+	// an edge node lead by partitioning the witness off for a moment.
 	var leader *nsNode
 	l.poll(10*time.Second, "a leader", func() bool { leader = l.agreedLeader(l.nodes); return leader != nil })
-	order := l.edges()
-	if leader == order[1] {
-		order[0], order[1] = order[1], order[0]
+	if leader == witness {
+		l.partition(witness, edges)
+		l.poll(10*time.Second, "the edge nodes to elect one of them", func() bool { return l.agreedLeader(edges) != nil })
+		l.heal(witness, edges)
+		l.poll(10*time.Second, "an edge leader known to all", func() bool {
+			leader = l.agreedLeader(l.nodes)
+			return leader != nil && leader != witness
+		})
+		t.Logf("moved leadership from the witness to %s", leader)
 	}
-	for i, lost := range order {
-		survivor := l.others(lost)[0]
-		if survivor.witness {
-			survivor = l.others(lost)[1]
-		}
-		wasLeader := lost == leader
+	first := leader
+	for i, lost := range []*nsNode{first, l.others(first, witness)[0]} {
+		survivor := l.others(lost, witness)[0]
+		l.poll(15*time.Second, survivor.name+"'s HAProxy health checks to pass", func() bool {
+			ok, _ := survivor.backendsHealthy()
+			return ok
+		})
+		st, _ := l.status(lost)
 		if err := lost.host.Cut(); err != nil {
 			t.Fatal(err)
 		}
 		port := 8101 + i
-		took := l.mustWrite(survivor, fmt.Sprintf("without-%s", lost.name), port, 15*time.Second)
-		t.Logf("%s (leader: %v) unplugged: write via %s accepted after %v",
-			lost, wasLeader, survivor, took.Round(time.Millisecond))
+		took := l.mustWrite(survivor, "without-"+lost.name, port, 20*time.Second)
+		t.Logf("%s unplugged while %s: write via %s accepted after %v",
+			lost, strings.ToLower(st.Raft.State), survivor, took.Round(time.Millisecond))
 		if took > 10*time.Second {
-			t.Errorf("write via %s took %v after losing %s", survivor, took, lost)
+			t.Errorf("the first write via %s was accepted %v after losing %s; want within 10s", survivor, took, lost)
 		}
 		l.waitLive([]*nsNode{survivor}, port, 10*time.Second)
 		if got, err := l.greet(survivor, 8001); err != nil || got != nsGreeting {
@@ -686,8 +756,14 @@ func TestNetnsWitnessPairSurvivesEdgeLoss(t *testing.T) {
 		}
 		in := l.waitConverged(20 * time.Second)
 		l.waitLive([]*nsNode{lost}, port, 10*time.Second)
-		t.Logf("%s back: converged in %v", lost, in.Round(time.Millisecond))
-		l.poll(10*time.Second, "a leader", func() bool { leader = l.agreedLeader(l.nodes); return leader != nil })
+		t.Logf("%s plugged back in: converged in %v", lost, in.Round(time.Millisecond))
+	}
+	for _, n := range l.nodes {
+		for _, p := range []int{8001, 8101, 8102} {
+			if has, err := l.hasRoute(n, p); err != nil || !has {
+				t.Errorf("%s lacks route %d: %v", n, p, err)
+			}
+		}
 	}
 }
 
@@ -711,6 +787,12 @@ func TestNetnsPairWithoutWitness(t *testing.T) {
 		}
 		survivor := l.others(lost)[0]
 
+		// A node that was unplugged before may still be bringing its
+		// backends back up (HAProxy health checks); wait until they are.
+		l.poll(15*time.Second, survivor.name+"'s HAProxy health checks to pass", func() bool {
+			ok, _ := survivor.backendsHealthy()
+			return ok
+		})
 		probe := l.client.Probe(net.JoinHostPort(survivor.host.IP, "8001"), netns.ProbeConfig{Expect: nsGreeting})
 		if err := probe.WaitFor(true, 5*time.Second); err != nil {
 			t.Fatalf("probe %s: %v", survivor, err)
@@ -747,10 +829,21 @@ func TestNetnsPairWithoutWitness(t *testing.T) {
 		if has, err := l.hasRoute(survivor, 8001); err != nil || !has {
 			t.Errorf("reads on %s without quorum: route 8001 %v %v", survivor, has, err)
 		}
+		// Keep the traffic probe running until the survivor has also
+		// noticed the loss in gossip, and check that it reports it.
+		l.poll(10*time.Second, survivor.name+" to report "+lost.name+" dead", func() bool {
+			return l.memberStatus(survivor, lost.name) == "dead"
+		})
 		probe.Stop()
 		if ok, failed := probe.Counts(); failed > 0 || ok == 0 {
-			t.Errorf("traffic through %s while %s was unplugged: %d ok, %d failed (outages %v)",
-				survivor, lost, ok, failed, probe.Outages())
+			errs := map[string]int{}
+			for _, a := range probe.Attempts() {
+				if !a.OK {
+					errs[a.Err]++
+				}
+			}
+			t.Errorf("traffic through %s while %s was unplugged: %d ok, %d failed (outages %v, errors %v)",
+				survivor, lost, ok, failed, probe.Outages(), errs)
 		} else {
 			t.Logf("traffic through %s while %s was unplugged: %d connections, none failed", survivor, lost, ok)
 		}

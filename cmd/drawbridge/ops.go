@@ -92,10 +92,16 @@ func printMembers(w io.Writer, st api.ClusterStatus) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%d\t%s\t%s\t%t\t%s\n", m.Name, m.Role, m.Status, m.Voter, leader, m.RaftIndex, hp, hash, m.Healthy, errText)
 	}
-	if fip := st.FloatingIP; fip != nil {
-		fmt.Fprintf(tw, "\nfloating IP %s (%s) held by %s\n", fip.Address, fip.Provider, orNone(fip.Holder))
+	if err := tw.Flush(); err != nil {
+		return err
 	}
-	return tw.Flush()
+	if fip := st.FloatingIP; fip != nil {
+		fmt.Fprintf(w, "\nfloating IP %s (%s) held by %s\n", fip.Address, fip.Provider, orNone(fip.Holder))
+		if f := fip.LastFailover; f != nil {
+			fmt.Fprintf(w, "last failover %s ago: %s -> %s in %v (%s)\n", time.Since(f.At).Round(time.Second), orNone(f.From), f.To, f.Duration, f.Reason)
+		}
+	}
+	return nil
 }
 
 func orNone(s string) string {

@@ -193,7 +193,15 @@ func newStatusCmd() *cobra.Command {
 			if err := json.Unmarshal(raw, &st); err != nil {
 				return fmt.Errorf("decode status: %w", err)
 			}
-			return printStatus(cmd.OutOrStdout(), st)
+			if err := printStatus(cmd.OutOrStdout(), st); err != nil {
+				return err
+			}
+			var cl api.ClusterStatus
+			if err := c.do(cmd.Context(), "GET", "/v1/cluster", nil, &cl); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			return printMembers(cmd.OutOrStdout(), cl)
 		},
 	}
 	cf.register(cmd)
