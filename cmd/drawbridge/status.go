@@ -157,7 +157,7 @@ func (s *nodeInfo) Cluster() api.ClusterStatus {
 			RaftIndex:    m.Meta.Index,
 			AppliedIndex: m.Meta.Applied,
 			ConfigHash:   m.Meta.ConfigHash,
-			Healthy:      m.Meta.Healthy,
+			Healthy:      m.Meta.Healthy && m.Alive(),
 			LastError:    m.Meta.Error,
 		})
 	}
