@@ -222,10 +222,24 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string, ma
 	}
 	req.Header.Set(ForwardedByHeader, headerSafe(s.statusSrc.Status().Node))
 
+	// A leader that vanishes (a cut link, a dead machine) sends no reset:
+	// the forward would hang until its deadline. Watch our own view of the
+	// leader and give up as soon as it changes, so the caller retries on
+	// the new one.
+	changed := make(chan struct{})
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go s.watchLeader(base, cancel, changed, stopWatch)
+
 	resp, err := s.client.Do(req)
 	if err != nil {
 		s.metrics.forwarded.WithLabelValues(forwardFailed).Inc()
 		s.log.Warn("forward to leader failed", "method", r.Method, "path", r.URL.Path, "leader", base, "err", err)
+		select {
+		case <-changed:
+			return errorf(http.StatusServiceUnavailable, "the leader at %s went away while forwarding; the change may or may not be applied; retry", base)
+		default:
+		}
 		return errorf(http.StatusServiceUnavailable, "could not reach the leader at %s: %v; retry", base, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
@@ -242,6 +256,29 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string, ma
 		s.log.Warn("forwarded answer cut short", "method", r.Method, "path", r.URL.Path, "leader", base, "err", err)
 	}
 	return nil
+}
+
+// leaderWatchInterval is how often a forward in flight re-checks who leads.
+const leaderWatchInterval = 100 * time.Millisecond
+
+// watchLeader cancels a forward to base once this node sees another leader,
+// or none, and closes changed to say why.
+func (s *Server) watchLeader(base string, cancel context.CancelFunc, changed, stop chan struct{}) {
+	t := time.NewTicker(leaderWatchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			now, self, err := s.leader.LeaderAPI()
+			if err != nil || self || now != base {
+				close(changed)
+				cancel()
+				return
+			}
+		}
+	}
 }
 
 // extendWriteDeadline lets a request answer later than Config.WriteTimeout

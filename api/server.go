@@ -336,8 +336,12 @@ func (s *Server) commit(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 		s.metrics.commits.WithLabelValues(commitUnavailable).Inc()
 		s.log.Warn("write not committed", "command", cmd.Type().String(), "err", err)
 		msg := "not committed: " + err.Error()
-		if errors.Is(err, context.DeadlineExceeded) {
+		var maybe interface{ MaybeApplied() bool }
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
 			msg = fmt.Sprintf("not confirmed within %s, the change may still be applied: %v", s.cfg.ApplyTimeout, err)
+		case errors.As(err, &maybe) && maybe.MaybeApplied():
+			msg = "not confirmed: " + err.Error()
 		}
 		return fsm.Result{}, &Error{Status: http.StatusServiceUnavailable, Message: msg}
 	}

@@ -359,10 +359,26 @@ func (n *Node) checkLeader() error {
 	return fmt.Errorf("%w: the leader is %s (%s)", ErrNotLeader, id, addr)
 }
 
+// MaybeAppliedError is a commit failure after which the entry may still be
+// committed: leadership was lost while the entry was in flight, and the next
+// leader may carry it on. A client must not read it as "not applied".
+type MaybeAppliedError struct{ Err error }
+
+func (e *MaybeAppliedError) Error() string {
+	return e.Err.Error() + "; the change may still be applied"
+}
+
+// Unwrap returns the underlying error.
+func (e *MaybeAppliedError) Unwrap() error { return e.Err }
+
+// MaybeApplied reports that the outcome is unknown.
+func (e *MaybeAppliedError) MaybeApplied() bool { return true }
+
 func (n *Node) translate(err error) error {
 	switch {
-	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
-		errors.Is(err, raft.ErrLeadershipTransferInProgress):
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return &MaybeAppliedError{Err: fmt.Errorf("%w: %v", ErrNotLeader, err)}
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
 		return fmt.Errorf("%w: %v", ErrNotLeader, err)
 	case errors.Is(err, raft.ErrEnqueueTimeout):
 		return fmt.Errorf("%w: %v", ErrCommitTimeout, err)
