@@ -43,7 +43,9 @@ func TestForwardAbandonedWhenLeaderChanges(t *testing.T) {
 // maybeApplied is a commit error after which the entry may still commit.
 type maybeApplied struct{}
 
-func (maybeApplied) Error() string      { return "not the raft leader: leadership lost while committing log" }
+func (maybeApplied) Error() string {
+	return "not the raft leader: leadership lost while committing log"
+}
 func (maybeApplied) MaybeApplied() bool { return true }
 
 func TestLeadershipLostSaysMayStillApply(t *testing.T) {

@@ -74,6 +74,11 @@ type OwnerConfig struct {
 	HoldDown time.Duration
 	// RetryInterval after a failed claim (default 1s).
 	RetryInterval time.Duration
+	// StartupWait is how long a freshly started node that sees no other
+	// edge node yet waits before claiming (default 2s): gossip may not
+	// have joined, and a claim now would announce the address away from
+	// a healthy holder it has not heard of.
+	StartupWait time.Duration
 }
 
 // Owner decides, on every edge node, whether this node should hold the
@@ -104,10 +109,13 @@ type Owner struct {
 	// quietUntil: after losing a conflict, this node claims again only if
 	// no other eligible node is alive until then.
 	quietUntil time.Time
-	lostAt     time.Time // when this node first saw no eligible holder
-	lastFrom   string    // the holder before the address was lost
-	why        string
-	wake       chan struct{}
+	// joinBy: until then, a node that sees no other edge node does not
+	// claim (set by Run; see StartupWait).
+	joinBy   time.Time
+	lostAt   time.Time // when this node first saw no eligible holder
+	lastFrom string    // the holder before the address was lost
+	why      string
+	wake     chan struct{}
 }
 
 // NewOwner returns an owner loop. healthy reports this node's own
@@ -128,6 +136,9 @@ func NewOwner(cfg OwnerConfig, p Provider, view View, healthy func() bool, publi
 	}
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
+	}
+	if cfg.StartupWait <= 0 {
+		cfg.StartupWait = 2 * time.Second
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -168,6 +179,9 @@ func (o *Owner) Poke() {
 // says: an address still held from before a crash counts as the oldest
 // claim, so a newer holder elsewhere wins.
 func (o *Owner) Run(ctx context.Context) {
+	o.mu.Lock()
+	o.joinBy = time.Now().Add(o.cfg.StartupWait)
+	o.mu.Unlock()
 	if held, err := o.provider.Held(ctx); err == nil && held {
 		o.mu.Lock()
 		o.claim.Holding = true
@@ -230,6 +244,7 @@ func (o *Owner) step(ctx context.Context) {
 	holding := o.claim.Holding
 	epoch := o.claim.Epoch
 	quiet := time.Now().Before(o.quietUntil)
+	joining := len(peers) == 0 && time.Now().Before(o.joinBy)
 	o.mu.Unlock()
 	if stopping {
 		return
@@ -261,7 +276,12 @@ func (o *Owner) step(ctx context.Context) {
 		}
 		return
 	}
-	if !eligible {
+	if !eligible || joining {
+		// joining: just started and no other edge node seen yet. Gossip
+		// joins within milliseconds when peers are up; claiming before
+		// that would take the address (and the client's ARP caches) from
+		// a holder this node has not heard of, only to release it a
+		// moment later.
 		return
 	}
 	if len(holders) > 0 {
