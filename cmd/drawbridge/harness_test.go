@@ -67,6 +67,7 @@ type agent struct {
 	apiPort int
 	args    []string
 	env     []string
+	mu      sync.Mutex // guards cmd and exited across restarts
 	cmd     *exec.Cmd
 	logs    *lockedBuffer
 	exited  chan struct{}
@@ -121,27 +122,43 @@ func startDevAgentEnv(t testing.TB, env []string, extra ...string) *agent {
 	return a
 }
 
+// start runs the agent process; logs of every start go to one buffer.
 func (a *agent) start() {
 	a.t.Helper()
-	a.logs = &lockedBuffer{}
-	a.cmd = exec.Command(binPath, a.args...)
-	a.cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken), a.env...)
-	a.cmd.Stdout = a.logs
-	a.cmd.Stderr = a.logs
-	if err := a.cmd.Start(); err != nil {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.logs == nil {
+		a.logs = &lockedBuffer{}
+	} else {
+		fmt.Fprintf(a.logs, "---- restart ----\n")
+	}
+	cmd := exec.Command(binPath, a.args...)
+	cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken), a.env...)
+	cmd.Stdout = a.logs
+	cmd.Stderr = a.logs
+	if err := cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
-	a.exited = make(chan struct{})
-	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(a.cmd, a.exited)
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	a.cmd, a.exited = cmd, exited
+}
+
+// proc returns the current process and its exit channel (nil before start).
+func (a *agent) proc() (*exec.Cmd, chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cmd, a.exited
 }
 
 // running reports whether the agent process is alive.
 func (a *agent) running() bool {
-	if a.exited == nil {
+	_, exited := a.proc()
+	if exited == nil {
 		return false
 	}
 	select {
-	case <-a.exited:
+	case <-exited:
 		return false
 	default:
 		return true
@@ -155,20 +172,21 @@ func (a *agent) stop() { a.signal(syscall.SIGTERM) }
 func (a *agent) kill() { a.signal(syscall.SIGKILL) }
 
 func (a *agent) signal(sig syscall.Signal) {
-	if a.cmd == nil || a.cmd.Process == nil {
+	cmd, exited := a.proc()
+	if cmd == nil || cmd.Process == nil {
 		return
 	}
 	select {
-	case <-a.exited:
+	case <-exited:
 		return
 	default:
 	}
-	a.cmd.Process.Signal(sig)
+	cmd.Process.Signal(sig)
 	select {
-	case <-a.exited:
+	case <-exited:
 	case <-time.After(20 * time.Second):
-		a.cmd.Process.Kill()
-		<-a.exited
+		cmd.Process.Kill()
+		<-exited
 		a.t.Errorf("agent did not stop within 20s after %v", sig)
 	}
 }
@@ -179,9 +197,10 @@ func (a *agent) url(path string) string {
 
 func (a *agent) waitReady() {
 	a.t.Helper()
+	_, exited := a.proc()
 	poll(a.t, 30*time.Second, "agent ready", func() bool {
 		select {
-		case <-a.exited:
+		case <-exited:
 			a.t.Fatalf("agent exited early:\n%s", a.logs.String())
 		default:
 		}
