@@ -142,6 +142,29 @@ func (c *apiClient) do(ctx context.Context, method, path string, in, out any) er
 	return nil
 }
 
+// call sends one request to the agent. With --json it prints the answer as
+// it came and reports printed; otherwise it decodes the answer into out for
+// the caller to show as a table.
+func (f *clientFlags) call(cmd *cobra.Command, method, path string, in, out any) (printed bool, err error) {
+	c, err := f.client()
+	if err != nil {
+		return false, err
+	}
+	var raw json.RawMessage
+	if err := c.do(cmd.Context(), method, path, in, &raw); err != nil {
+		return false, err
+	}
+	if f.json {
+		return true, printJSON(cmd.OutOrStdout(), raw)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return false, fmt.Errorf("decode the answer to %s %s: %w", method, path, err)
+		}
+	}
+	return false, nil
+}
+
 // printJSON pretty-prints raw JSON.
 func printJSON(w io.Writer, raw []byte) error {
 	var buf bytes.Buffer

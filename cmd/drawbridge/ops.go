@@ -45,20 +45,9 @@ func newMembersCmd() *cobra.Command {
 		Short: "List the cluster's members with their role, health and applied index",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/cluster", nil, &raw); err != nil {
-				return err
-			}
-			if cf.json {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
 			var st api.ClusterStatus
-			if err := json.Unmarshal(raw, &st); err != nil {
-				return fmt.Errorf("decode cluster status: %w", err)
+			if printed, err := cf.call(cmd, "GET", "/v1/cluster", nil, &st); err != nil || printed {
+				return err
 			}
 			return printMembers(cmd.OutOrStdout(), st)
 		},

@@ -1,10 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -37,20 +37,9 @@ func newRouteLsCmd(cf *clientFlags) *cobra.Command {
 		Short: "List routes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/routes", nil, &raw); err != nil {
-				return err
-			}
-			if cf.json {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
 			var list routeList
-			if err := json.Unmarshal(raw, &list); err != nil {
-				return fmt.Errorf("decode routes: %w", err)
+			if printed, err := cf.call(cmd, "GET", "/v1/routes", nil, &list); err != nil || printed {
+				return err
 			}
 			return printRoutes(cmd.OutOrStdout(), list.Routes)
 		},
@@ -75,20 +64,9 @@ func newRouteGetCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/v1/routes/%d", port), nil, &raw); err != nil {
-				return err
-			}
-			if cf.json {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
 			var r fsm.Route
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return fmt.Errorf("decode route: %w", err)
+			if printed, err := cf.call(cmd, "GET", fmt.Sprintf("/v1/routes/%d", port), nil, &r); err != nil || printed {
+				return err
 			}
 			return printRoutes(cmd.OutOrStdout(), []fsm.Route{r})
 		},
@@ -138,20 +116,9 @@ func newRouteSetCmd(cf *clientFlags) *cobra.Command {
 			if cmd.Flags().Changed("health-check") {
 				spec.HealthCheck = &check
 			}
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "PUT", fmt.Sprintf("/v1/routes/%d", port), spec, &raw); err != nil {
-				return err
-			}
-			if cf.json {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
 			var r fsm.Route
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return fmt.Errorf("decode route: %w", err)
+			if printed, err := cf.call(cmd, "PUT", fmt.Sprintf("/v1/routes/%d", port), spec, &r); err != nil || printed {
+				return err
 			}
 			return printRoutes(cmd.OutOrStdout(), []fsm.Route{r})
 		},
@@ -178,20 +145,12 @@ func newRouteRmCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
 			path := fmt.Sprintf("/v1/routes/%d", port)
 			if name != "" {
-				path += "?name=" + name
+				path += "?name=" + url.QueryEscape(name)
 			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "DELETE", path, nil, &raw); err != nil {
+			if printed, err := cf.call(cmd, "DELETE", path, nil, nil); err != nil || printed {
 				return err
-			}
-			if cf.json {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "route %d removed\n", port)
 			return nil

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -178,26 +177,15 @@ func newStatusCmd() *cobra.Command {
 		Short: "Show a node's raft, route table and HAProxy state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/status", nil, &raw); err != nil {
-				return err
-			}
-			if cf.json {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
 			var st api.Status
-			if err := json.Unmarshal(raw, &st); err != nil {
-				return fmt.Errorf("decode status: %w", err)
+			if printed, err := cf.call(cmd, "GET", "/v1/status", nil, &st); err != nil || printed {
+				return err
 			}
 			if err := printStatus(cmd.OutOrStdout(), st); err != nil {
 				return err
 			}
 			var cl api.ClusterStatus
-			if err := c.do(cmd.Context(), "GET", "/v1/cluster", nil, &cl); err != nil {
+			if _, err := cf.call(cmd, "GET", "/v1/cluster", nil, &cl); err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout())
