@@ -97,3 +97,7 @@ deb: dist ## Build the Debian packages into dist/ (nfpm, deploy/nfpm.yaml)
 		DRAWBRIDGE_BINARY=$(DIST)/drawbridge_linux_$$arch \
 		$(NFPM) pkg --packager deb --config deploy/nfpm.yaml --target $(DIST)/; \
 	done
+
+.PHONY: bench-failover
+bench-failover: haproxy build ## Floating-IP outage seen by a client, unplanned and planned, beside keepalived when installed (root)
+	$(GO) run ./scripts/bench-failover -bin $(BIN)

@@ -277,6 +277,37 @@ func (m *Membership) RunRefresh(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// RunReconnect, every interval until ctx ends, contacts the members gossip
+// declared dead (never those that left). memberlist syncs state only with
+// members it believes alive, so after a full partition both sides would
+// keep the other dead for good; a successful contact merges the views and
+// each side refutes its own death.
+func (m *Membership) RunReconnect(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var dead []string
+		for _, mem := range m.Members() {
+			if mem.Status == "dead" && mem.Addr != "" {
+				dead = append(dead, mem.Addr)
+			}
+		}
+		if len(dead) == 0 {
+			continue
+		}
+		if n, err := m.ml.Join(dead); n > 0 {
+			m.log.Info("reached members that were declared dead", "contacted", n)
+		} else if err != nil {
+			m.log.Debug("dead members still unreachable", "err", err)
+		}
+	}
+}
+
 // LocalName is this node's gossip name.
 func (m *Membership) LocalName() string { return m.ml.LocalNode().Name }
 

@@ -3,6 +3,7 @@ package floatingip
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -44,6 +45,9 @@ type Failover struct {
 type View interface {
 	// Peers returns the other edge nodes (never this one).
 	Peers() []Peer
+	// Census counts the cluster's members, witnesses and this node
+	// included: how many gossip sees alive, and how many it knows.
+	Census() (alive, total int)
 	// Changed returns a channel closed at the next membership change.
 	Changed() <-chan struct{}
 }
@@ -79,6 +83,13 @@ type OwnerConfig struct {
 	// have joined, and a claim now would announce the address away from
 	// a healthy holder it has not heard of.
 	StartupWait time.Duration
+	// MinorityClaimAfter: a node that sees at most half of a cluster of
+	// three or more alive is probably the one cut off; it releases the
+	// address and claims only after seeing so little this long (default
+	// 30s, so a lone survivor of a double failure still takes over). After
+	// the view recovers it waits HoldDown before claiming while another
+	// eligible node is alive.
+	MinorityClaimAfter time.Duration
 }
 
 // Owner decides, on every edge node, whether this node should hold the
@@ -111,11 +122,16 @@ type Owner struct {
 	quietUntil time.Time
 	// joinBy: until then, a node that sees no other edge node does not
 	// claim (set by Run; see StartupWait).
-	joinBy   time.Time
-	lostAt   time.Time // when this node first saw no eligible holder
-	lastFrom string    // the holder before the address was lost
-	why      string
-	wake     chan struct{}
+	joinBy time.Time
+	// minoritySince: when this node started seeing at most half of the
+	// cluster alive (zero: it sees a majority).
+	minoritySince time.Time
+	// announced: when this node last re-announced after winning a conflict.
+	announced time.Time
+	lostAt    time.Time // when this node first saw no eligible holder
+	lastFrom  string    // the holder before the address was lost
+	why       string
+	wake      chan struct{}
 }
 
 // NewOwner returns an owner loop. healthy reports this node's own
@@ -139,6 +155,9 @@ func NewOwner(cfg OwnerConfig, p Provider, view View, healthy func() bool, publi
 	}
 	if cfg.StartupWait <= 0 {
 		cfg.StartupWait = 2 * time.Second
+	}
+	if cfg.MinorityClaimAfter <= 0 {
+		cfg.MinorityClaimAfter = 30 * time.Second
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -233,7 +252,10 @@ func rank(aPrio int, aName string, bPrio int, bName string) int {
 }
 
 func (o *Owner) step(ctx context.Context) {
+	// Ask the view before taking o.mu: the view's caller may publish this
+	// node's own Claim, which takes o.mu.
 	peers := o.view.Peers()
+	alive, total := o.view.Census()
 	o.mu.Lock()
 	for _, p := range peers {
 		if p.Epoch > o.maxEpoch {
@@ -243,8 +265,18 @@ func (o *Owner) step(ctx context.Context) {
 	stopping := o.stopping
 	holding := o.claim.Holding
 	epoch := o.claim.Epoch
-	quiet := time.Now().Before(o.quietUntil)
 	joining := len(peers) == 0 && time.Now().Before(o.joinBy)
+	minority := total >= 3 && 2*alive <= total
+	switch {
+	case minority && o.minoritySince.IsZero():
+		o.minoritySince = time.Now()
+	case !minority && !o.minoritySince.IsZero():
+		// Back in touch with most of the cluster: settle before claiming.
+		o.minoritySince = time.Time{}
+		o.quietUntil = time.Now().Add(o.cfg.HoldDown)
+	}
+	isolated := minority && time.Since(o.minoritySince) < o.cfg.MinorityClaimAfter
+	quiet := time.Now().Before(o.quietUntil)
 	o.mu.Unlock()
 	if stopping {
 		return
@@ -263,6 +295,11 @@ func (o *Owner) step(ctx context.Context) {
 		switch {
 		case !eligible:
 			o.release(ctx, "this node is not healthy (HAProxy not running the latest config)")
+		case isolated:
+			// Most of the cluster is out of sight: this node is probably
+			// the one cut off, and the others will claim. Letting go now
+			// avoids two holders when the link comes back.
+			o.release(ctx, fmt.Sprintf("this node sees only %d of %d members", alive, total))
 		case len(holders) > 0:
 			// Two holders: the newer claim wins; equal epochs go by rank.
 			newest := slices.MaxFunc(holders, func(a, b Peer) int { return cmp.Compare(a.Epoch, b.Epoch) })
@@ -272,11 +309,13 @@ func (o *Owner) step(ctx context.Context) {
 				o.mu.Lock()
 				o.quietUntil = time.Now().Add(o.cfg.HoldDown)
 				o.mu.Unlock()
+			} else {
+				o.reannounce(ctx, newest.Name)
 			}
 		}
 		return
 	}
-	if !eligible || joining {
+	if !eligible || joining || isolated {
 		// joining: just started and no other edge node seen yet. Gossip
 		// joins within milliseconds when peers are up; claiming before
 		// that would take the address (and the client's ARP caches) from
@@ -316,6 +355,28 @@ func (o *Owner) step(ctx context.Context) {
 		return
 	}
 	o.claimNow(ctx)
+}
+
+// reannounce repeats this node's claim after it won a conflict (at most once
+// a second): the loser's announcements may have been the last the network
+// heard, and an address already present is otherwise not announced again.
+func (o *Owner) reannounce(ctx context.Context, loser string) {
+	o.mu.Lock()
+	due := time.Since(o.announced) >= time.Second
+	if due {
+		o.announced = time.Now()
+	}
+	o.mu.Unlock()
+	if !due {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := o.provider.Claim(cctx); err != nil {
+		o.log.Warn("re-announcing the floating IP failed", "err", err)
+		return
+	}
+	o.log.Info("re-announced the floating IP after a conflict", "other_holder", loser)
 }
 
 // otherEligible reports whether any other alive, eligible node exists.

@@ -15,6 +15,30 @@ type fakeView struct {
 	mu      sync.Mutex
 	peers   []Peer
 	changed chan struct{}
+	// alive and total override the census (0: this node plus peers, as
+	// their Alive says).
+	alive, total int
+}
+
+func (v *fakeView) Census() (int, int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.total > 0 {
+		return v.alive, v.total
+	}
+	alive := 1
+	for _, p := range v.peers {
+		if p.Alive {
+			alive++
+		}
+	}
+	return alive, 1 + len(v.peers)
+}
+
+func (v *fakeView) setCensus(alive, total int) {
+	v.mu.Lock()
+	v.alive, v.total = alive, total
+	v.mu.Unlock()
 }
 
 func newFakeView(peers ...Peer) *fakeView {
@@ -288,5 +312,51 @@ func TestOwnerRetriesFailedClaim(t *testing.T) {
 	}
 	if c, _ := o.prov.counts(); c != 3 {
 		t.Errorf("claims = %d, want 3", c)
+	}
+}
+
+func TestOwnerCutOffNodeReleasesAndWaits(t *testing.T) {
+	o := newTestOwner("edge-a", 100)
+	settle(o) // alone in a cluster of one: claims
+	if !o.Claim().Holding {
+		t.Fatal("did not claim")
+	}
+	// Now it sees 1 of 3 members alive: probably the one cut off.
+	o.view.set(Peer{Name: "edge-b", Alive: false, Eligible: true})
+	o.view.setCensus(1, 3)
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("a node that sees a minority kept the address")
+	}
+	// It does not claim back while the minority view lasts...
+	o.cfg.MinorityClaimAfter = time.Hour
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("claimed while cut off")
+	}
+	// ...unless it lasts long enough (a lone survivor of a double failure).
+	o.cfg.MinorityClaimAfter = time.Millisecond
+	time.Sleep(5 * time.Millisecond)
+	settle(o)
+	if !o.Claim().Holding {
+		t.Fatal("a lone survivor never claimed")
+	}
+}
+
+func TestOwnerWinnerReannounces(t *testing.T) {
+	o := newTestOwner("edge-a", 0)
+	settle(o) // epoch 1
+	o.mu.Lock()
+	o.claim.Epoch, o.maxEpoch = 5, 5
+	o.mu.Unlock()
+	o.view.set(Peer{Name: "edge-b", Alive: true, Eligible: true, Holding: true, Epoch: 3})
+	before, _ := o.prov.counts()
+	settle(o)
+	after, _ := o.prov.counts()
+	if !o.Claim().Holding {
+		t.Fatal("the newer claim gave the address up")
+	}
+	if after-before != 1 {
+		t.Errorf("re-announcements: %d, want exactly 1 within a second", after-before)
 	}
 }

@@ -200,6 +200,9 @@ func (v *VIP) Claim(ctx context.Context) error {
 		return err
 	}
 	if len(found) > 0 {
+		// Already ours: announce again, so a network that last heard
+		// another holder's announcements comes back to this one.
+		v.startAnnounce(l)
 		return nil
 	}
 	a := &netlink.Addr{IPNet: &net.IPNet{

@@ -267,6 +267,7 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error 
 	}, node, time.Now, logger, reg).Run)
 	spawn(cluster.NewReconciler(node, members, cfg.BootstrapExpect, logger).Run)
 	spawn(func(ctx context.Context) { members.RunRefresh(ctx, 100*time.Millisecond) })
+	spawn(func(ctx context.Context) { members.RunReconnect(ctx, time.Second) })
 	if len(cfg.Join) > 0 {
 		spawn(func(ctx context.Context) { _ = members.Join(ctx, cfg.Join) })
 	}

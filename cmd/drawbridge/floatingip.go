@@ -77,6 +77,21 @@ func (v *fipView) Peers() []floatingip.Peer {
 	return out
 }
 
+// Census implements floatingip.View: every member gossip knows, this node
+// and witnesses included.
+func (v *fipView) Census() (alive, total int) {
+	for _, m := range v.members.Members() {
+		if m.Status == "left" {
+			continue
+		}
+		total++
+		if m.Status == "alive" || m.Name == v.self {
+			alive++
+		}
+	}
+	return alive, total
+}
+
 // Changed implements floatingip.View.
 func (v *fipView) Changed() <-chan struct{} { return v.members.Changed() }
 
