@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -67,56 +66,14 @@ type fipNode struct {
 	dir      string
 	args     []string
 	env      []string
-	cmd      *exec.Cmd
-	logs     *lockedBuffer // every run's output, runs separated by a line
-	exited   chan struct{}
+	agentProc
 }
 
 func (n *fipNode) String() string { return n.name + "(" + n.host.IP + ")" }
 
 func (n *fipNode) start(t testing.TB) {
 	t.Helper()
-	if n.logs == nil {
-		n.logs = &lockedBuffer{}
-	} else {
-		fmt.Fprintf(n.logs, "---- restarted at %s ----\n", time.Now().Format("15:04:05.000"))
-	}
-	n.cmd = n.host.Command(context.Background(), binPath, n.args...)
-	n.cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken), n.env...)
-	n.cmd.Stdout = n.logs
-	n.cmd.Stderr = n.logs
-	if err := n.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", n, err)
-	}
-	n.exited = make(chan struct{})
-	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(n.cmd, n.exited)
-}
-
-func (n *fipNode) running() bool {
-	if n.exited == nil {
-		return false
-	}
-	select {
-	case <-n.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// signal sends sig and waits up to within for the agent to exit; it
-// reports whether it did.
-func (n *fipNode) signal(sig syscall.Signal, within time.Duration) bool {
-	if !n.running() {
-		return true
-	}
-	_ = n.cmd.Process.Signal(sig)
-	select {
-	case <-n.exited:
-		return true
-	case <-time.After(within):
-		return false
-	}
+	n.launch(t, n.host.Command(context.Background(), binPath, n.args...), n.env)
 }
 
 func (n *fipNode) haproxyDir() string { return filepath.Join(n.dir, "haproxy") }
@@ -326,20 +283,7 @@ func (l *fipLab) serveBackend() {
 		l.t.Fatal(err)
 	}
 	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", fipGreeting)
-				c.SetReadDeadline(time.Now().Add(2 * time.Second))
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
+	go serveGreeting(ln, fipGreeting)
 }
 
 func (l *fipLab) poll(timeout time.Duration, what string, cond func() bool) {

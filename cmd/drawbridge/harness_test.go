@@ -67,10 +67,88 @@ type agent struct {
 	apiPort int
 	args    []string
 	env     []string
-	mu      sync.Mutex // guards cmd and exited across restarts
-	cmd     *exec.Cmd
-	logs    *lockedBuffer
-	exited  chan struct{}
+	agentProc
+}
+
+// agentProc is one agent process, on loopback or inside a namespace, kept
+// across restarts: the output of every run goes to one log buffer.
+type agentProc struct {
+	mu     sync.Mutex // guards cmd and exited across restarts
+	cmd    *exec.Cmd
+	logs   *lockedBuffer
+	exited chan struct{}
+}
+
+// launch starts cmd (built by the caller) with the test token and env.
+func (p *agentProc) launch(t testing.TB, cmd *exec.Cmd, env []string) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.logs == nil {
+		p.logs = &lockedBuffer{}
+	} else {
+		fmt.Fprintf(p.logs, "---- restarted at %s ----\n", time.Now().Format("15:04:05.000"))
+	}
+	cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken), env...)
+	cmd.Stdout = p.logs
+	cmd.Stderr = p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", cmd.Args, err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	p.cmd, p.exited = cmd, exited
+}
+
+// proc returns the current process and its exit channel (nil before start).
+func (p *agentProc) proc() (*exec.Cmd, chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd, p.exited
+}
+
+// running reports whether the process is alive.
+func (p *agentProc) running() bool {
+	_, exited := p.proc()
+	if exited == nil {
+		return false
+	}
+	select {
+	case <-exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// signal sends sig and waits up to within for the process to exit; it
+// reports whether it did (true when it was not running).
+func (p *agentProc) signal(sig syscall.Signal, within time.Duration) bool {
+	cmd, exited := p.proc()
+	if cmd == nil || cmd.Process == nil {
+		return true
+	}
+	select {
+	case <-exited:
+		return true
+	default:
+	}
+	cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+		return true
+	case <-time.After(within):
+		return false
+	}
+}
+
+// stopOrKill sends SIGTERM, then SIGKILL after within, and waits.
+func (p *agentProc) stopOrKill(within time.Duration) bool {
+	if p.signal(syscall.SIGTERM, within) {
+		return true
+	}
+	p.signal(syscall.SIGKILL, time.Minute)
+	return false
 }
 
 type lockedBuffer struct {
@@ -125,71 +203,18 @@ func startDevAgentEnv(t testing.TB, env []string, extra ...string) *agent {
 // start runs the agent process; logs of every start go to one buffer.
 func (a *agent) start() {
 	a.t.Helper()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.logs == nil {
-		a.logs = &lockedBuffer{}
-	} else {
-		fmt.Fprintf(a.logs, "---- restart ----\n")
-	}
-	cmd := exec.Command(binPath, a.args...)
-	cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken), a.env...)
-	cmd.Stdout = a.logs
-	cmd.Stderr = a.logs
-	if err := cmd.Start(); err != nil {
-		a.t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	a.cmd, a.exited = cmd, exited
-}
-
-// proc returns the current process and its exit channel (nil before start).
-func (a *agent) proc() (*exec.Cmd, chan struct{}) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.cmd, a.exited
-}
-
-// running reports whether the agent process is alive.
-func (a *agent) running() bool {
-	_, exited := a.proc()
-	if exited == nil {
-		return false
-	}
-	select {
-	case <-exited:
-		return false
-	default:
-		return true
-	}
+	a.launch(a.t, exec.Command(binPath, a.args...), a.env)
 }
 
 // stop sends SIGTERM and waits for the agent to exit.
-func (a *agent) stop() { a.signal(syscall.SIGTERM) }
-
-// kill sends SIGKILL and waits.
-func (a *agent) kill() { a.signal(syscall.SIGKILL) }
-
-func (a *agent) signal(sig syscall.Signal) {
-	cmd, exited := a.proc()
-	if cmd == nil || cmd.Process == nil {
-		return
-	}
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	cmd.Process.Signal(sig)
-	select {
-	case <-exited:
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		<-exited
-		a.t.Errorf("agent did not stop within 20s after %v", sig)
+func (a *agent) stop() {
+	if !a.stopOrKill(20 * time.Second) {
+		a.t.Errorf("agent did not stop within 20s after SIGTERM")
 	}
 }
+
+// kill sends SIGKILL and waits.
+func (a *agent) kill() { a.signal(syscall.SIGKILL, time.Minute) }
 
 func (a *agent) url(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", a.apiPort, path)
@@ -341,22 +366,26 @@ func startBackend(t testing.TB, name string) *backend {
 		t.Fatal(err)
 	}
 	b := &backend{ln: ln, name: name}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", name)
-				c.SetReadDeadline(time.Now().Add(2 * time.Second))
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
+	go serveGreeting(ln, name)
 	t.Cleanup(func() { ln.Close() })
 	return b
+}
+
+// serveGreeting answers every connection on ln with greeting and a newline,
+// until ln is closed: the backend of end-to-end tests.
+func serveGreeting(ln net.Listener, greeting string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			fmt.Fprintf(c, "%s\n", greeting)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			io.Copy(io.Discard, c)
+		}()
+	}
 }
 
 func (b *backend) port() int { return b.ln.Addr().(*net.TCPAddr).Port }

@@ -9,12 +9,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -66,12 +64,10 @@ func nsWitness(name string) nsSpec { return nsSpec{name: name, witness: true} }
 // nsNode is one agent running inside its own network namespace.
 type nsNode struct {
 	nsSpec
-	host   *netns.Host
-	dir    string
-	args   []string
-	cmd    *exec.Cmd
-	logs   *lockedBuffer
-	exited chan struct{}
+	host *netns.Host
+	dir  string
+	args []string
+	agentProc
 }
 
 func (n *nsNode) String() string { return n.name + "(" + n.host.IP + ")" }
@@ -79,42 +75,13 @@ func (n *nsNode) String() string { return n.name + "(" + n.host.IP + ")" }
 // start runs the agent inside its namespace.
 func (n *nsNode) start(t testing.TB) {
 	t.Helper()
-	n.logs = &lockedBuffer{}
-	n.cmd = n.host.Command(context.Background(), binPath, n.args...)
-	n.cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken), nsFastEnv...)
-	n.cmd.Stdout = n.logs
-	n.cmd.Stderr = n.logs
-	if err := n.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", n, err)
-	}
-	n.exited = make(chan struct{})
-	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(n.cmd, n.exited)
-}
-
-func (n *nsNode) running() bool {
-	if n.exited == nil {
-		return false
-	}
-	select {
-	case <-n.exited:
-		return false
-	default:
-		return true
-	}
+	n.launch(t, n.host.Command(context.Background(), binPath, n.args...), nsFastEnv)
 }
 
 // stop sends SIGTERM, then SIGKILL when the agent has not exited after 5 s,
 // and kills the HAProxy master it leaves running on purpose.
 func (n *nsNode) stop() {
-	if n.running() {
-		n.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-n.exited:
-		case <-time.After(5 * time.Second):
-			n.cmd.Process.Kill()
-			<-n.exited
-		}
-	}
+	n.stopOrKill(5 * time.Second)
 	if !n.witness {
 		stopHAProxyIn(filepath.Join(n.dir, "haproxy"))
 	}
@@ -264,20 +231,7 @@ func (l *nsLab) serveBackend() {
 		l.t.Fatal(err)
 	}
 	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", nsGreeting)
-				c.SetReadDeadline(time.Now().Add(2 * time.Second))
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
+	go serveGreeting(ln, nsGreeting)
 }
 
 // poll is poll from the harness, failing the test on timeout.
