@@ -658,6 +658,8 @@ func TestFailoverPlannedStop(t *testing.T) {
 		}
 		return cs.FloatingIP != nil && cs.FloatingIP.Holder != ""
 	})
+	// An observation window, not a wait: the restarted node must not take
+	// the address back during it.
 	time.Sleep(2 * time.Second)
 	l.waitSoleHolder(next, 5*time.Second)
 	if o := fipOutageSince(l.probe, t1); o > 0 {
@@ -693,6 +695,7 @@ func TestFailoverEdgeLinkBlocked(t *testing.T) {
 	if err := l.a.host.Unblock(l.b.host); err != nil {
 		t.Fatal(err)
 	}
+	// Observation window: a move after the link returns would show here.
 	time.Sleep(2 * time.Second)
 	s.Stop()
 	moves, timeline = s.moves()
@@ -805,6 +808,7 @@ func TestFailoverFlappingLink(t *testing.T) {
 	t.Logf("flapped %s's link %d times", old, f.Cycles())
 	h := l.waitSoleHolder(nil, 15*time.Second)
 	outage := l.recovered(t0, 10*time.Second)
+	// Observation window: no late bounce once the link is steady.
 	time.Sleep(2 * time.Second)
 	s.Stop()
 	moves, timeline := s.moves()
