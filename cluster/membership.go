@@ -350,20 +350,6 @@ func (m *Membership) record(n *memberlist.Node, left bool) {
 	m.notify()
 }
 
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateDead:
-		return "dead"
-	case memberlist.StateLeft:
-		return "left"
-	}
-	return "unknown"
-}
-
 func (m *Membership) get(name string) (Member, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

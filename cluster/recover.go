@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
 )
@@ -56,7 +57,7 @@ func openOffline(dataDir string, readOnly bool, logger *slog.Logger) (*offlineSt
 		Path:        path,
 		BoltOptions: &bbolt.Options{Timeout: offlineLockTimeout, ReadOnly: readOnly},
 	})
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w (%s is locked by another process)", ErrDataDirInUse, path)
 	}
 	if err != nil {

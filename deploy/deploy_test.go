@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -79,7 +78,8 @@ func goTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	// Not on PATH: try the usual install location; the error names it.
+	return "/usr/local/go/bin/go"
 }
 
 // checkConfig runs `drawbridge agent --check-config --config path` and fails
