@@ -106,7 +106,11 @@ type Manager struct {
 	desired     *submission // latest submission taken by the loop
 	appliedHash string
 	served      map[int]bool // ports the live configuration binds
-	retry       bool         // re-apply desired on the next retry tick
+	// running is what the live worker serves when this manager put it
+	// there (nil after adopting or restarting from disk): the base for
+	// server-only changes through the runtime API.
+	running []Frontend
+	retry   bool // re-apply desired on the next retry tick
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -213,7 +217,7 @@ func (m *Manager) adopt(ctx context.Context) (procInfo, bool) {
 			if err != nil {
 				m.log.Warn("adopted haproxy but cannot read its config", "err", err)
 			}
-			m.appliedHash, m.served = Hash(cfg), boundPorts(cfg)
+			m.appliedHash, m.served, m.running = Hash(cfg), boundPorts(cfg), nil
 			return p, true
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil || !processAlive(pid) {
@@ -264,7 +268,7 @@ func (m *Manager) startFromDisk(ctx context.Context) (procInfo, error) {
 			m.log.Warn("haproxy failed to start", "config", path, "err", err)
 			continue
 		}
-		m.appliedHash, m.served = Hash(cfg), boundPorts(cfg)
+		m.appliedHash, m.served, m.running = Hash(cfg), boundPorts(cfg), nil
 		if path != m.cfgPath {
 			m.retry = true // what is live is a fallback; re-apply the desired routes
 		}
@@ -483,9 +487,23 @@ func (m *Manager) apply(ctx context.Context, sub *submission) {
 		m.recordError(fmt.Sprintf("haproxy config for index %d rejected, keeping the live one", sub.index), err)
 		return
 	}
+	cmds, serversOnly := planServerChanges(s, m.running, kept)
 	if err := m.install(tmp); err != nil {
 		m.recordError("install haproxy config", err)
 		return
+	}
+	if serversOnly && s.StatsSocket != "" {
+		err := m.applyRuntime(ctx, cmds)
+		if err == nil {
+			m.appliedHash, m.running = hash, kept
+			if m.metrics != nil {
+				m.metrics.runtimeUpdates.Inc()
+			}
+			m.log.Info("haproxy servers changed through the runtime API, no reload", "index", sub.index, "hash", hash[:12], "commands", len(cmds))
+			m.recordApplied(sub.index, hash, failed, false, 0)
+			return
+		}
+		m.log.Warn("runtime API update failed; reloading instead", "index", sub.index, "err", err)
 	}
 
 	rStart := time.Now()
@@ -510,7 +528,7 @@ func (m *Manager) apply(ctx context.Context, sub *submission) {
 		m.recordError(fmt.Sprintf("reload haproxy for index %d failed, old workers keep serving", sub.index), err)
 		return
 	}
-	m.appliedHash, m.served = hash, boundPorts(cfg)
+	m.appliedHash, m.served, m.running = hash, boundPorts(cfg), kept
 	if m.metrics != nil {
 		m.metrics.reloads.Inc()
 		m.metrics.reloadDuration.Observe(took.Seconds())
@@ -518,6 +536,18 @@ func (m *Manager) apply(ctx context.Context, sub *submission) {
 	m.log.Info("haproxy reloaded", "index", sub.index, "hash", hash[:12], "frontends", len(kept),
 		"held_back", len(failed), "took", took)
 	m.recordApplied(sub.index, hash, failed, true, took)
+}
+
+// applyRuntime sends cmds to the running worker's runtime API, in order,
+// stopping at the first error (the caller then reloads, which makes the file
+// authoritative again whatever was applied).
+func (m *Manager) applyRuntime(ctx context.Context, cmds []string) error {
+	for _, c := range cmds {
+		if err := runtimeCommand(ctx, m.cfg.Settings.StatsSocket, c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // probe splits fes into those whose port is served already or can be bound

@@ -10,6 +10,7 @@ import (
 // nothing.
 type metrics struct {
 	reloads            prometheus.Counter
+	runtimeUpdates     prometheus.Counter
 	reloadFailures     prometheus.Counter
 	reloadDuration     prometheus.Histogram
 	validationDuration prometheus.Histogram
@@ -25,6 +26,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		reloads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drawbridge_haproxy_reloads_total", Help: "Confirmed HAProxy reloads.",
+		}),
+		runtimeUpdates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drawbridge_haproxy_runtime_updates_total", Help: "Server-only changes applied through the runtime API without a reload.",
 		}),
 		reloadFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drawbridge_haproxy_reload_failures_total", Help: "HAProxy reloads that failed or were not confirmed.",
@@ -47,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drawbridge_haproxy_applied_index", Help: "Route table index of the live configuration.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.reloads, m.reloadFailures, m.reloadDuration,
+	for _, c := range []prometheus.Collector{m.reloads, m.runtimeUpdates, m.reloadFailures, m.reloadDuration,
 		m.validationDuration, m.validationFailures, m.running, m.appliedIndex} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register haproxy metrics: %w", err)

@@ -192,16 +192,7 @@ func RenderChecked(s Settings, fes []Frontend) ([]byte, error) {
 			fmt.Fprintf(&b, "    stick-table type %s size 200k expire 30m\n", typ)
 			b.WriteString("    stick on src\n")
 		}
-		var opts string
-		if fe.HealthCheck {
-			opts += " check inter " + formatDuration(s.CheckInterval)
-		}
-		switch fe.ProxyProtocol {
-		case "v1":
-			opts += " send-proxy"
-		case "v2":
-			opts += " send-proxy-v2"
-		}
+		opts := serverOptions(s, fe)
 		for _, sv := range sortServers(fe, reject) {
 			fmt.Fprintf(&b, "    server %s %s%s\n", serverName(sv), serverAddr(sv), opts)
 		}
