@@ -27,7 +27,13 @@
 //     went up, its [failed: N] counter did not, and a worker with 0 reloads
 //     exists. On failure haproxy.cfg.last-good is put back; the old workers
 //     keep serving.
-//   - HAProxy needs about 2*MaxConn file descriptors and refuses to start if
-//     the hard RLIMIT_NOFILE is lower (the default MaxConn of 20000 needs
-//     ~40k); run the agent with a matching LimitNOFILE.
+//   - When only the servers of existing backends change (and the backend's
+//     balance takes dynamic servers), the file is installed and the servers
+//     are added or deleted through the runtime API (stats socket) on the
+//     running worker: no reload, so no old worker is left holding
+//     long-lived connections. Any error falls back to a reload.
+//   - MaxConn 0 (the default) leaves maxconn out so HAProxy sizes it from its
+//     file-descriptor limit; a fixed value needs about two descriptors per
+//     connection plus one per listener and server, and a reload that does
+//     not fit fails.
 package haproxy
