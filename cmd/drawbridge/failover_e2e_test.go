@@ -278,12 +278,7 @@ func (l *fipLab) other(n *fipNode) *fipNode {
 // serveBackend runs a TCP server in the backend host that greets every
 // connection with fipGreeting.
 func (l *fipLab) serveBackend() {
-	ln, err := l.backend.Listen("tcp", net.JoinHostPort(l.backend.IP, strconv.Itoa(fipBackendPort)))
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	l.t.Cleanup(func() { ln.Close() })
-	go serveGreeting(ln, fipGreeting)
+	serveGreetingIn(l.t, l.backend, fipBackendPort, fipGreeting)
 }
 
 func (l *fipLab) poll(timeout time.Duration, what string, cond func() bool) {

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/netns"
 )
 
 // testToken is an obviously fake token used only by tests.
@@ -369,6 +371,18 @@ func startBackend(t testing.TB, name string) *backend {
 	go serveGreeting(ln, name)
 	t.Cleanup(func() { ln.Close() })
 	return b
+}
+
+// serveGreetingIn runs serveGreeting on h's address and port inside its
+// namespace until the test ends.
+func serveGreetingIn(t testing.TB, h *netns.Host, port int, greeting string) {
+	t.Helper()
+	ln, err := h.Listen("tcp", net.JoinHostPort(h.IP, strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go serveGreeting(ln, greeting)
 }
 
 // serveGreeting answers every connection on ln with greeting and a newline,

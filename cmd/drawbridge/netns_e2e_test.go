@@ -226,12 +226,7 @@ func nsStartLab(t *testing.T, specs ...nsSpec) *nsLab {
 // serveBackend runs a TCP server in the backend host that greets every
 // connection with nsGreeting.
 func (l *nsLab) serveBackend() {
-	ln, err := l.backend.Listen("tcp", net.JoinHostPort(l.backend.IP, strconv.Itoa(nsBackendPort)))
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	l.t.Cleanup(func() { ln.Close() })
-	go serveGreeting(ln, nsGreeting)
+	serveGreetingIn(l.t, l.backend, nsBackendPort, nsGreeting)
 }
 
 // poll is poll from the harness, failing the test on timeout.

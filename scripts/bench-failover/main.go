@@ -366,6 +366,29 @@ func (bd *bed) settle(within time.Duration) (*netns.Host, error) {
 // outage waits until the client is served again after an event at t0 (and
 // for attempts in flight to land), then returns the longest outage that
 // ended after t0.
+// failover waits for one holder of the address, takes it away as m says
+// (unplug its cable, or SIGTERM the process that moves the address, given by
+// mover), and returns the outage the client saw.
+func (bd *bed) failover(m mode, who string, mover func(*netns.Host) *proc) (time.Duration, error) {
+	holder, err := bd.settle(30 * time.Second)
+	if err != nil {
+		return 0, err
+	}
+	logf("%s: %s holds %s", who, holder.Name, bd.vip)
+	t0 := time.Now()
+	switch m {
+	case unplanned:
+		if err := holder.Cut(); err != nil {
+			return 0, err
+		}
+	case planned:
+		if !mover(holder).signal(syscall.SIGTERM, 15*time.Second) {
+			return 0, fmt.Errorf("%s on %s did not stop within 15s", who, holder.Name)
+		}
+	}
+	return bd.outage(t0, 15*time.Second)
+}
+
 func (bd *bed) outage(t0 time.Time, within time.Duration) (time.Duration, error) {
 	if err := bd.probe.WaitFor(true, within); err != nil {
 		return 0, fmt.Errorf("the client did not recover: %w (outages %v)", err, bd.probe.Outages())
@@ -530,23 +553,7 @@ func measureDrawbridge(bin string, m mode) (time.Duration, error) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		holder, err := bd.settle(30 * time.Second)
-		if err != nil {
-			return dump(err)
-		}
-		logf("drawbridge: %s holds %s", holder.Name, bd.vip)
-		t0 := time.Now()
-		switch m {
-		case unplanned:
-			if err := holder.Cut(); err != nil {
-				return 0, err
-			}
-		case planned:
-			if !agents[holder].signal(syscall.SIGTERM, 15*time.Second) {
-				return dump(errors.New("the holder's agent did not stop within 15s"))
-			}
-		}
-		d, err := bd.outage(t0, 15*time.Second)
+		d, err := bd.failover(m, "drawbridge", func(h *netns.Host) *proc { return agents[h] })
 		if err != nil {
 			return dump(err)
 		}
@@ -665,23 +672,7 @@ func measureKeepalived(ka string, m mode) (time.Duration, error) {
 			}
 			return 0, err
 		}
-		holder, err := bd.settle(30 * time.Second)
-		if err != nil {
-			return dump(err)
-		}
-		logf("keepalived: %s is master for %s", holder.Name, bd.vip)
-		t0 := time.Now()
-		switch m {
-		case unplanned:
-			if err := holder.Cut(); err != nil {
-				return 0, err
-			}
-		case planned:
-			if !kas[holder].signal(syscall.SIGTERM, 15*time.Second) {
-				return dump(errors.New("keepalived did not stop within 15s"))
-			}
-		}
-		d, err := bd.outage(t0, 15*time.Second)
+		d, err := bd.failover(m, "keepalived", func(h *netns.Host) *proc { return kas[h] })
 		if err != nil {
 			return dump(err)
 		}
