@@ -13,7 +13,9 @@ mkdir -p "$DIR"
 if [ "${1:-}" = "stop" ]; then
 	for n in 1 2 3; do
 		pidfile="$DIR/edge-$n/haproxy/haproxy.pid"
-		[ -f "$pidfile" ] && kill "$(head -1 "$pidfile")" 2>/dev/null || true
+		if [ -f "$pidfile" ]; then
+			kill "$(head -1 "$pidfile")" 2>/dev/null || true
+		fi
 	done
 	echo "stopped the cluster's HAProxies"
 	exit 0
