@@ -31,9 +31,13 @@ run: haproxy build ## Build and start one dev agent on 127.0.0.1:9000 (data in .
 	./$(BIN) agent --dev
 
 .PHONY: test
-test: ## Vet, then run every test with the race detector (needs haproxy; root for namespace tests)
+test: test-deps ## Vet, then run every test with the race detector (root for namespace tests)
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+.PHONY: test-deps
+test-deps: ## Install what the full test suite needs from Debian's packages, when missing (root)
+	@scripts/test-deps.sh
 
 .PHONY: bench
 bench: build ## Run the benchmarks and print the figures
@@ -49,9 +53,10 @@ chaos: ## Kill the leader of a 3-node cluster under load, 10 runs, each history 
 	DRAWBRIDGE_CHAOS_RUNS=$${DRAWBRIDGE_CHAOS_RUNS:-10} $(GO) test -count=1 -timeout 30m -run 'TestE2EClusterLeaderKillLinearizable' -v ./cmd/drawbridge
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet and shellcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	shellcheck .ci/run $$(git ls-files '*.sh')
 
 .PHONY: clean
 clean: ## Remove build output and the dev data directory

@@ -18,6 +18,8 @@ import (
 
 	"github.com/zclconf/go-cty/cty"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // cloudConfig is the part of cloud-init's user data the nodes rely on.
@@ -342,7 +344,8 @@ func TestFirstbootScript(t *testing.T) {
 			t.Errorf("%s is not executable", s)
 		}
 	}
-	if sc, err := exec.LookPath("shellcheck"); err == nil {
+	if sc, err := exec.LookPath("shellcheck"); err == nil || testenv.Full() {
+		sc = testenv.Command(t, "shellcheck", "shellcheck")
 		if out, err := exec.Command(sc, scripts...).CombinedOutput(); err != nil {
 			t.Errorf("shellcheck: %v\n%s", err, out)
 		}
@@ -365,7 +368,7 @@ func python(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skip("python3 with PyYAML is not installed; skipping drawbridge-peers")
+	testenv.Missing(t, "python3 with PyYAML is not installed (apt-get install python3-yaml); skipping drawbridge-peers")
 	return ""
 }
 

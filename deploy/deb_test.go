@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // nfpmModule is the nfpm the Makefile's deb target runs (go run, so it need
@@ -79,9 +81,7 @@ func TestDebianPackage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: not building the Debian package")
 	}
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("dpkg-deb is not installed")
-	}
+	testenv.Command(t, "dpkg-deb", "dpkg")
 	deb := buildDeb(t)
 
 	// Control data.
@@ -158,7 +158,7 @@ func canInstall(t *testing.T) {
 		if force == "1" {
 			t.Fatalf("DRAWBRIDGE_TEST_DEB=1 but "+format, args...)
 		}
-		t.Skipf(format, args...)
+		testenv.Missing(t, format, args...)
 	}
 	switch {
 	case force == "0":

@@ -7,22 +7,19 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // haproxyBin returns the haproxy binary or skips the test.
 func haproxyBin(tb testing.TB) string {
 	tb.Helper()
-	bin, err := exec.LookPath("haproxy")
-	if err != nil {
-		tb.Skip("haproxy not installed (apt-get install haproxy)")
-	}
-	return bin
+	return testenv.HAProxy(tb)
 }
 
 // checkConfig runs haproxy -c on cfg.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/internal/netns"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // Floating-IP failover in network namespaces: two edge nodes (edge-a,
@@ -134,9 +135,7 @@ type fipLab struct {
 // fipSkip skips unless network namespaces and HAProxy are available.
 func fipSkip(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("network-namespace tests need root")
-	}
+	testenv.Root(t, "network-namespace tests")
 	netns.SkipIfUnavailable(t)
 	requireHAProxy(t)
 }

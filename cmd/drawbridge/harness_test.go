@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/internal/netns"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // testToken is an obviously fake token used only by tests.
@@ -45,9 +46,7 @@ func TestMain(m *testing.M) {
 
 func requireHAProxy(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("haproxy"); err != nil {
-		t.Skip("haproxy not installed (apt-get install haproxy)")
-	}
+	testenv.HAProxy(t)
 }
 
 // freePort returns a TCP port that was free a moment ago on 127.0.0.1.

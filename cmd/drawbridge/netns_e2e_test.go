@@ -18,6 +18,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/haproxy"
 	"github.com/drawbridge-lb/drawbridge/internal/netns"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // Network-namespace tests: every drawbridge node is a host of its own on a
@@ -117,9 +118,7 @@ type nsStatus struct {
 // nsSkip skips unless network namespaces and HAProxy are available.
 func nsSkip(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("network-namespace tests need root")
-	}
+	testenv.Root(t, "network-namespace tests")
 	netns.SkipIfUnavailable(t)
 	requireHAProxy(t)
 }

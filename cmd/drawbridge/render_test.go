@@ -13,6 +13,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // randomRoutes builds a route table the way the API does: arbitrary field
@@ -90,10 +91,10 @@ func TestRenderCommand(t *testing.T) {
 		strings.Index(text, "fe_8080") > strings.Index(text, "fe_8443") {
 		t.Errorf("unexpected render:\n%s", text)
 	}
-	if _, err := exec.LookPath("haproxy"); err == nil {
+	if _, err := exec.LookPath("haproxy"); err == nil || testenv.Full() {
 		cfg := filepath.Join(dir, "out.cfg")
 		os.WriteFile(cfg, out, 0o600)
-		if err := haproxy.Validate(context.Background(), "haproxy", cfg); err != nil {
+		if err := haproxy.Validate(context.Background(), testenv.HAProxy(t), cfg); err != nil {
 			t.Errorf("rendered config invalid: %v", err)
 		}
 	}

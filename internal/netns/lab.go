@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // Prefix starts the name of every lab, and so of every namespace and link a
@@ -55,11 +57,12 @@ var availableOnce = sync.OnceValue(probeAvailable)
 // `ip netns add` working. The result is computed once per process.
 func Available() error { return availableOnce() }
 
-// SkipIfUnavailable skips the test when [Available] reports an error.
+// SkipIfUnavailable skips the test when [Available] reports an error, or
+// fails it where the full suite is required (see [testenv.Full]).
 func SkipIfUnavailable(t testing.TB) {
 	t.Helper()
 	if err := Available(); err != nil {
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -107,7 +109,8 @@ func TestTwoHostsTalk(t *testing.T) {
 	if err != nil || line != "hello from b" {
 		t.Fatalf("a -> b: %q, %v", line, err)
 	}
-	if _, err := exec.LookPath("ping"); err == nil {
+	if _, err := exec.LookPath("ping"); err == nil || testenv.Full() {
+		testenv.Command(t, "ping", "iputils-ping")
 		if out, err := a.Run("ping", "-c", "1", "-W", "2", b.IP); err != nil {
 			t.Fatalf("ping a -> b: %v\n%s", err, out)
 		}
