@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -17,6 +18,10 @@ type Cluster struct {
 	node    *Node
 	members *Membership
 	log     *slog.Logger
+
+	// readTerm is the latest raft term in which this node, leading, has
+	// applied an entry of its own term (see termCommitted).
+	readTerm atomic.Uint64
 }
 
 // NewCluster returns the facade over node and members.
@@ -64,17 +69,12 @@ func (c *Cluster) LeaderAPI() (string, bool, error) {
 // its table holds every entry committed before the call, so a read served
 // after it is not stale.
 func (c *Cluster) VerifyLeader(ctx context.Context) error {
+	if err := c.termCommitted(ctx); err != nil {
+		return err
+	}
 	commit := c.node.raft.CommitIndex()
-	fut := c.node.raft.VerifyLeader()
-	done := make(chan error, 1)
-	go func() { done <- fut.Error() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return c.node.translate(err)
-		}
-	case <-ctx.Done():
-		return fmt.Errorf("%w: verify leadership: %v", ErrCommitTimeout, ctx.Err())
+	if err := c.wait(ctx, "verify leadership", c.node.raft.VerifyLeader()); err != nil {
+		return err
 	}
 	for c.node.raft.AppliedIndex() < commit {
 		select {
@@ -84,6 +84,44 @@ func (c *Cluster) VerifyLeader(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// termCommitted returns once an entry of this leader's own term has been
+// applied, which it checks with a barrier once per term. A newly elected
+// leader learns which entries of its log are committed only when one of its
+// own term commits (Raft §5.4.2, §8): until then its commit index can miss a
+// write its predecessor acknowledged, and a read served on it would be stale.
+func (c *Cluster) termCommitted(ctx context.Context) error {
+	term := c.node.raft.CurrentTerm()
+	if c.readTerm.Load() == term {
+		return nil
+	}
+	timeout := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if err := c.wait(ctx, "commit an entry of the new term", c.node.raft.Barrier(timeout)); err != nil {
+		return err
+	}
+	// The barrier ran in term or a later one; a later term only costs
+	// another barrier on the next read.
+	c.readTerm.Store(term)
+	return nil
+}
+
+// wait waits for a raft future, or for ctx; what names the step in errors.
+func (c *Cluster) wait(ctx context.Context, what string, fut raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- fut.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return c.node.translate(err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %s: %v", ErrCommitTimeout, what, ctx.Err())
+	}
 }
 
 // Lag is an edge node that has not applied an index yet.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
@@ -327,4 +328,79 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// TestConsistentReadOnANewLeaderSeesEveryAcknowledgedWrite reads on each
+// survivor the moment it becomes leader, after the old leader crashed right
+// after acknowledging writes. A new leader learns that its predecessor's last
+// entries were committed only when an entry of its own term commits, so a
+// read that trusted its commit index before that could miss an acknowledged
+// write.
+func TestConsistentReadOnANewLeaderSeesEveryAcknowledgedWrite(t *testing.T) {
+	ms := startThree(t, memberOpts{})
+	old := leaderOf(ms...)
+	type readResult struct {
+		name    string
+		err     error
+		missing []int
+	}
+	results := make(chan readResult, len(ms))
+	var (
+		mu    sync.Mutex
+		acked []int
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, m := range ms {
+		if m == old {
+			continue
+		}
+		obs := make(chan raft.Observation, 8)
+		o := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+			lo, ok := o.Data.(raft.LeaderObservation)
+			return ok && string(lo.LeaderID) == m.name
+		})
+		m.node.raft.RegisterObserver(o)
+		t.Cleanup(func() { m.node.raft.DeregisterObserver(o) })
+		go func() {
+			select {
+			case <-obs:
+			case <-ctx.Done():
+				return
+			}
+			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer rcancel()
+			r := readResult{name: m.name, err: m.cluster.VerifyLeader(rctx)}
+			st := m.fsm.State()
+			mu.Lock()
+			for _, port := range acked {
+				if _, ok := st.Route(port); !ok {
+					r.missing = append(r.missing, port)
+				}
+			}
+			mu.Unlock()
+			results <- r
+		}()
+	}
+	for i := range 20 {
+		port := 9000 + i
+		if res, err := old.node.Apply(context.Background(), register(port, fmt.Sprintf("s%d", i), "10.0.0.1", 1)); err != nil || res.Err != nil {
+			t.Fatalf("apply: %v %v", err, res.Err)
+		}
+		mu.Lock()
+		acked = append(acked, port)
+		mu.Unlock()
+	}
+	old.crash()
+	select {
+	case r := <-results:
+		if r.err != nil {
+			t.Fatalf("VerifyLeader on the new leader %s: %v", r.name, r.err)
+		}
+		if len(r.missing) > 0 {
+			t.Errorf("a read on the new leader %s right after VerifyLeader misses acknowledged writes on ports %v", r.name, r.missing)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no survivor became leader within 15s")
+	}
 }
