@@ -344,8 +344,8 @@ func TestFirstbootScript(t *testing.T) {
 			t.Errorf("%s is not executable", s)
 		}
 	}
-	if sc, err := exec.LookPath("shellcheck"); err == nil || testenv.Full() {
-		sc = testenv.Command(t, "shellcheck", "shellcheck")
+	if _, err := exec.LookPath("shellcheck"); err == nil || testenv.Full() {
+		sc := testenv.Command(t, "shellcheck", "shellcheck")
 		if out, err := exec.Command(sc, scripts...).CombinedOutput(); err != nil {
 			t.Errorf("shellcheck: %v\n%s", err, out)
 		}
