@@ -20,8 +20,11 @@ type Cluster struct {
 	log     *slog.Logger
 
 	// readTerm is the latest raft term in which this node, leading, has
-	// applied an entry of its own term (see termCommitted).
+	// applied an entry of its own term (see termCommitted). barrier lets
+	// one reader at a time run the barrier, so a burst of reads after an
+	// election adds one entry to the log, not one per read.
 	readTerm atomic.Uint64
+	barrier  chan struct{}
 }
 
 // NewCluster returns the facade over node and members.
@@ -29,7 +32,7 @@ func NewCluster(node *Node, members *Membership, logger *slog.Logger) *Cluster {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Cluster{node: node, members: members, log: logger.With("component", "cluster")}
+	return &Cluster{node: node, members: members, log: logger.With("component", "cluster"), barrier: make(chan struct{}, 1)}
 }
 
 // Node returns the raft node.
@@ -94,6 +97,15 @@ func (c *Cluster) VerifyLeader(ctx context.Context) error {
 func (c *Cluster) termCommitted(ctx context.Context) error {
 	term := c.node.raft.CurrentTerm()
 	if c.readTerm.Load() == term {
+		return nil
+	}
+	select {
+	case c.barrier <- struct{}{}:
+		defer func() { <-c.barrier }()
+	case <-ctx.Done():
+		return fmt.Errorf("%w: commit an entry of the new term: %v", ErrCommitTimeout, ctx.Err())
+	}
+	if c.readTerm.Load() == term { // another read's barrier covered this term
 		return nil
 	}
 	timeout := 5 * time.Second

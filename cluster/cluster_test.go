@@ -404,3 +404,46 @@ func TestConsistentReadOnANewLeaderSeesEveryAcknowledgedWrite(t *testing.T) {
 		t.Fatal("no survivor became leader within 15s")
 	}
 }
+
+// TestConsistentReadBurstAddsOneBarrierPerTerm fires concurrent consistent
+// reads at a new leader: they share one barrier, so the log grows by one
+// entry per term, not one per read.
+func TestConsistentReadBurstAddsOneBarrierPerTerm(t *testing.T) {
+	n, _ := startNode(t, fastConfig(t, t.TempDir()))
+	c := NewCluster(n, nil, nil)
+	barriers := func() int {
+		first, _ := n.store.FirstIndex()
+		last, _ := n.store.LastIndex()
+		count := 0
+		for i := first; i <= last && i > 0; i++ {
+			var l raft.Log
+			if err := n.store.GetLog(i, &l); err == nil && l.Type == raft.LogBarrier {
+				count++
+			}
+		}
+		return count
+	}
+	for round := range 2 {
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				errs <- c.VerifyLeader(ctx)
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: VerifyLeader: %v", round, err)
+			}
+		}
+		if got := barriers(); got != 1 {
+			t.Fatalf("round %d: %d barrier entries in the log after 16 concurrent reads in one term; want 1", round, got)
+		}
+	}
+}
