@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/internal/netns"
-	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // Floating-IP failover in network namespaces: two edge nodes (edge-a,
@@ -132,20 +131,12 @@ type fipLab struct {
 	probe   *netns.Prober
 }
 
-// fipSkip skips unless network namespaces and HAProxy are available.
-func fipSkip(t *testing.T) {
-	t.Helper()
-	testenv.Root(t, "network-namespace tests")
-	netns.SkipIfUnavailable(t)
-	requireHAProxy(t)
-}
-
 // fipStartLab builds the lab, starts the three agents, forms the cluster,
 // adds the route, waits until exactly one edge node holds the floating IP
 // and the client is served through it, and starts the client's probe.
 func fipStartLab(t *testing.T) *fipLab {
 	t.Helper()
-	fipSkip(t)
+	nsSkip(t)
 	l := &fipLab{t: t, lab: netns.NewLab(t, "")}
 	l.backend = l.lab.AddHost("backend")
 	l.client = l.lab.AddHost("client")
