@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/api"
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 const (
@@ -101,24 +101,6 @@ func (f *fakeStatus) set(fn func(*api.Status)) {
 	fn(&f.st)
 }
 
-// syncBuffer collects log output safely across goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // env is one API under test with its fakes.
 type env struct {
 	t       *testing.T
@@ -128,7 +110,7 @@ type env struct {
 	fsm     *fsm.FSM
 	status  *fakeStatus
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *testenv.Buffer
 }
 
 // newEnv builds an API with two tokens, ports 9000-9002 reserved, a fixed
@@ -159,7 +141,7 @@ func newEnvDeps(t *testing.T, deps func(*api.Deps), mod ...func(*api.Config)) *e
 		fsm:     f,
 		status:  &fakeStatus{st: api.Status{Node: "edge-1", Version: "test"}},
 		reg:     prometheus.NewRegistry(),
-		logs:    &syncBuffer{},
+		logs:    &testenv.Buffer{},
 	}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), e.logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d := api.Deps{

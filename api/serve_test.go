@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/api"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // writeCertPair writes a fresh self-signed certificate for 127.0.0.1 with
@@ -164,7 +165,7 @@ func TestCertReloader(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	writeCertPair(t, certFile, keyFile, "first")
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	c, err := api.NewCertReloader(certFile, keyFile, slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), logs), nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 const (
@@ -215,7 +217,7 @@ func (f *fakeDO) snapshot() (holder, assigns, posts, polls, authBad int) {
 }
 
 // newTestDO builds a digitalocean provider aimed at srv, with short timings.
-func newTestDO(t *testing.T, srv *httptest.Server, mutate func(*Config)) (*DigitalOcean, *syncBuffer) {
+func newTestDO(t *testing.T, srv *httptest.Server, mutate func(*Config)) (*DigitalOcean, *testenv.Buffer) {
 	t.Helper()
 	log, buf := testLogger(t)
 	cfg := Config{

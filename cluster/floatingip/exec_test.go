@@ -14,31 +14,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes, to capture logs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // testLogger logs to the test's output (shown on failure only) and to the
 // returned buffer, at debug level.
-func testLogger(t *testing.T) (*slog.Logger, *syncBuffer) {
+func testLogger(t *testing.T) (*slog.Logger, *testenv.Buffer) {
 	t.Helper()
-	buf := &syncBuffer{}
+	buf := &testenv.Buffer{}
 	h := slog.NewTextHandler(multiWriter{t.Output(), buf}, &slog.HandlerOptions{Level: slog.LevelDebug})
 	return slog.New(h), buf
 }
@@ -65,7 +49,7 @@ func writeScript(t *testing.T, dir, name, body string) string {
 }
 
 // newTestExec builds an exec provider for script with short timings.
-func newTestExec(t *testing.T, script string, timeout time.Duration, retries int) (*Exec, *syncBuffer) {
+func newTestExec(t *testing.T, script string, timeout time.Duration, retries int) (*Exec, *testenv.Buffer) {
 	t.Helper()
 	log, buf := testLogger(t)
 	p, err := New(Config{

@@ -76,7 +76,7 @@ type agent struct {
 type agentProc struct {
 	mu     sync.Mutex // guards cmd and exited across restarts
 	cmd    *exec.Cmd
-	logs   *lockedBuffer
+	logs   *testenv.Buffer
 	exited chan struct{}
 }
 
@@ -86,7 +86,7 @@ func (p *agentProc) launch(t testing.TB, cmd *exec.Cmd, env []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.logs == nil {
-		p.logs = &lockedBuffer{}
+		p.logs = &testenv.Buffer{}
 	} else {
 		fmt.Fprintf(p.logs, "---- restarted at %s ----\n", time.Now().Format("15:04:05.000"))
 	}
@@ -150,23 +150,6 @@ func (p *agentProc) stopOrKill(within time.Duration) bool {
 	}
 	p.signal(syscall.SIGKILL, time.Minute)
 	return false
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startDevAgent starts `agent --dev` on free ports with its data in a fresh

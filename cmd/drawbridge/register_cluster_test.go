@@ -10,13 +10,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // sidecarProc is a `drawbridge register` process (the pod sidecar).
 type sidecarProc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	logs   *lockedBuffer
+	logs   *testenv.Buffer
 	exited chan struct{}
 }
 
@@ -27,7 +29,7 @@ func startSidecar(t *testing.T, c *localCluster, name string, fport, bport int, 
 	for _, a := range c.agents {
 		urls = append(urls, a.url(""))
 	}
-	r := &sidecarProc{t: t, logs: &lockedBuffer{}, exited: make(chan struct{})}
+	r := &sidecarProc{t: t, logs: &testenv.Buffer{}, exited: make(chan struct{})}
 	r.cmd = exec.Command(binPath, "register")
 	r.cmd.Env = append(os.Environ(),
 		"DRAWBRIDGE_API_TOKEN="+testToken,

@@ -6,9 +6,11 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -53,4 +55,25 @@ func Root(tb testing.TB, why string) {
 	if os.Geteuid() != 0 {
 		Missing(tb, "%s need root", why)
 	}
+}
+
+// Buffer is a bytes.Buffer that is safe for concurrent use, for capturing
+// the logs of code under test.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
