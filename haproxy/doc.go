@@ -28,10 +28,13 @@
 //     exists. On failure haproxy.cfg.last-good is put back; the old workers
 //     keep serving.
 //   - When only the servers of existing backends change (and the backend's
-//     balance takes dynamic servers), the file is installed and the servers
-//     are added or deleted through the runtime API (stats socket) on the
-//     running worker: no reload, so no old worker is left holding
-//     long-lived connections. Any error falls back to a reload.
+//     balance takes dynamic servers), or routes in the dynamic port range
+//     (Settings.DynamicPorts, see dynamic.go) are added, changed or removed,
+//     the change is made through the runtime API (stats socket) on the
+//     running worker at once: no render, no haproxy -c and no reload on the
+//     way, so no old worker is left holding long-lived connections and the
+//     cost does not grow with the table. The files catch up in the
+//     background (files.go). Any error falls back to a reload.
 //   - MaxConn 0 (the default) leaves maxconn out so HAProxy sizes it from its
 //     file-descriptor limit; a fixed value needs about two descriptors per
 //     connection plus one per listener and server, and a reload that does

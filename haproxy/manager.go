@@ -90,6 +90,11 @@ type Manager struct {
 	metrics *metrics
 
 	cfgPath, lastGoodPath, sockPath, pidPath string
+	// mapPath and lastGoodMapPath hold the dynamic range's map; statePath
+	// the frontends and layout the installed files render; pendingPath
+	// exists while the running worker is ahead of the files (runtime
+	// changes not written yet).
+	mapPath, lastGoodMapPath, statePath, pendingPath string
 
 	mu           sync.Mutex
 	status       Status
@@ -110,7 +115,25 @@ type Manager struct {
 	// there (nil after adopting or restarting from disk): the base for
 	// server-only changes through the runtime API.
 	running []Frontend
-	retry   bool // re-apply desired on the next retry tick
+	// runLayout is the slot layout of the dynamic range in the live worker
+	// (nil when unknown or without a range).
+	runLayout *layout
+	retry     bool   // re-apply desired on the next retry tick
+	gen       uint64 // bumped on every change of what the worker serves
+
+	// fileMu serialises installing haproxy.cfg, the map and the state
+	// file: the apply loop (before a reload) and the file writer that
+	// catches the files up with runtime changes. installedGen is the gen
+	// the installed files render.
+	fileMu       sync.Mutex
+	installedGen uint64
+	fileJob      *fileJob // latest runtime state to write, under mu
+	fileWake     chan struct{}
+	// markMu guards latestGen (the gen the worker serves) and pending
+	// (marked: pendingPath exists).
+	markMu    sync.Mutex
+	latestGen uint64
+	marked    bool
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -134,6 +157,9 @@ func NewManager(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("haproxy: %w", err)
 	}
 	cfg.Settings = cfg.Settings.WithDefaults()
+	if !cfg.Settings.DynamicPorts.Empty() && cfg.Settings.MapFile == "" {
+		cfg.Settings.MapFile = filepath.Join(cfg.Dir, "dynamic.map")
+	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
@@ -151,7 +177,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{
+	m := &Manager{
 		cfg:          cfg,
 		log:          cfg.Logger.With("component", "haproxy"),
 		metrics:      met,
@@ -159,10 +185,18 @@ func NewManager(cfg Config) (*Manager, error) {
 		lastGoodPath: filepath.Join(cfg.Dir, "haproxy.cfg.last-good"),
 		sockPath:     filepath.Join(cfg.Dir, "master.sock"),
 		pidPath:      filepath.Join(cfg.Dir, "haproxy.pid"),
+		mapPath:      cfg.Settings.MapFile,
+		statePath:    filepath.Join(cfg.Dir, "haproxy.state.json"),
+		pendingPath:  filepath.Join(cfg.Dir, "runtime.pending"),
 		changed:      make(chan struct{}),
 		wake:         make(chan struct{}, 1),
+		fileWake:     make(chan struct{}, 1),
 		served:       map[int]bool{},
-	}, nil
+	}
+	if m.mapPath != "" {
+		m.lastGoodMapPath = m.mapPath + ".last-good"
+	}
+	return m, nil
 }
 
 // Start adopts the HAProxy master already running from Dir (pid file names
@@ -198,7 +232,9 @@ func (m *Manager) start(ctx context.Context) error {
 
 	loopCtx, cancel := context.WithCancel(context.Background())
 	m.cancel, m.done = cancel, make(chan struct{})
-	go m.run(loopCtx)
+	filesDone := make(chan struct{})
+	go func() { defer close(filesDone); m.runFiles(loopCtx) }()
+	go func() { m.run(loopCtx); <-filesDone; close(m.done) }()
 	return nil
 }
 
@@ -217,7 +253,17 @@ func (m *Manager) adopt(ctx context.Context) (procInfo, bool) {
 			if err != nil {
 				m.log.Warn("adopted haproxy but cannot read its config", "err", err)
 			}
-			m.appliedHash, m.served, m.running = Hash(cfg), boundPorts(cfg), nil
+			m.loadInstalled(cfg)
+			if _, err := os.Stat(m.pendingPath); err == nil {
+				// The agent stopped between runtime changes and writing
+				// them: what the worker serves is not what the files say.
+				// The next change reloads, rendering the route table.
+				m.log.Warn("adopted haproxy runs changes its files do not hold yet; the next change reloads it")
+				m.appliedHash, m.running, m.runLayout = "", nil, nil
+				m.markMu.Lock()
+				m.marked = true
+				m.markMu.Unlock()
+			}
 			return p, true
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil || !processAlive(pid) {
@@ -233,11 +279,16 @@ func (m *Manager) adopt(ctx context.Context) (procInfo, bool) {
 // master comes up with it (a port taken meanwhile makes it fail).
 func (m *Manager) startFromDisk(ctx context.Context) (procInfo, error) {
 	var errs []error
+	if err := m.ensureMap(); err != nil {
+		return procInfo{}, err
+	}
 	candidates := []string{m.cfgPath, m.lastGoodPath, ""}
 	for _, path := range candidates {
-		var cfg []byte
+		var cfg, mapData []byte
+		var emptyLayout *layout
 		if path == "" {
-			cfg = Render(m.cfg.Settings, nil)
+			r, lay, _ := render(m.cfg.Settings, nil, nil, m.rangeHoles())
+			cfg, mapData, emptyLayout = r.Config, r.Map, lay
 		} else {
 			b, err := os.ReadFile(path)
 			if err != nil {
@@ -261,6 +312,16 @@ func (m *Manager) startFromDisk(ctx context.Context) (procInfo, error) {
 			os.Remove(tmp)
 			return procInfo{}, fmt.Errorf("install haproxy config: %w", err)
 		}
+		if path != m.cfgPath && m.mapPath != "" {
+			// The map goes with the configuration it was rendered for.
+			mp := m.lastGoodMapPath
+			if path == "" {
+				mp = ""
+			}
+			if err := m.installMapFrom(mp, mapData); err != nil {
+				return procInfo{}, err
+			}
+		}
 		syncDir(m.cfg.Dir)
 		p, err := m.startMaster(ctx)
 		if err != nil {
@@ -268,7 +329,17 @@ func (m *Manager) startFromDisk(ctx context.Context) (procInfo, error) {
 			m.log.Warn("haproxy failed to start", "config", path, "err", err)
 			continue
 		}
-		m.appliedHash, m.served, m.running = Hash(cfg), boundPorts(cfg), nil
+		m.loadInstalled(cfg)
+		if path == "" && m.mapPath != "" {
+			m.running, m.runLayout = []Frontend{}, emptyLayout
+		}
+		// A new master serves exactly the files: nothing runtime-only.
+		m.markMu.Lock()
+		if err := os.Remove(m.pendingPath); err == nil || os.IsNotExist(err) {
+			m.marked = false
+		}
+		m.latestGen = m.gen
+		m.markMu.Unlock()
 		if path != m.cfgPath {
 			m.retry = true // what is live is a fallback; re-apply the desired routes
 		}
@@ -389,7 +460,6 @@ func (m *Manager) recordError(msg string, err error) {
 
 // run is the apply loop: it owns every HAProxy operation after Start.
 func (m *Manager) run(ctx context.Context) {
-	defer close(m.done)
 	health := time.NewTicker(m.cfg.HealthInterval)
 	defer health.Stop()
 	retry := time.NewTicker(m.cfg.RetryInterval)
@@ -442,9 +512,13 @@ func (m *Manager) applyPending(ctx context.Context) {
 	}
 }
 
-// apply makes sub live: probe new ports, render, skip if unchanged, check,
-// install, reload and confirm. A configuration that fails haproxy -c is
-// never installed.
+// apply makes sub live. When the running worker's state is known and the
+// change is one the runtime API can make (servers of existing backends,
+// routes in the dynamic range), it is made there at once, without a render
+// or a check on the way, and the files catch up in the background.
+// Otherwise: probe new ports, render, skip if unchanged, check, install,
+// reload and confirm. A configuration that fails haproxy -c is never
+// installed.
 func (m *Manager) apply(ctx context.Context, sub *submission) {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
@@ -456,59 +530,110 @@ func (m *Manager) apply(ctx context.Context, sub *submission) {
 	if stopped {
 		return
 	}
-	s := m.cfg.Settings
-
 	kept, failed := m.probe(sub.fes)
-	cfg, renderErr := RenderChecked(s, kept)
-	hash := Hash(cfg)
+	if m.applyFast(ctx, sub.index, kept, failed) {
+		return
+	}
+	m.applyFull(ctx, sub.index, kept, failed)
+}
+
+// applyFast makes the change through the runtime API when it can, and
+// reports whether the submission is now applied.
+func (m *Manager) applyFast(ctx context.Context, index uint64, kept []Frontend, failed []PortFailure) bool {
+	s := m.cfg.Settings
+	if m.running == nil || s.StatsSocket == "" {
+		return false
+	}
+	start := time.Now()
+	plan, ok := planRuntime(s, m.running, m.runLayout, kept, m.served)
+	if !ok {
+		return false
+	}
+	if len(plan.cmds) == 0 {
+		// Nothing the worker sees changed; at most a name in a comment.
+		if !slices.EqualFunc(m.running, kept, frontendEqual) {
+			m.running = kept
+			m.gen++
+			m.scheduleFiles(m.gen, kept, plan.layout)
+		}
+		m.recordApplied(index, "", failed, false, 0)
+		return true
+	}
+	m.gen++
+	if err := m.markPending(m.gen); err != nil {
+		m.log.Warn("cannot mark runtime changes pending; reloading instead", "err", err)
+		return false
+	}
+	if err := m.applyRuntime(ctx, plan.cmds); err != nil {
+		// What the worker runs is unknown now: the reload renders it all.
+		m.running, m.runLayout, m.appliedHash = nil, nil, ""
+		m.log.Warn("runtime API update failed; reloading instead", "index", index, "err", err)
+		return false
+	}
+	m.running, m.runLayout, m.appliedHash = kept, plan.layout, ""
+	m.scheduleFiles(m.gen, kept, plan.layout)
+	took := time.Since(start)
+	if m.metrics != nil {
+		m.metrics.runtimeUpdates.Inc()
+		m.metrics.runtimeDuration.Observe(took.Seconds())
+	}
+	m.log.Info("haproxy changed through the runtime API, no reload", "index", index,
+		"commands", len(plan.cmds), "dynamic_routes", plan.routes, "took", took)
+	m.recordApplied(index, "", failed, false, 0)
+	return true
+}
+
+// applyFull renders everything, checks it, installs it and reloads.
+func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, failed []PortFailure) {
+	s := m.cfg.Settings
+	rStart := time.Now()
+	rendered, lay, renderErr := render(s, kept, nil, m.rangeHoles())
+	hash := rendered.Hash()
+	renderTook := time.Since(rStart)
 	if renderErr != nil {
-		m.log.Warn("render left out values", "index", sub.index, "err", renderErr)
+		m.log.Warn("render left out values", "index", index, "err", renderErr)
 	}
 	if hash == m.appliedHash {
-		m.recordApplied(sub.index, hash, failed, false, 0)
+		m.running, m.runLayout = kept, lay
+		m.recordApplied(index, hash, failed, false, 0)
 		return
 	}
 
-	tmp, err := m.writeTemp(cfg)
+	tmp, err := m.writeTemp(rendered.Config)
 	if err != nil {
 		m.recordError("write haproxy config", err)
 		return
 	}
 	defer os.Remove(tmp)
+	if err := m.ensureMap(); err != nil {
+		m.recordError("write haproxy map", err)
+		return
+	}
 	vStart := time.Now()
 	err = Validate(ctx, m.cfg.Bin, tmp)
+	checkTook := time.Since(vStart)
 	if m.metrics != nil {
-		m.metrics.validationDuration.Observe(time.Since(vStart).Seconds())
+		m.metrics.validationDuration.Observe(checkTook.Seconds())
 	}
 	if err != nil {
 		if m.metrics != nil {
 			m.metrics.validationFailures.Inc()
 		}
-		m.recordError(fmt.Sprintf("haproxy config for index %d rejected, keeping the live one", sub.index), err)
+		m.recordError(fmt.Sprintf("haproxy config for index %d rejected, keeping the live one", index), err)
 		return
 	}
-	cmds, serversOnly := planServerChanges(s, m.running, kept)
-	if err := m.install(tmp); err != nil {
+	m.fileMu.Lock()
+	defer m.fileMu.Unlock()
+	m.gen++
+	if err := m.install(tmp, rendered.Map); err != nil {
 		m.recordError("install haproxy config", err)
 		return
 	}
-	if serversOnly && s.StatsSocket != "" {
-		err := m.applyRuntime(ctx, cmds)
-		if err == nil {
-			m.appliedHash, m.running = hash, kept
-			if m.metrics != nil {
-				m.metrics.runtimeUpdates.Inc()
-			}
-			m.log.Info("haproxy servers changed through the runtime API, no reload", "index", sub.index, "hash", hash[:12], "commands", len(cmds))
-			m.recordApplied(sub.index, hash, failed, false, 0)
-			return
-		}
-		m.log.Warn("runtime API update failed; reloading instead", "index", sub.index, "err", err)
-	}
+	m.installedGen = m.gen
 
-	rStart := time.Now()
+	reloadStart := time.Now()
 	err = m.reload(ctx)
-	took := time.Since(rStart)
+	took := time.Since(reloadStart)
 	if err != nil {
 		if m.metrics != nil {
 			m.metrics.reloadFailures.Inc()
@@ -525,29 +650,44 @@ func (m *Manager) apply(ctx context.Context, sub *submission) {
 				err = fmt.Errorf("%w; port %d (%s): %s", err, f.Port, f.Name, f.Error)
 			}
 		}
-		m.recordError(fmt.Sprintf("reload haproxy for index %d failed, old workers keep serving", sub.index), err)
+		m.recordError(fmt.Sprintf("reload haproxy for index %d failed, old workers keep serving", index), err)
 		return
 	}
-	m.appliedHash, m.served, m.running = hash, boundPorts(cfg), kept
+	m.appliedHash, m.served, m.running, m.runLayout = hash, boundPorts(rendered.Config), kept, lay
+	m.saveState(hash, kept, lay)
+	m.clearPending(m.gen)
 	if m.metrics != nil {
 		m.metrics.reloads.Inc()
 		m.metrics.reloadDuration.Observe(took.Seconds())
 	}
-	m.log.Info("haproxy reloaded", "index", sub.index, "hash", hash[:12], "frontends", len(kept),
-		"held_back", len(failed), "took", took)
-	m.recordApplied(sub.index, hash, failed, true, took)
+	m.log.Info("haproxy reloaded", "index", index, "hash", hash[:12], "frontends", len(kept),
+		"held_back", len(failed), "render", renderTook, "check", checkTook, "reload", took)
+	m.recordApplied(index, hash, failed, true, took)
 }
 
-// applyRuntime sends cmds to the running worker's runtime API, in order,
-// stopping at the first error (the caller then reloads, which makes the file
-// authoritative again whatever was applied).
+// applyRuntime sends cmds to the running worker's runtime API, several per
+// request line, and checks every answer. A failed command does not stop
+// the ones after it on the same line: the caller then reloads, which makes
+// the file authoritative again whatever was applied.
 func (m *Manager) applyRuntime(ctx context.Context, cmds []string) error {
-	for _, c := range cmds {
-		if err := runtimeCommand(ctx, m.cfg.Settings.StatsSocket, c); err != nil {
+	lines, answers := batchRuntime(cmds)
+	for i, line := range lines {
+		out, err := masterCommand(ctx, m.cfg.Settings.StatsSocket, line)
+		if err != nil {
 			return err
+		}
+		if out != answers[i] {
+			return fmt.Errorf("runtime API %q: %q", truncateText(line, 300), truncateText(strings.TrimSpace(out), 300))
 		}
 	}
 	return nil
+}
+
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // probe splits fes into those whose port is served already or can be bound
@@ -585,7 +725,10 @@ func (m *Manager) recordApplied(index uint64, hash string, failed []PortFailure,
 		if index > s.AppliedIndex {
 			s.AppliedIndex = index
 		}
-		s.ConfigHash, s.AppliedAt, s.FailedPorts = hash, now, failed
+		if hash != "" { // "" after a runtime change: the file writer sets it
+			s.ConfigHash = hash
+		}
+		s.AppliedAt, s.FailedPorts = now, failed
 		if reloaded {
 			s.Reloads++
 			s.LastReloadAt, s.LastReloadDuration = now, took
@@ -620,8 +763,21 @@ func (m *Manager) writeTemp(cfg []byte) (string, error) {
 }
 
 // install keeps the live haproxy.cfg as haproxy.cfg.last-good and renames
-// tmp over haproxy.cfg; both steps are atomic renames.
-func (m *Manager) install(tmp string) error {
+// tmp over haproxy.cfg; both steps are atomic renames. The map of the
+// dynamic range (when there is one) goes first, the same way, so the
+// configuration never names a map it was not rendered with for longer than
+// the two renames.
+func (m *Manager) install(tmp string, mapData []byte) error {
+	if m.mapPath != "" {
+		if _, err := os.Stat(m.mapPath); err == nil {
+			if err := replaceWithLink(m.mapPath, m.lastGoodMapPath); err != nil {
+				return fmt.Errorf("keep last-good map: %w", err)
+			}
+		}
+		if err := m.installMapFrom("", mapData); err != nil {
+			return err
+		}
+	}
 	if _, err := os.Stat(m.cfgPath); err == nil {
 		if err := replaceWithLink(m.cfgPath, m.lastGoodPath); err != nil {
 			return fmt.Errorf("keep last-good: %w", err)
@@ -642,6 +798,11 @@ func (m *Manager) restoreLastGood() error {
 	}
 	if err := replaceWithLink(m.lastGoodPath, m.cfgPath); err != nil {
 		return fmt.Errorf("restore last-good: %w", err)
+	}
+	if m.mapPath != "" {
+		if err := m.installMapFrom(m.lastGoodMapPath, nil); err != nil {
+			return fmt.Errorf("restore last-good: %w", err)
+		}
 	}
 	syncDir(m.cfg.Dir)
 	return nil

@@ -11,6 +11,7 @@ import (
 type metrics struct {
 	reloads            prometheus.Counter
 	runtimeUpdates     prometheus.Counter
+	runtimeDuration    prometheus.Histogram
 	reloadFailures     prometheus.Counter
 	reloadDuration     prometheus.Histogram
 	validationDuration prometheus.Histogram
@@ -29,6 +30,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		runtimeUpdates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drawbridge_haproxy_runtime_updates_total", Help: "Server-only changes applied through the runtime API without a reload.",
+		}),
+		runtimeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "drawbridge_haproxy_runtime_update_duration_seconds", Help: "Time to plan and apply one change through the runtime API.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 		reloadFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drawbridge_haproxy_reload_failures_total", Help: "HAProxy reloads that failed or were not confirmed.",
@@ -51,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drawbridge_haproxy_applied_index", Help: "Route table index of the live configuration.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.reloads, m.runtimeUpdates, m.reloadFailures, m.reloadDuration,
+	for _, c := range []prometheus.Collector{m.reloads, m.runtimeUpdates, m.runtimeDuration, m.reloadFailures, m.reloadDuration,
 		m.validationDuration, m.validationFailures, m.running, m.appliedIndex} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register haproxy metrics: %w", err)

@@ -204,17 +204,30 @@ func probePort(host string, port int) error {
 }
 
 // boundPorts returns the ports of the bind lines of a configuration this
-// package rendered.
+// package rendered: "bind HOST:PORT" or, for the dynamic range,
+// "bind HOST:A-B,HOST:C-D".
 func boundPorts(cfg []byte) map[int]bool {
 	ports := map[int]bool{}
 	for _, line := range strings.Split(string(cfg), "\n") {
 		line = strings.TrimSpace(line)
-		if !strings.HasPrefix(line, "bind ") {
+		addrs, ok := strings.CutPrefix(line, "bind ")
+		if !ok {
 			continue
 		}
-		i := strings.LastIndexByte(line, ':')
-		if p, err := strconv.Atoi(line[i+1:]); err == nil {
-			ports[p] = true
+		for _, addr := range strings.Split(addrs, ",") {
+			i := strings.LastIndexByte(addr, ':')
+			a, b, isRange := strings.Cut(addr[i+1:], "-")
+			if !isRange {
+				b = a
+			}
+			first, err1 := strconv.Atoi(a)
+			last, err2 := strconv.Atoi(b)
+			if err1 != nil || err2 != nil || first < 1 || last > 65535 || last-first > MaxDynamicPorts {
+				continue
+			}
+			for p := first; p <= last; p++ {
+				ports[p] = true
+			}
 		}
 	}
 	return ports

@@ -67,6 +67,13 @@ type Settings struct {
 	// StatsSocket is the runtime API socket path (admin level, mode 600), an
 	// absolute path of [A-Za-z0-9._/-]. Empty renders none.
 	StatsSocket string
+	// DynamicPorts is the port range served by one pre-bound frontend whose
+	// routes change through the runtime API without a reload (see
+	// dynamic.go). Empty disables it: every route gets its own frontend.
+	DynamicPorts PortRange
+	// MapFile is the map (port -> slot backend) the dynamic frontend reads,
+	// an absolute path of [A-Za-z0-9._/-]; required with DynamicPorts.
+	MapFile string
 }
 
 // Defaults applied by WithDefaults.
@@ -116,6 +123,21 @@ var (
 	balances = map[string]bool{"roundrobin": true, "leastconn": true, "source": true, "first": true, "random": true}
 )
 
+// Rendered is a complete configuration: haproxy.cfg and the map file its
+// dynamic frontend reads (empty without a dynamic range).
+type Rendered struct {
+	Config []byte
+	Map    []byte
+}
+
+// Hash identifies the rendered pair; without a map it is Hash(Config).
+func (r Rendered) Hash() string {
+	if len(r.Map) == 0 {
+		return Hash(r.Config)
+	}
+	return Hash(append(append(slices.Clip(r.Config), "\n# map\n"...), r.Map...))
+}
+
 // Render returns the complete haproxy.cfg for fes. The output is
 // deterministic: the same frontends in any order (servers in any order) give
 // the same bytes. Anything outside the allow-lists is left out (a frontend or
@@ -131,6 +153,21 @@ func Render(s Settings, fes []Frontend) []byte {
 // rendered from the accepted values only, so no input can break out of its
 // field (a defence in depth behind the route table's own validation).
 func RenderChecked(s Settings, fes []Frontend) ([]byte, error) {
+	r, _, err := render(s, fes, nil, nil)
+	return r.Config, err
+}
+
+// RenderAll is RenderChecked with the map file of the dynamic range. Routes
+// in the range take slots in port order, with free slots to spare.
+func RenderAll(s Settings, fes []Frontend) (Rendered, error) {
+	r, _, err := render(s, fes, nil, nil)
+	return r, err
+}
+
+// render renders fes. Dynamic routes take the slots lay gives them, or a
+// compact layout (leaving holes unbound) when lay is nil; the layout used is
+// returned. A dynamic route lay has no slot for is left out.
+func render(s Settings, fes []Frontend, lay *layout, holes []int) (Rendered, *layout, error) {
 	var errs []error
 	reject := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrRejected}, args...)...))
@@ -165,6 +202,7 @@ func RenderChecked(s Settings, fes []Frontend) ([]byte, error) {
 	fmt.Fprintf(&b, "    timeout client %s\n", formatDuration(s.TimeoutClient))
 	fmt.Fprintf(&b, "    timeout server %s\n", formatDuration(s.TimeoutServer))
 
+	var dyn []Frontend
 	for i, fe := range sorted {
 		if i > 0 && sorted[i-1].Port == fe.Port {
 			reject("frontend %q: port %d already used by %q", fe.Name, fe.Port, sorted[i-1].Name)
@@ -172,6 +210,13 @@ func RenderChecked(s Settings, fes []Frontend) ([]byte, error) {
 		}
 		if err := checkFrontend(fe); err != nil {
 			reject("%v", err)
+			continue
+		}
+		if s.DynamicPorts.Contains(fe.Port) {
+			if slices.Contains(holes, fe.Port) {
+				continue
+			}
+			dyn = append(dyn, fe)
 			continue
 		}
 		balance := fe.Balance
@@ -197,7 +242,24 @@ func RenderChecked(s Settings, fes []Frontend) ([]byte, error) {
 			fmt.Fprintf(&b, "    server %s %s%s\n", serverName(sv), serverAddr(sv), opts)
 		}
 	}
-	return b.Bytes(), errors.Join(errs...)
+	if s.DynamicPorts.Empty() {
+		return Rendered{Config: b.Bytes()}, nil, errors.Join(errs...)
+	}
+	if lay == nil {
+		lay = compactLayout(s, dyn, holes)
+	} else {
+		placed := dyn[:0]
+		for _, fe := range dyn {
+			if n, ok := lay.Ports[fe.Port]; ok && n < lay.Pool[classOf(fe).key()] {
+				placed = append(placed, fe)
+			} else {
+				reject("frontend %q: port %d has no slot", fe.Name, fe.Port)
+			}
+		}
+		dyn = placed
+	}
+	m := renderDynamic(&b, s, bindHost, v6, dyn, lay, reject)
+	return Rendered{Config: b.Bytes(), Map: m}, lay, errors.Join(errs...)
 }
 
 // checkSettings applies defaults and replaces invalid settings by defaults.
@@ -228,6 +290,14 @@ func checkSettings(s Settings, reject func(string, ...any)) (Settings, string, b
 	if s.StatsSocket != "" && (!socketRE.MatchString(s.StatsSocket) || strings.Contains(s.StatsSocket, "..")) {
 		reject("setting StatsSocket %q is not an absolute path of [A-Za-z0-9._/-]", s.StatsSocket)
 		s.StatsSocket = ""
+	}
+	if err := s.DynamicPorts.Validate(); err != nil {
+		reject("setting DynamicPorts: %v; no dynamic range", err)
+		s.DynamicPorts = PortRange{}
+	}
+	if !s.DynamicPorts.Empty() && (!socketRE.MatchString(s.MapFile) || strings.Contains(s.MapFile, "..")) {
+		reject("setting MapFile %q is not an absolute path of [A-Za-z0-9._/-]; no dynamic range", s.MapFile)
+		s.DynamicPorts = PortRange{}
 	}
 	bindHost, v6 := "", false
 	if s.BindAddress != "" {
