@@ -34,6 +34,9 @@ type Config struct {
 	// ReloadTimeout bounds starting a master and confirming a reload
 	// (default 10s).
 	ReloadTimeout time.Duration
+	// CheckTimeout bounds one `haproxy -c` (default DefaultCheckTimeout): a
+	// hung check must not hold the Manager, its health checks or startup.
+	CheckTimeout time.Duration
 	// RetryInterval is how often ports held back because they could not be
 	// bound are probed again, without a new submission (default 3s).
 	RetryInterval time.Duration
@@ -168,6 +171,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	def(&cfg.QuietWindow, 20*time.Millisecond)
 	def(&cfg.MaxDelay, 250*time.Millisecond)
 	def(&cfg.ReloadTimeout, 10*time.Second)
+	def(&cfg.CheckTimeout, DefaultCheckTimeout)
 	def(&cfg.RetryInterval, 3*time.Second)
 	def(&cfg.HealthInterval, time.Second)
 	if cfg.Logger == nil {
@@ -303,7 +307,7 @@ func (m *Manager) startFromDisk(ctx context.Context) (procInfo, error) {
 		if err != nil {
 			return procInfo{}, err
 		}
-		if err := Validate(ctx, m.cfg.Bin, tmp); err != nil {
+		if err := m.check(ctx, tmp); err != nil {
 			os.Remove(tmp)
 			errs = append(errs, err)
 			continue
@@ -610,7 +614,7 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 		return
 	}
 	vStart := time.Now()
-	err = Validate(ctx, m.cfg.Bin, tmp)
+	err = m.check(ctx, tmp)
 	checkTook := time.Since(vStart)
 	if m.metrics != nil {
 		m.metrics.validationDuration.Observe(checkTook.Seconds())
@@ -663,6 +667,13 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	m.log.Info("haproxy reloaded", "index", index, "hash", hash[:12], "frontends", len(kept),
 		"held_back", len(failed), "render", renderTook, "check", checkTook, "reload", took)
 	m.recordApplied(index, hash, failed, true, took)
+}
+
+// check runs haproxy -c on path, bounded by CheckTimeout.
+func (m *Manager) check(ctx context.Context, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CheckTimeout)
+	defer cancel()
+	return Validate(ctx, m.cfg.Bin, path)
 }
 
 // applyRuntime sends cmds to the running worker's runtime API, several per

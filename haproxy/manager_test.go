@@ -380,3 +380,41 @@ func TestManagerReloadFailureRestoresLastGood(t *testing.T) {
 	}
 	t.Logf("error: %s", st.LastError)
 }
+
+// TestManagerBoundsHungCheck swaps the binary for a wrapper whose -c hangs
+// (in a child that keeps the output pipe open) on configurations naming
+// route "hang": the check is killed after CheckTimeout, the error says so,
+// the live config keeps serving, and the Manager stays usable (its lock is
+// free: a later good submission applies and StopHAProxy returns).
+func TestManagerBoundsHungCheck(t *testing.T) {
+	real := haproxyBin(t)
+	wrapper := filepath.Join(t.TempDir(), "haproxy-wrapper")
+	script := "#!/bin/sh\n" +
+		"if [ \"$2\" = \"-c\" ] && grep -q 'route hang' \"$4\"; then\n" +
+		"  sleep 3600; exit 0\nfi\n" +
+		"exec " + real + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, t.TempDir())
+	cfg.Bin = wrapper
+	cfg.CheckTimeout = 300 * time.Millisecond
+	m := startManager(t, cfg)
+	backend := echoBackend(t, "not hung")
+	port := freePort(t)
+	m.Submit(1, []Frontend{route(port, "good", backend)})
+	waitApplied(t, m, 1)
+
+	m.Submit(2, []Frontend{route(port, "hang", backend)})
+	eventually(t, 10*time.Second, "the hung check to be killed", func() bool {
+		return strings.Contains(m.Status().LastError, "no answer in time")
+	})
+	if st := m.Status(); st.AppliedIndex != 1 {
+		t.Fatalf("hung check counted as applied: %+v", st)
+	}
+	if got, err := dialRead(port); err != nil || got != "not hung" {
+		t.Fatalf("live config not serving: %q, %v", got, err)
+	}
+	m.Submit(3, []Frontend{route(port, "better", backend)})
+	waitApplied(t, m, 3)
+}

@@ -103,7 +103,7 @@ func (m *Manager) startMaster(ctx context.Context) (procInfo, error) {
 	select {
 	case err = <-waitErr:
 	case <-time.After(m.cfg.ReloadTimeout):
-		_ = cmd.Process.Kill()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // its own session and group
 		err = fmt.Errorf("did not daemonize within %v", m.cfg.ReloadTimeout)
 		<-waitErr
 	}
