@@ -87,7 +87,7 @@ func (m *Manager) writeFiles(ctx context.Context, job *fileJob) {
 		m.recordError("write haproxy map after runtime changes", err)
 		return
 	}
-	if err := Validate(ctx, m.cfg.Bin, tmp); err != nil {
+	if err := m.check(ctx, tmp); err != nil {
 		if ctx.Err() == nil {
 			m.recordError("haproxy rejected the configuration of the runtime state; the next change reloads", err)
 		}
