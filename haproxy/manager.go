@@ -40,9 +40,14 @@ type Config struct {
 	// RetryInterval is how often ports held back because they could not be
 	// bound are probed again, without a new submission (default 3s).
 	RetryInterval time.Duration
-	// HealthInterval is how often the master process is checked (default 1s).
+	// HealthInterval is how often the master process is checked, and its
+	// workers measured (default 1s).
 	HealthInterval time.Duration
-	Logger         *slog.Logger
+	// OldWorkersMaxBytes is the memory budget of old workers (left from
+	// reloads, serving their long-lived connections): above it the oldest
+	// are stopped first. 0 means no budget (hard-stop-after only).
+	OldWorkersMaxBytes uint64
+	Logger             *slog.Logger
 	// Registerer receives the drawbridge_haproxy_* metrics; nil = none.
 	Registerer prometheus.Registerer
 }
@@ -76,6 +81,9 @@ type Status struct {
 	LastError   string
 	LastErrorAt time.Time
 	FailedPorts []PortFailure
+
+	// Workers measures the current and old workers (every HealthInterval).
+	Workers WorkerStats
 }
 
 // submission is one Submit call.
@@ -492,6 +500,7 @@ func (m *Manager) run(ctx context.Context) {
 		case <-timer.C:
 		case <-health.C:
 			m.checkHealth(ctx)
+			m.checkWorkers(ctx)
 		case <-retry.C:
 			m.opMu.Lock()
 			sub, again := m.desired, m.retry

@@ -17,7 +17,15 @@ type metrics struct {
 	validationDuration prometheus.Histogram
 	validationFailures prometheus.Counter
 	running            prometheus.Gauge
-	appliedIndex       prometheus.Gauge
+	workerRSS          prometheus.Gauge
+	oldWorkers         prometheus.Gauge
+	oldWorkerConns     prometheus.Gauge
+	oldWorkersRSS      prometheus.Gauge
+	oldWorkersStopped  prometheus.Counter
+	// oldWorkerConnsClosed counts connections closed by stopping old
+	// workers over the memory budget.
+	oldWorkerConnsClosed prometheus.Counter
+	appliedIndex         prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -52,12 +60,31 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		running: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "drawbridge_haproxy_running", Help: "1 when the HAProxy master is running.",
 		}),
+		workerRSS: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drawbridge_haproxy_worker_resident_bytes", Help: "Resident memory of the current HAProxy worker.",
+		}),
+		oldWorkers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drawbridge_haproxy_old_workers", Help: "HAProxy workers left from earlier reloads, still serving their connections.",
+		}),
+		oldWorkerConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drawbridge_haproxy_old_worker_connections", Help: "Connections held by old HAProxy workers.",
+		}),
+		oldWorkersRSS: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drawbridge_haproxy_old_workers_resident_bytes", Help: "Resident memory of the old HAProxy workers together.",
+		}),
+		oldWorkersStopped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drawbridge_haproxy_old_workers_stopped_total", Help: "Old HAProxy workers stopped because old workers exceeded their memory budget.",
+		}),
+		oldWorkerConnsClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "drawbridge_haproxy_old_worker_connections_closed_total", Help: "Connections closed by stopping old HAProxy workers over the memory budget.",
+		}),
 		appliedIndex: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "drawbridge_haproxy_applied_index", Help: "Route table index of the live configuration.",
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.reloads, m.runtimeUpdates, m.runtimeDuration, m.reloadFailures, m.reloadDuration,
-		m.validationDuration, m.validationFailures, m.running, m.appliedIndex} {
+		m.validationDuration, m.validationFailures, m.running, m.appliedIndex,
+		m.workerRSS, m.oldWorkers, m.oldWorkerConns, m.oldWorkersRSS, m.oldWorkersStopped, m.oldWorkerConnsClosed} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register haproxy metrics: %w", err)
 		}

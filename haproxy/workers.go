@@ -1,0 +1,146 @@
+package haproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Old workers: after a reload the previous worker keeps serving the
+// connections it holds until they close, hard-stop-after fires or
+// mworker-max-reloads kills it. Long-lived TCP (devices, stratum, games,
+// MQTT) keeps them all alive, and each holds about as much memory as the
+// current worker. hard-stop-after bounds them in time only: twelve reloads
+// within its 30 minutes can hold twelve workers. The memory budget
+// (Config.OldWorkersMaxBytes) bounds them in space: when the old workers
+// together hold more than it, the oldest are stopped first (SIGTERM: their
+// connections close now) and what was closed is logged and counted. The
+// trade-off: a budget breaks long-lived connections earlier than
+// hard-stop-after would, to keep the node from swapping or the OOM killer
+// choosing a process itself; routes in the dynamic range never reload, so
+// there they cost nothing.
+
+// WorkerStats describes the HAProxy processes of this node.
+type WorkerStats struct {
+	// WorkerRSS is the resident memory of the current worker(s), bytes.
+	WorkerRSS uint64
+	// OldWorkers are workers left from earlier reloads, still serving the
+	// connections they hold.
+	OldWorkers int
+	// OldWorkerConns is the connections those old workers hold.
+	OldWorkerConns int
+	// OldWorkersRSS is their resident memory together, bytes (pages shared
+	// with the master count in each, so this errs on the high side).
+	OldWorkersRSS uint64
+	// OldWorkersStopped and OldWorkerConnsClosed count the old workers the
+	// memory budget stopped and the connections they held.
+	OldWorkersStopped    uint64
+	OldWorkerConnsClosed uint64
+}
+
+// procRSS returns the resident memory of pid in bytes (0 when unknown).
+func procRSS(pid int) uint64 {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				kb, _ := strconv.ParseUint(f[0], 10, 64)
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}
+
+// workerConns asks worker pid, through the master CLI, how many
+// connections it holds (-1 when it does not answer).
+func workerConns(ctx context.Context, sock string, pid int) int {
+	out, err := masterCommand(ctx, sock, "@!"+strconv.Itoa(pid)+" show info")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "CurrConns: "); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// checkWorkers measures the workers and stops the oldest old workers while
+// they hold more than the budget.
+func (m *Manager) checkWorkers(ctx context.Context) {
+	p, err := showProc(ctx, m.sockPath)
+	if err != nil {
+		return
+	}
+	type old struct {
+		pid, reloads, conns int
+		rss                 uint64
+	}
+	var cur uint64
+	var olds []old
+	for _, w := range p.Workers {
+		if w.Reloads == 0 {
+			cur += procRSS(w.PID)
+			continue
+		}
+		olds = append(olds, old{pid: w.PID, reloads: w.Reloads, rss: procRSS(w.PID), conns: workerConns(ctx, m.sockPath, w.PID)})
+	}
+	// Oldest first: the worker that survived the most reloads.
+	slices.SortFunc(olds, func(a, b old) int { return b.reloads - a.reloads })
+	var total uint64
+	for _, o := range olds {
+		total += o.rss
+	}
+	var stopped, closed uint64
+	budget := m.cfg.OldWorkersMaxBytes
+	for budget > 0 && total > budget && len(olds) > 0 {
+		o := olds[0]
+		olds = olds[1:]
+		if err := syscall.Kill(o.pid, syscall.SIGTERM); err != nil {
+			continue
+		}
+		total -= o.rss
+		stopped++
+		if o.conns > 0 {
+			closed += uint64(o.conns)
+		}
+		m.log.Warn("old haproxy worker stopped: old workers exceeded their memory budget, its connections are closed",
+			"pid", o.pid, "reloads_survived", o.reloads, "connections_closed", max(o.conns, 0),
+			"resident_mb", o.rss>>20, "budget_mb", budget>>20)
+	}
+	conns := 0
+	for _, o := range olds {
+		conns += max(o.conns, 0)
+	}
+	m.update(func(s *Status) {
+		s.Workers.WorkerRSS = cur
+		s.Workers.OldWorkers = len(olds)
+		s.Workers.OldWorkerConns = conns
+		s.Workers.OldWorkersRSS = total
+		s.Workers.OldWorkersStopped += stopped
+		s.Workers.OldWorkerConnsClosed += closed
+	})
+	if m.metrics != nil {
+		m.metrics.oldWorkers.Set(float64(len(olds)))
+		m.metrics.oldWorkerConns.Set(float64(conns))
+		m.metrics.oldWorkersRSS.Set(float64(total))
+		m.metrics.workerRSS.Set(float64(cur))
+		m.metrics.oldWorkersStopped.Add(float64(stopped))
+		m.metrics.oldWorkerConnsClosed.Add(float64(closed))
+	}
+}
