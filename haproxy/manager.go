@@ -146,6 +146,11 @@ type Manager struct {
 	latestGen uint64
 	marked    bool
 
+	// crashAfterInstall, set by tests, runs between installing a new
+	// haproxy.cfg and reloading; true makes apply stop there, as an agent
+	// killed at that moment would.
+	crashAfterInstall func() bool
+
 	startOnce sync.Once
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -268,7 +273,8 @@ func (m *Manager) adopt(ctx context.Context) (procInfo, bool) {
 			m.loadInstalled(cfg)
 			if _, err := os.Stat(m.pendingPath); err == nil {
 				// The agent stopped between runtime changes and writing
-				// them: what the worker serves is not what the files say.
+				// them, or between installing a config and confirming its
+				// reload: what the worker serves is not what the files say.
 				// The next change reloads, rendering the route table.
 				m.log.Warn("adopted haproxy runs changes its files do not hold yet; the next change reloads it")
 				m.appliedHash, m.running, m.runLayout = "", nil, nil
@@ -638,11 +644,23 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	m.fileMu.Lock()
 	defer m.fileMu.Unlock()
 	m.gen++
+	// From the install until the reload is confirmed, the files are ahead
+	// of the worker: an agent that dies in between must not let the next
+	// one adopt the new file as what runs (it would skip the reload and
+	// report a route live that refuses connections). runtime.pending says
+	// so; a confirmed reload or a fresh master removes it.
+	if err := m.markPending(m.gen); err != nil {
+		m.recordError("mark haproxy config pending", err)
+		return
+	}
 	if err := m.install(tmp, rendered.Map); err != nil {
 		m.recordError("install haproxy config", err)
 		return
 	}
 	m.installedGen = m.gen
+	if m.crashAfterInstall != nil && m.crashAfterInstall() {
+		return
+	}
 
 	reloadStart := time.Now()
 	err = m.reload(ctx)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -178,6 +179,12 @@ func TestManagerAdoptKeepsTraffic(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond)
 
+	// The file is trusted as what runs only because the reload that
+	// installed it was confirmed (no runtime.pending); see
+	// TestManagerAdoptAfterCrashBeforeReload for the other case.
+	if _, err := os.Stat(filepath.Join(dir, "runtime.pending")); !os.IsNotExist(err) {
+		t.Fatalf("runtime.pending after a confirmed reload: %v", err)
+	}
 	m2 := startManager(t, testConfig(t, dir))
 	st := m2.Status()
 	onDisk, _ := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
@@ -417,4 +424,56 @@ func TestManagerBoundsHungCheck(t *testing.T) {
 	}
 	m.Submit(3, []Frontend{route(port, "better", backend)})
 	waitApplied(t, m, 3)
+}
+
+// TestManagerAdoptAfterCrashBeforeReload reproduces an agent killed after it
+// installed a new haproxy.cfg and before the reload: the file names a port
+// the running worker does not bind. The next manager must not trust the
+// file: it reloads (once, through the master CLI) and only then reports the
+// index applied, with the new port answering.
+func TestManagerAdoptAfterCrashBeforeReload(t *testing.T) {
+	dir := t.TempDir()
+	backend := echoBackend(t, "proven")
+	port, added := freePort(t), freePort(t)
+	one := []Frontend{route(port, "web", backend)}
+	two := append(slices.Clone(one), route(added, "added", backend))
+
+	m1 := startManager(t, testConfig(t, dir))
+	m1.Submit(1, one)
+	waitApplied(t, m1, 1)
+	crashed := make(chan struct{})
+	m1.crashAfterInstall = func() bool { close(crashed); return true }
+	m1.Submit(2, two)
+	select {
+	case <-crashed:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("apply of index 2 never reached the install: %+v", m1.Status())
+	}
+	if err := m1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	onDisk, _ := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
+	if !strings.Contains(string(onDisk), ":"+strconv.Itoa(added)) {
+		t.Fatalf("crash window not reproduced: haproxy.cfg lacks port %d", added)
+	}
+	if _, err := dialRead(added); err == nil {
+		t.Fatal("crash window not reproduced: the new port answers before any reload")
+	}
+
+	m2 := startManager(t, testConfig(t, dir))
+	if st := m2.Status(); !st.Adopted {
+		t.Fatalf("did not adopt: %+v", st)
+	}
+	m2.Submit(2, two)
+	waitApplied(t, m2, 2)
+	st := m2.Status()
+	if st.Reloads != 1 {
+		t.Fatalf("adopted manager trusted the file of a reload that never happened: %+v", st)
+	}
+	if got, err := dialRead(added); err != nil || got != "proven" {
+		t.Fatalf("index 2 reported applied but port %d: %q, %v", added, got, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "runtime.pending")); !os.IsNotExist(err) {
+		t.Fatalf("runtime.pending left after a confirmed reload: %v", err)
+	}
 }
