@@ -111,6 +111,7 @@ type Manager struct {
 	status       Status
 	changed      chan struct{} // closed and replaced on every status change
 	pending      *submission   // latest submission not yet taken by the loop
+	fastTried    *submission   // pending submission the runtime API cannot apply
 	firstPending time.Time
 	lastSubmit   time.Time
 	stopped      bool // StopHAProxy was called: do not restart the master
@@ -490,7 +491,11 @@ func (m *Manager) run(ctx context.Context) {
 		if q := m.lastSubmit.Add(m.cfg.QuietWindow); q.Before(due) {
 			due = q
 		}
+		fresh := has && m.pending != m.fastTried
 		m.mu.Unlock()
+		if fresh && m.tryFast(ctx) {
+			continue
+		}
 		if has {
 			wait := time.Until(due)
 			if wait <= 0 {
@@ -519,6 +524,41 @@ func (m *Manager) run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// tryFast applies the pending submission at once when the runtime API can
+// make it (no coalescing wait: such a change costs about a millisecond, and
+// the quiet window would be most of its latency). Otherwise it leaves the
+// submission pending, marked tried, for the coalesced full path.
+func (m *Manager) tryFast(ctx context.Context) bool {
+	m.mu.Lock()
+	sub := m.pending
+	m.pending = nil
+	stopped := m.stopped
+	m.mu.Unlock()
+	if sub == nil || stopped {
+		return false
+	}
+	m.opMu.Lock()
+	kept, failed := m.probe(sub.fes)
+	prevRetry := m.retry
+	m.retry = false
+	ok := m.applyFast(ctx, sub.index, kept, failed)
+	if ok {
+		m.desired = sub
+	} else {
+		m.retry = prevRetry
+	}
+	m.opMu.Unlock()
+	if !ok {
+		m.mu.Lock()
+		if m.pending == nil {
+			m.pending = sub
+		}
+		m.fastTried = m.pending
+		m.mu.Unlock()
+	}
+	return ok
 }
 
 func (m *Manager) applyPending(ctx context.Context) {
