@@ -131,6 +131,10 @@ type Node struct {
 	leaderCh  chan bool
 	metrics   *nodeMetrics
 
+	// bootTarget is the index of the last command in the local log when
+	// the node opened: the route table is replayed once it holds it.
+	bootTarget uint64
+
 	mu       sync.Mutex
 	watchers []chan bool
 	closed   bool
@@ -244,6 +248,7 @@ func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer)
 		}
 	}
 
+	n.bootTarget = lastCommandIndex(store, 0)
 	n.raft, err = raft.NewRaft(rc, f, logs, store, snaps, n.transport)
 	if err != nil {
 		return fail(fmt.Errorf("start raft: %w", err))
@@ -290,6 +295,54 @@ func (n *Node) WatchLeadership() <-chan bool {
 	n.mu.Unlock()
 	ch <- n.IsLeader()
 	return ch
+}
+
+// Replayed reports whether the route table is current enough to hand to
+// HAProxy after a restart: the fsm itself (not raft) has applied the last
+// command of the local log as it was when the node opened, or, once a
+// leader is known, every committed command (a log tail that was never
+// committed may be replaced by the leader's). raft's AppliedIndex is not
+// enough: it counts entries handed to the fsm, which may still be applying
+// them, and a half-replayed table must never replace what HAProxy serves.
+func (n *Node) Replayed() bool {
+	applied := n.fsm.State().Index
+	if applied >= n.bootTarget {
+		return true
+	}
+	addr, _ := n.raft.LeaderWithID()
+	commit := n.raft.CommitIndex()
+	if addr == "" || commit == 0 || n.raft.AppliedIndex() < commit {
+		return false
+	}
+	return applied >= lastCommandIndex(n.store, commit)
+}
+
+// lastCommandIndex returns the index of the last command entry in store at
+// or below upTo (0: the last entry), or 0 when the retained log holds none
+// (what came before is in the snapshot, which raft restores before it
+// starts).
+func lastCommandIndex(store raft.LogStore, upTo uint64) uint64 {
+	first, err := store.FirstIndex()
+	if err != nil {
+		return 0
+	}
+	last, err := store.LastIndex()
+	if err != nil {
+		return 0
+	}
+	if upTo == 0 || upTo > last {
+		upTo = last
+	}
+	for i := upTo; i >= first && i > 0; i-- {
+		var l raft.Log
+		if err := store.GetLog(i, &l); err != nil {
+			return 0
+		}
+		if l.Type == raft.LogCommand {
+			return i
+		}
+	}
+	return 0
 }
 
 // HasState reports whether this node belongs to a cluster: it has a raft log

@@ -225,3 +225,69 @@ func TestConcurrentAppliesAllCommit(t *testing.T) {
 		t.Errorf("%d routes, want 200", got)
 	}
 }
+
+// TestReplayedWaitsForTheFSM restarts a node with a long log and checks
+// that Replayed opens only once the route table itself holds the last
+// command, however far ahead raft's AppliedIndex (entries handed to the
+// fsm) runs. Before, HAProxy was fed as soon as AppliedIndex reached the
+// log's end, and could be handed a half-replayed table.
+func TestReplayedWaitsForTheFSM(t *testing.T) {
+	dir := t.TempDir()
+	cfg := fastConfig(t, dir)
+	cfg.NoSync = true
+	n, f := startNode(t, cfg)
+	const routes = 3000
+	var wg sync.WaitGroup
+	errs := make(chan error, routes)
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < routes; i += 16 {
+				res, err := n.Apply(context.Background(), register(10000+i, fmt.Sprintf("svc-%d", i), "10.0.0.1", 30000))
+				if err == nil {
+					err = res.Err
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	target := f.State().Index
+	if err := n.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.BindAddr = freeAddr(t)
+	f2 := fsm.New()
+	n2, err := New(cfg, f2, testLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Shutdown()
+	if n2.bootTarget != target {
+		t.Fatalf("boot target %d, want the last command's index %d", n2.bootTarget, target)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	early := 0 // polls where raft said "applied" but the table was behind
+	for !n2.Replayed() {
+		if n2.raft.AppliedIndex() >= target && f2.State().Index < target {
+			early++
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never replayed: table at %d, raft applied %d, target %d", f2.State().Index, n2.raft.AppliedIndex(), target)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	if got := f2.State(); got.Index < target || got.Len() != routes {
+		t.Fatalf("Replayed with a half-replayed table: index %d of %d, %d of %d routes", got.Index, target, got.Len(), routes)
+	}
+	t.Logf("raft's AppliedIndex ran ahead of the table during %d polls", early)
+}
