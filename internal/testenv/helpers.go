@@ -1,0 +1,75 @@
+package testenv
+
+import (
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago, for
+// programs that take a port number rather than a listener. Prefer handing a
+// ":0" listener to the code under test where it accepts one.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// FreeAddr returns "127.0.0.1:port" for a port from [FreePort].
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// PollInterval is how often [Eventually] checks its condition.
+const PollInterval = 10 * time.Millisecond
+
+// Eventually checks cond every [PollInterval] until it holds, and fails tb
+// when it still does not after timeout; what names the awaited condition in
+// the failure.
+func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(PollInterval)
+	}
+}
+
+// Logger returns a debug-level logger writing to tb.Log, so component logs
+// print only when a test fails. Lines logged after the test has ended (by
+// goroutines winding down) are dropped: testing panics on a Log after
+// completion.
+func Logger(tb testing.TB) *slog.Logger {
+	w := &tbWriter{tb: tb}
+	tb.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tbWriter struct {
+	tb   testing.TB
+	mu   sync.Mutex
+	done bool
+}
+
+func (w *tbWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.tb.Log(string(p))
+	}
+	return len(p), nil
+}
