@@ -33,7 +33,7 @@ var fastClusterEnv = []string{
 // frontends bind 127.0.1.<i>.
 type localCluster struct {
 	t      testing.TB
-	agents []*agent
+	agents []*testAgent
 	gossip []string
 }
 
@@ -46,7 +46,7 @@ func startLocalCluster(t testing.TB, n int) *localCluster {
 		c.gossip = append(c.gossip, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	}
 	for i := 0; i < n; i++ {
-		a := &agent{t: t, dir: t.TempDir(), name: fmt.Sprintf("edge-%d", i+1), apiPort: freePort(t)}
+		a := &testAgent{t: t, dir: t.TempDir(), name: fmt.Sprintf("edge-%d", i+1), apiPort: freePort(t)}
 		a.args = []string{"agent",
 			"--node-name", a.name,
 			"--data-dir", a.dir,
@@ -80,7 +80,7 @@ func startLocalCluster(t testing.TB, n int) *localCluster {
 }
 
 // leader returns the agent that is raft leader now (or nil).
-func (c *localCluster) leader() *agent {
+func (c *localCluster) leader() *testAgent {
 	for _, a := range c.agents {
 		if !a.running() {
 			continue
@@ -99,8 +99,8 @@ func (c *localCluster) leader() *agent {
 }
 
 // followers returns the running agents that are not a.
-func (c *localCluster) others(not *agent) []*agent {
-	var out []*agent
+func (c *localCluster) others(not *testAgent) []*testAgent {
+	var out []*testAgent
 	for _, a := range c.agents {
 		if a != not && a.running() {
 			out = append(out, a)
@@ -112,7 +112,7 @@ func (c *localCluster) others(not *agent) []*agent {
 // hashes returns an agent's route-table hash and whether its HAProxy runs
 // that table (on loopback every node binds its own address, so the rendered
 // configs legitimately differ; in namespaces they are compared directly).
-func (a *agent) hashes() (state string, applied bool, ok bool) {
+func (a *testAgent) hashes() (state string, applied bool, ok bool) {
 	code, body := a.tryRequest("GET", "/v1/status", bearer(), nil)
 	if code != 200 {
 		return "", false, false
@@ -157,7 +157,7 @@ func TestE2EClusterPostToFollowerGoesLiveEverywhere(t *testing.T) {
 	requireHAProxy(t)
 	c := startLocalCluster(t, 3)
 	be := startBackend(t, "clustered")
-	var leader *agent
+	var leader *testAgent
 	poll(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 	follower := c.others(leader)[0]
 
@@ -251,7 +251,7 @@ func TestE2EClusterLeaderKillLinearizable(t *testing.T) {
 
 func leaderKillRun(t *testing.T, seed int64) {
 	c := startLocalCluster(t, 3)
-	var leader *agent
+	var leader *testAgent
 	poll(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 
 	keys := make([]int, 8)
@@ -272,7 +272,7 @@ func leaderKillRun(t *testing.T, seed int64) {
 		mu.Unlock()
 	}
 	client := &http.Client{Timeout: 3 * time.Second}
-	do := func(a *agent, method, path string, body any) (int, []byte) {
+	do := func(a *testAgent, method, path string, body any) (int, []byte) {
 		return a.requestWith(client, method, path, bearer(), body)
 	}
 
@@ -383,7 +383,7 @@ func backendPort(code int, body []byte) (int, bool) {
 }
 
 // runCLI runs the built binary against an agent's API.
-func runCLI(a *agent, args ...string) (string, error) {
+func runCLI(a *testAgent, args ...string) (string, error) {
 	out, err := cliCommand(a, args...).CombinedOutput()
 	return string(out), err
 }

@@ -60,8 +60,8 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// agent is one drawbridge process started from the built binary.
-type agent struct {
+// testAgent is one drawbridge process started from the built binary.
+type testAgent struct {
 	t       testing.TB
 	dir     string
 	name    string
@@ -155,15 +155,15 @@ func (p *agentProc) stopOrKill(within time.Duration) bool {
 // startDevAgent starts `agent --dev` on free ports with its data in a fresh
 // directory, waits until it is ready, and stops it and its HAProxy at the end
 // of the test.
-func startDevAgent(t testing.TB, extra ...string) *agent {
+func startDevAgent(t testing.TB, extra ...string) *testAgent {
 	t.Helper()
 	return startDevAgentEnv(t, nil, extra...)
 }
 
 // startDevAgentEnv is startDevAgent with extra DRAWBRIDGE_* environment.
-func startDevAgentEnv(t testing.TB, env []string, extra ...string) *agent {
+func startDevAgentEnv(t testing.TB, env []string, extra ...string) *testAgent {
 	t.Helper()
-	a := &agent{t: t, dir: t.TempDir(), name: "e2e", apiPort: freePort(t), env: env}
+	a := &testAgent{t: t, dir: t.TempDir(), name: "e2e", apiPort: freePort(t), env: env}
 	a.args = append([]string{"agent", "--dev",
 		"--data-dir", a.dir,
 		"--node-name", a.name,
@@ -185,26 +185,26 @@ func startDevAgentEnv(t testing.TB, env []string, extra ...string) *agent {
 }
 
 // start runs the agent process; logs of every start go to one buffer.
-func (a *agent) start() {
+func (a *testAgent) start() {
 	a.t.Helper()
 	a.launch(a.t, exec.Command(binPath, a.args...), a.env)
 }
 
 // stop sends SIGTERM and waits for the agent to exit.
-func (a *agent) stop() {
+func (a *testAgent) stop() {
 	if !a.stopOrKill(20 * time.Second) {
 		a.t.Errorf("agent did not stop within 20s after SIGTERM")
 	}
 }
 
 // kill sends SIGKILL and waits.
-func (a *agent) kill() { a.signal(syscall.SIGKILL, time.Minute) }
+func (a *testAgent) kill() { a.signal(syscall.SIGKILL, time.Minute) }
 
-func (a *agent) url(path string) string {
+func (a *testAgent) url(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", a.apiPort, path)
 }
 
-func (a *agent) waitReady() {
+func (a *testAgent) waitReady() {
 	a.t.Helper()
 	_, exited := a.proc()
 	poll(a.t, 30*time.Second, "agent ready", func() bool {
@@ -240,7 +240,7 @@ func (a *agent) waitReady() {
 
 // request sends a JSON request with the given headers and returns status and
 // body; a transport error fails the test.
-func (a *agent) request(method, path string, headers map[string]string, body any) (int, []byte) {
+func (a *testAgent) request(method, path string, headers map[string]string, body any) (int, []byte) {
 	a.t.Helper()
 	code, out := a.requestWith(http.DefaultClient, method, path, headers, body)
 	if code == 0 {
@@ -250,13 +250,13 @@ func (a *agent) request(method, path string, headers map[string]string, body any
 }
 
 // tryRequest is request without failing the test: status 0 on a transport error.
-func (a *agent) tryRequest(method, path string, headers map[string]string, body any) (int, []byte) {
+func (a *testAgent) tryRequest(method, path string, headers map[string]string, body any) (int, []byte) {
 	return a.requestWith(http.DefaultClient, method, path, headers, body)
 }
 
 // requestWith sends the request with client; status 0 and the error text on a
 // transport error.
-func (a *agent) requestWith(client *http.Client, method, path string, headers map[string]string, body any) (int, []byte) {
+func (a *testAgent) requestWith(client *http.Client, method, path string, headers map[string]string, body any) (int, []byte) {
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -285,7 +285,7 @@ func (a *agent) requestWith(client *http.Client, method, path string, headers ma
 func bearer() map[string]string { return map[string]string{"Authorization": "Bearer " + testToken} }
 
 // status returns /v1/status decoded loosely.
-func (a *agent) status() map[string]any {
+func (a *testAgent) status() map[string]any {
 	a.t.Helper()
 	code, body := a.request("GET", "/v1/status", bearer(), nil)
 	if code != 200 {
@@ -402,7 +402,7 @@ func dialRead(addr string) (string, error) {
 }
 
 // cliCommand returns the built binary run as a client of a's API.
-func cliCommand(a *agent, args ...string) *exec.Cmd {
+func cliCommand(a *testAgent, args ...string) *exec.Cmd {
 	cmd := exec.Command(binPath, append(args, "--addr", a.url(""))...)
 	cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken)
 	return cmd

@@ -20,6 +20,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/api"
 	"github.com/drawbridge-lb/drawbridge/cluster"
+	"github.com/drawbridge-lb/drawbridge/internal/agent"
 )
 
 func newKeygenCmd() *cobra.Command {
@@ -261,18 +262,15 @@ func newSnapshotCmd() *cobra.Command {
 	return cmd
 }
 
-// agentPIDFile is where a running agent records its PID.
-func agentPIDFile(dataDir string) string { return filepath.Join(dataDir, "agent.pid") }
-
 // signalAgent sends SIGTERM to the agent of dataDir and waits for it to exit.
 func signalAgent(w io.Writer, dataDir string) error {
-	b, err := os.ReadFile(agentPIDFile(dataDir))
+	b, err := os.ReadFile(agent.PIDFile(dataDir))
 	if err != nil {
 		return fmt.Errorf("no running agent found for %s: %w", dataDir, err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || pid <= 0 {
-		return fmt.Errorf("bad pid file %s", agentPIDFile(dataDir))
+		return fmt.Errorf("bad pid file %s", agent.PIDFile(dataDir))
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("signal agent %d: %w", pid, err)

@@ -58,7 +58,7 @@ func TestE2EPairWithoutWitnessRecover(t *testing.T) {
 	c := startLocalCluster(t, 2)
 	be := startBackend(t, "pair")
 	fport := freePort(t)
-	var leader *agent
+	var leader *testAgent
 	poll(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 	if code, body := leader.request("POST", "/hooks/update-haproxy?wait=applied", bearer(), hookPayload("pair", fport, be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("add: %d %s", code, body)
@@ -111,7 +111,7 @@ func TestE2EPairWithoutWitnessRecover(t *testing.T) {
 func TestE2ELeaveRemovesVoter(t *testing.T) {
 	requireHAProxy(t)
 	c := startLocalCluster(t, 3)
-	var leader *agent
+	var leader *testAgent
 	poll(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 	follower := c.others(leader)[0]
 	out, err := exec2(binPath, "leave", "--data-dir", follower.dir)

@@ -67,7 +67,7 @@ func (r *sidecarProc) signal(sig syscall.Signal) {
 
 // hasBackend reports whether agent a's table has route fport with a backend
 // on bport (ok=false when a cannot answer).
-func (a *agent) hasBackend(fport, bport int) (has, ok bool) {
+func (a *testAgent) hasBackend(fport, bport int) (has, ok bool) {
 	code, body := a.tryRequest("GET", fmt.Sprintf("/v1/routes/%d", fport), bearer(), nil)
 	switch code {
 	case 404:
@@ -186,7 +186,7 @@ func TestE2ELeaderKillDoesNotExpireLiveBackends(t *testing.T) {
 		}
 		return true
 	})
-	var leader *agent
+	var leader *testAgent
 	poll(t, 10*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 	leader.kill()
 	var lost atomic.Int32

@@ -718,7 +718,7 @@ func TestRegisterLegacyRecipeEnv(t *testing.T) {
 
 // devRoute reads the route on port from a dev agent: its backends, or ok
 // false when there is none.
-func devRoute(t *testing.T, a *agent, port int) (backends []struct {
+func devRoute(t *testing.T, a *testAgent, port int) (backends []struct {
 	Address   string    `json:"address"`
 	Port      int       `json:"port"`
 	ExpiresAt time.Time `json:"expires_at"`

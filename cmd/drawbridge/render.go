@@ -13,6 +13,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
+	"github.com/drawbridge-lb/drawbridge/internal/agent"
 )
 
 func newRenderCmd() *cobra.Command {
@@ -40,7 +41,7 @@ standard input. Nothing is contacted or changed.`,
 			if err != nil {
 				return &exitError{code: 2, err: err}
 			}
-			out, err := haproxy.RenderChecked(settings.WithDefaults(), frontends(routes))
+			out, err := haproxy.RenderChecked(settings.WithDefaults(), agent.Frontends(routes))
 			if err != nil {
 				return err
 			}

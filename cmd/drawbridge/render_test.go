@@ -13,6 +13,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
+	"github.com/drawbridge-lb/drawbridge/internal/agent"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -59,7 +60,7 @@ func TestAcceptedRoutesRenderValidConfigs(t *testing.T) {
 		if i%3 == 1 {
 			settings.BindAddress = "127.0.0.1"
 		}
-		cfg, err := haproxy.RenderChecked(settings, frontends(routes))
+		cfg, err := haproxy.RenderChecked(settings, agent.Frontends(routes))
 		if err != nil {
 			t.Fatalf("table %d: a validated route was rejected by the renderer: %v", i, err)
 		}

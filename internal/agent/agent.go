@@ -1,0 +1,566 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/drawbridge-lb/drawbridge/api"
+	"github.com/drawbridge-lb/drawbridge/cluster"
+	"github.com/drawbridge-lb/drawbridge/cluster/floatingip"
+	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/haproxy"
+)
+
+// Deps are what the agent takes from its caller besides Config.
+type Deps struct {
+	// Logger receives every component's logs (each adds its own
+	// "component" attribute); nil discards them.
+	Logger *slog.Logger
+	// Stdout is where a token generated under --dev is announced; nil
+	// discards the announcement (the token is still kept in the data dir).
+	Stdout io.Writer
+	// Version is reported in status, gossip metadata and logs.
+	Version string
+}
+
+// Agent is one drawbridge node: the raft node and its route table, the
+// managed HAProxy, gossip membership, the floating-IP owner and the API.
+// Build it with New, run it with Run, stop it with Shutdown (or by ending
+// Run's context). See the package documentation for the lifecycle.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	version string
+
+	// Prepared by New; nothing runs yet.
+	tokens    []string
+	reserved  fsm.PortRanges
+	gossipKey []byte
+	raftTLS   *tls.Config
+	forward   *http.Client
+	reg       *prometheus.Registry
+	table     *fsm.FSM
+	proxy     *haproxy.Manager // nil on a witness
+	info      *nodeInfo
+
+	// Started by Run, in this order; each is nil (false) until started,
+	// which is how stop knows what to stop.
+	pidFile      bool
+	node         *cluster.Node
+	proxyStarted bool
+	members      *cluster.Membership
+	clus         *cluster.Cluster
+	owner        *floatingip.Owner // nil when no floating IP is managed
+	ln           net.Listener
+	stopLoops    context.CancelFunc // nil until the loops and the API run
+	loops        sync.WaitGroup
+	serveErr     chan error
+
+	ran          atomic.Bool
+	shutdown     chan struct{} // closed by Shutdown
+	shutdownOnce sync.Once
+	done         chan struct{} // closed when Run returns
+}
+
+// New checks and loads everything the agent needs before it starts: the
+// data dir, tokens, reserved ports, gossip key, TLS material, the HAProxy
+// binary. It opens no port and starts no goroutine. Under --dev without a
+// token it generates one, keeps it in the data dir and announces it on
+// deps.Stdout.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	stdout := deps.Stdout
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	a := &Agent{
+		cfg:      cfg,
+		log:      logger,
+		version:  deps.Version,
+		shutdown: make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	c := &a.cfg
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	var err error
+	if a.tokens, err = resolveTokens(c, stdout); err != nil {
+		return nil, err
+	}
+	if a.reserved, err = c.reservedPorts(); err != nil {
+		return nil, err
+	}
+	if a.gossipKey, err = loadGossipKey(c.Gossip); err != nil {
+		return nil, err
+	}
+	if c.Raft.TLSCAFile != "" {
+		a.raftTLS, err = cluster.LoadRaftTLS(cluster.TLSFiles{CAFile: c.Raft.TLSCAFile, CertFile: c.Raft.TLSCertFile, KeyFile: c.Raft.TLSKeyFile})
+		if err != nil {
+			return nil, fmt.Errorf("raft TLS: %w", err)
+		}
+	}
+	if a.forward, err = newForwardClient(c.API.ForwardCAFile); err != nil {
+		return nil, err
+	}
+	a.reg = prometheus.NewRegistry()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// A witness runs no HAProxy; an edge node refuses to start without one.
+	if c.Role == roleEdge {
+		if a.proxy, err = newHAProxyManager(c, logger, a.reg); err != nil {
+			return nil, err
+		}
+	}
+	a.table = fsm.New()
+	a.info = &nodeInfo{cfg: c, version: a.version, table: a.table, proxy: a.proxy}
+	return a, nil
+}
+
+// Run starts the agent's components in order, serves until ctx ends,
+// Shutdown is called or the API server fails, then stops them in order and
+// returns. HAProxy is left running on purpose: an agent that stops or
+// crashes never stops traffic, and the next agent adopts the running
+// master. Run may be called once.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.ran.CompareAndSwap(false, true) {
+		return errors.New("agent: Run called twice")
+	}
+	defer close(a.done)
+	select {
+	case <-a.shutdown:
+		return nil
+	default:
+	}
+	err := a.start(ctx)
+	if err == nil {
+		err = a.wait(ctx)
+	}
+	a.stop()
+	return err
+}
+
+// Shutdown asks Run to stop the agent and waits until it has returned, or
+// until ctx ends. It is safe to call more than once, and before Run (which
+// then returns at once).
+func (a *Agent) Shutdown(ctx context.Context) error {
+	a.shutdownOnce.Do(func() { close(a.shutdown) })
+	if !a.ran.Load() {
+		return nil
+	}
+	select {
+	case <-a.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// start brings the components up in lifecycle order. On error, the ones
+// already started are left for stop.
+func (a *Agent) start(ctx context.Context) error {
+	cfg, logger := &a.cfg, a.log
+
+	// 1. The files `drawbridge leave` and `drawbridge raft recover` read.
+	if err := writeAgentFiles(cfg); err != nil {
+		return err
+	}
+	a.pidFile = true
+
+	// 2. Raft: open the stores and replay the log into the table.
+	node, err := cluster.New(cluster.Config{
+		NodeID:            cfg.NodeName,
+		DataDir:           filepath.Join(cfg.DataDir, "raft"),
+		BindAddr:          cfg.Raft.Addr,
+		AdvertiseAddr:     cfg.Raft.Advertise,
+		Bootstrap:         cfg.Raft.Bootstrap,
+		ApplyTimeout:      cfg.API.ApplyTimeout,
+		HeartbeatTimeout:  cfg.Raft.HeartbeatTimeout,
+		ElectionTimeout:   cfg.Raft.ElectionTimeout,
+		SnapshotThreshold: cfg.Raft.SnapshotThreshold,
+		SnapshotInterval:  cfg.Raft.SnapshotInterval,
+		TLS:               a.raftTLS,
+	}, a.table, logger, a.reg)
+	if err != nil {
+		return err
+	}
+	a.node = node
+	a.info.node = node
+	bootIndex := node.Status().LastIndex
+
+	// 3. HAProxy: adopt the running master, or start one from the last
+	// config on disk. It keeps serving what it served before.
+	if a.proxy != nil {
+		if err := a.proxy.Start(ctx); err != nil {
+			return fmt.Errorf("start haproxy: %w", err)
+		}
+		a.proxyStarted = true
+	}
+
+	// 4. Gossip: listen and publish this node's metadata.
+	members, err := cluster.NewMembership(cluster.GossipConfig{
+		NodeName:       cfg.NodeName,
+		BindAddr:       cfg.Gossip.Addr,
+		AdvertiseAddr:  cfg.Gossip.Advertise,
+		Key:            a.gossipKey,
+		Label:          cfg.Gossip.Label,
+		ProbeInterval:  cfg.Gossip.ProbeInterval,
+		ProbeTimeout:   cfg.Gossip.ProbeTimeout,
+		SuspicionMult:  cfg.Gossip.SuspicionMult,
+		GossipInterval: cfg.Gossip.GossipInterval,
+	}, a.info.meta, logger)
+	if err != nil {
+		return err
+	}
+	a.members = members
+	a.clus = cluster.NewCluster(node, members, logger)
+	a.info.cluster = a.clus
+
+	// 5. The floating-IP owner (its loop starts with the others in 7).
+	owner, err := newFloatingIPOwner(cfg, a.info, members, logger, a.reg)
+	if err != nil {
+		return fmt.Errorf("floating IP: %w", err)
+	}
+	a.owner = owner
+	a.info.owner = owner
+
+	// 6. The API: build it and bind its listener.
+	server, err := api.New(api.Config{
+		Tokens:        a.tokens,
+		LegacyHeader:  cfg.API.LegacyHeader,
+		MaxBodyBytes:  cfg.API.MaxBodyBytes,
+		HookLease:     cfg.API.HookLease,
+		ReservedPorts: a.reserved,
+		ApplyTimeout:  cfg.API.ApplyTimeout,
+		TLSCertFile:   cfg.API.TLSCertFile,
+		TLSKeyFile:    cfg.API.TLSKeyFile,
+		MetricsPublic: cfg.API.MetricsPublic,
+	}, api.Deps{
+		Applier:       node,
+		State:         a.table,
+		Status:        a.info,
+		Logger:        logger,
+		Registerer:    a.reg,
+		Gatherer:      a.reg,
+		Now:           time.Now,
+		Leader:        a.clus,
+		Consistency:   a.clus,
+		AppliedWaiter: a.info,
+		Cluster:       a.info,
+		ForwardClient: a.forward,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.API.Addr)
+	if err != nil {
+		return fmt.Errorf("listen for the API on %s: %w", cfg.API.Addr, err)
+	}
+	a.ln = ln
+
+	// 7. The background loops, then the API serves.
+	runCtx, cancel := context.WithCancel(context.Background())
+	a.stopLoops = cancel
+	spawn := func(f func(context.Context)) {
+		a.loops.Add(1)
+		go func() { defer a.loops.Done(); f(runCtx) }()
+	}
+	if a.proxy != nil {
+		spawn(func(ctx context.Context) { feedHAProxy(ctx, node, a.table, a.proxy, bootIndex, logger) })
+	}
+	spawn(cluster.NewLeaseReaper(cluster.LeaseConfig{
+		Interval:    cfg.Leases.Interval,
+		Grace:       cfg.Leases.Grace,
+		MaxFraction: cfg.Leases.MaxFraction,
+		Force:       cfg.Leases.Force,
+	}, node, time.Now, logger, a.reg).Run)
+	spawn(cluster.NewReconciler(node, members, cfg.BootstrapExpect, logger).Run)
+	spawn(func(ctx context.Context) { members.RunRefresh(ctx, 100*time.Millisecond) })
+	spawn(func(ctx context.Context) { members.RunReconnect(ctx, time.Second) })
+	if len(cfg.Join) > 0 {
+		spawn(func(ctx context.Context) { _ = members.Join(ctx, cfg.Join) })
+	}
+	if owner != nil {
+		spawn(owner.Run)
+	}
+	a.serveErr = make(chan error, 1)
+	go func() { a.serveErr <- server.Serve(runCtx, ln) }()
+
+	scheme := "http"
+	if cfg.API.TLSCertFile != "" {
+		scheme = "https"
+	}
+	logger.Info("drawbridge agent running", "version", a.version, "role", cfg.Role,
+		"api", scheme+"://"+ln.Addr().String(), "raft", cfg.Raft.Addr, "gossip", cfg.Gossip.Addr,
+		"data_dir", cfg.DataDir, "haproxy_bind", bindDescription(cfg.HAProxy.BindAddress))
+	return nil
+}
+
+// wait serves until ctx ends, Shutdown is called, or the API server fails.
+func (a *Agent) wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+	case <-a.shutdown:
+	case err := <-a.serveErr:
+		a.serveErr = nil // already received
+		if err != nil {
+			return fmt.Errorf("api server: %w", err)
+		}
+		return nil
+	}
+	a.log.Info("leaving the cluster; HAProxy keeps serving")
+	return nil
+}
+
+// stop stops what start started, in lifecycle order (see the package
+// documentation). It is safe after a partial start.
+func (a *Agent) stop() {
+	if a.stopLoops != nil {
+		// 1. Give the floating IP up first so a peer claims it at once,
+		// 2. then hand leadership over and say goodbye while the API
+		// still answers, so forwarded writes find the new leader.
+		if a.owner != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			a.owner.Stop(ctx)
+			cancel()
+		}
+		a.clus.Leave(3 * time.Second)
+		// 3. Stop the loops and the API server.
+		a.stopLoops()
+		a.loops.Wait()
+		if a.serveErr != nil {
+			<-a.serveErr
+		}
+	} else {
+		// Start failed part way: nothing served yet, so close what
+		// opened without the goodbyes.
+		if a.ln != nil {
+			a.ln.Close()
+		}
+		if a.members != nil {
+			a.members.Shutdown()
+		}
+	}
+	// 4. HAProxy's manager loop ends; HAProxy keeps serving.
+	if a.proxyStarted {
+		if err := a.proxy.Close(); err != nil {
+			a.log.Warn("close haproxy manager", "err", err)
+		}
+	}
+	// 5. Raft and its stores.
+	if a.node != nil {
+		if err := a.node.Shutdown(); err != nil {
+			a.log.Warn("shut down raft", "err", err)
+		}
+	}
+	// 6. The pid file: no agent runs here any more.
+	if a.pidFile {
+		os.Remove(PIDFile(a.cfg.DataDir))
+	}
+}
+
+// PIDFile is where a running agent records its PID (drawbridge leave reads it).
+func PIDFile(dataDir string) string { return filepath.Join(dataDir, "agent.pid") }
+
+// newHAProxyManager builds the HAProxy manager from the config.
+func newHAProxyManager(cfg *Config, logger *slog.Logger, reg prometheus.Registerer) (*haproxy.Manager, error) {
+	return haproxy.NewManager(haproxy.Config{
+		Bin: cfg.HAProxy.Bin,
+		Dir: cfg.HAProxy.Dir,
+		Settings: haproxy.Settings{
+			BindAddress:   cfg.HAProxy.BindAddress,
+			HardStopAfter: cfg.HAProxy.HardStopAfter,
+			MaxReloads:    cfg.HAProxy.MaxReloads,
+			MaxConn:       cfg.HAProxy.MaxConn,
+			TimeoutClient: cfg.HAProxy.TimeoutClient,
+			TimeoutServer: cfg.HAProxy.TimeoutServer,
+			StatsSocket:   filepath.Join(cfg.HAProxy.Dir, "admin.sock"),
+		},
+		QuietWindow: cfg.HAProxy.QuietWindow,
+		MaxDelay:    cfg.HAProxy.MaxDelay,
+		Logger:      logger,
+		Registerer:  reg,
+	})
+}
+
+// writeAgentFiles records this agent's PID (for drawbridge leave) and node
+// name (for drawbridge raft recover) in the data dir.
+func writeAgentFiles(cfg *Config) error {
+	if err := os.WriteFile(PIDFile(cfg.DataDir), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, "node-name"), []byte(cfg.NodeName+"\n"), 0o644); err != nil {
+		return fmt.Errorf("record node name: %w", err)
+	}
+	return nil
+}
+
+// loadGossipKey returns the gossip encryption key from config or its file.
+func loadGossipKey(g GossipConfig) ([]byte, error) {
+	s := g.Key
+	if g.KeyFile != "" {
+		b, err := os.ReadFile(g.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("read gossip.key_file: %w", err)
+		}
+		s = strings.TrimSpace(string(b))
+	}
+	key, err := cluster.ParseGossipKey(s)
+	if err != nil {
+		return nil, fmt.Errorf("gossip key: %w", err)
+	}
+	return key, nil
+}
+
+// newForwardClient returns the client that forwards writes to the leader's
+// API, trusting caFile's certificates when given (else the system roots).
+func newForwardClient(caFile string) (*http.Client, error) {
+	if caFile == "" {
+		return api.NewForwardClient(nil), nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read api.forward_ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("api.forward_ca_file %s holds no certificates", caFile)
+	}
+	return api.NewForwardClient(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}), nil
+}
+
+func bindDescription(addr string) string {
+	if addr == "" {
+		return "all addresses"
+	}
+	return addr
+}
+
+// feedHAProxy hands every new route-table state to the HAProxy manager. After a
+// restart it first waits until the local log has been replayed (or the node
+// has caught up with the cluster), so a half-replayed table never replaces
+// the config HAProxy is serving.
+func feedHAProxy(ctx context.Context, node *cluster.Node, table *fsm.FSM, proxy *haproxy.Manager, bootIndex uint64, logger *slog.Logger) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !caughtUp(node, bootIndex) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+	logger.Debug("route table replayed", "index", table.State().Index)
+	for {
+		changed := table.Changed()
+		st := table.State()
+		proxy.Submit(st.Index, Frontends(st.Routes()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+func caughtUp(node *cluster.Node, bootIndex uint64) bool {
+	s := node.Status()
+	if s.AppliedIndex >= bootIndex {
+		return true
+	}
+	// A log tail that was never committed can be replaced by the leader's;
+	// once we apply everything the leader says is committed we are current.
+	return s.Leader != "" && s.CommitIndex > 0 && s.AppliedIndex >= s.CommitIndex
+}
+
+// Frontends converts routes into the HAProxy package's plain values.
+func Frontends(routes []fsm.Route) []haproxy.Frontend {
+	out := make([]haproxy.Frontend, 0, len(routes))
+	for _, r := range routes {
+		fe := haproxy.Frontend{
+			Port:          r.Port,
+			Name:          r.Name,
+			Balance:       r.Balance,
+			Sticky:        r.Sticky,
+			ProxyProtocol: r.ProxyProtocol,
+			HealthCheck:   r.HealthCheck,
+			Servers:       make([]haproxy.Server, 0, len(r.Backends)),
+		}
+		for _, b := range r.Backends {
+			fe.Servers = append(fe.Servers, haproxy.Server{Address: b.Address, Port: b.Port})
+		}
+		out = append(out, fe)
+	}
+	return out
+}
+
+// resolveTokens returns the API tokens. In --dev without any, one is
+// generated, stored in the data dir (mode 0600) and printed once.
+func resolveTokens(cfg *Config, stdout io.Writer) ([]string, error) {
+	tokens := append([]string(nil), cfg.API.Tokens...)
+	if cfg.API.TokenFile != "" {
+		b, err := os.ReadFile(cfg.API.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read api.token_file: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "#") {
+				tokens = append(tokens, t)
+			}
+		}
+	}
+	for _, t := range tokens {
+		if len(t) < 16 {
+			return nil, errors.New("api token too short: use at least 16 characters (drawbridge keygen prints a good one)")
+		}
+	}
+	if len(tokens) > 0 {
+		return tokens, nil
+	}
+	if !cfg.Dev {
+		return nil, errors.New("no API token configured: set DRAWBRIDGE_API_TOKEN, api.token or api.token_file")
+	}
+	path := filepath.Join(cfg.DataDir, "dev-token")
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
+		fmt.Fprintf(stdout, "dev API token is in %s\n", path)
+		return []string{strings.TrimSpace(string(b))}, nil
+	}
+	t, err := newToken()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, []byte(t+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("store dev token: %w", err)
+	}
+	fmt.Fprintf(stdout, "generated a dev API token (kept in %s):\n\n    export DRAWBRIDGE_API_TOKEN=%s\n\n", path, t)
+	return []string{t}, nil
+}
+
+func newToken() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate token: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
