@@ -531,3 +531,30 @@ func TestManagerDynamicRangeHole(t *testing.T) {
 		t.Fatalf("route on the freed port: %q, %v", got, err)
 	}
 }
+
+// TestManagerDynamicRemoveWithHeldConnections: removing a route in the
+// range, or one of its backends, while long-lived connections are open
+// closes those connections and deletes the servers without a reload.
+func TestManagerDynamicRemoveWithHeldConnections(t *testing.T) {
+	dir := t.TempDir()
+	cfg := dynConfig(t, dir, 5)
+	r := cfg.Settings.DynamicPorts
+	m := startManager(t, cfg)
+	hold, other := holdBackend(t), holdBackend(t)
+	m.Submit(1, []Frontend{route(r.First, "devices", hold), route(r.First+1, "more", hold, other)})
+	waitApplied(t, m, 1)
+	held := []net.Conn{longLived(t, r.First), longLived(t, r.First+1), longLived(t, r.First+1)}
+	m.Submit(2, []Frontend{route(r.First+1, "more", other)})
+	waitApplied(t, m, 2)
+	if st := m.Status(); st.Reloads != 0 || st.LastError != "" {
+		t.Fatalf("removal with connections open: %+v", st)
+	}
+	if !refused(r.First) {
+		t.Fatal("removed route answers")
+	}
+	longLived(t, r.First+1) // served by the remaining backend
+	_ = held[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := held[0].Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("connection of a removed route still open: %v", err)
+	}
+}

@@ -746,19 +746,63 @@ func (m *Manager) check(ctx context.Context, path string) error {
 // applyRuntime sends cmds to the running worker's runtime API, several per
 // request line, and checks every answer. A failed command does not stop
 // the ones after it on the same line: the caller then reloads, which makes
-// the file authoritative again whatever was applied.
+// the file authoritative again whatever was applied. `del server` goes
+// alone and is retried for a while: `shutdown sessions` closes the
+// server's connections asynchronously, and HAProxy refuses to delete a
+// server that still has some.
 func (m *Manager) applyRuntime(ctx context.Context, cmds []string) error {
-	lines, answers := batchRuntime(cmds)
-	for i, line := range lines {
-		out, err := masterCommand(ctx, m.cfg.Settings.StatsSocket, line)
+	send := func(batch []string) error {
+		lines, answers := batchRuntime(batch)
+		for i, line := range lines {
+			out, err := masterCommand(ctx, m.cfg.Settings.StatsSocket, line)
+			if err != nil {
+				return err
+			}
+			if out != answers[i] {
+				return fmt.Errorf("runtime API %q: %q", truncateText(line, 300), truncateText(strings.TrimSpace(out), 300))
+			}
+		}
+		return nil
+	}
+	start := 0
+	for i, c := range cmds {
+		if !strings.HasPrefix(c, "del server ") {
+			continue
+		}
+		if err := send(cmds[start:i]); err != nil {
+			return err
+		}
+		start = i + 1
+		if err := m.delServer(ctx, c); err != nil {
+			return err
+		}
+	}
+	return send(cmds[start:])
+}
+
+// delServerWait bounds how long a `del server` waits for the server's
+// connections to close after `shutdown sessions`.
+const delServerWait = 2 * time.Second
+
+func (m *Manager) delServer(ctx context.Context, cmd string) error {
+	deadline := time.Now().Add(delServerWait)
+	for {
+		out, err := masterCommand(ctx, m.cfg.Settings.StatsSocket, cmd)
 		if err != nil {
 			return err
 		}
-		if out != answers[i] {
-			return fmt.Errorf("runtime API %q: %q", truncateText(line, 300), truncateText(strings.TrimSpace(out), 300))
+		if out == runtimeAnswer(cmd) {
+			return nil
+		}
+		if !strings.Contains(out, "still has connections") || time.Now().After(deadline) {
+			return fmt.Errorf("runtime API %q: %q", cmd, strings.TrimSpace(out))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	return nil
 }
 
 func truncateText(s string, n int) string {
