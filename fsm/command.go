@@ -25,25 +25,16 @@ const (
 // command is an error result (the node must be upgraded), never a crash.
 const IgnoreUnknownFlag CommandType = 0x80
 
-// payloadVersion is the version byte written after the type byte.
+// payloadVersion is the first payload version of every command type (the
+// version byte written after the type byte). Each type's current version is
+// in its registry entry (registry.go).
 const payloadVersion = 1
 
 // String names the type for errors and logs ("upsert-route"), ignoring
 // IgnoreUnknownFlag.
 func (t CommandType) String() string {
-	switch t &^ IgnoreUnknownFlag {
-	case CmdUpsertRoute:
-		return "upsert-route"
-	case CmdDeleteRoute:
-		return "delete-route"
-	case CmdRegisterBackend:
-		return "register-backend"
-	case CmdDeregisterBackend:
-		return "deregister-backend"
-	case CmdExpireLeases:
-		return "expire-leases"
-	case CmdReplaceTable:
-		return "replace-table"
+	if spec, ok := lookup(t); ok {
+		return spec.name
 	}
 	return fmt.Sprintf("command-%d", uint8(t))
 }
@@ -146,8 +137,12 @@ func Encode(c Command) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", c.Type(), err)
 	}
+	version := uint8(payloadVersion)
+	if spec, ok := lookup(c.Type()); ok {
+		version = spec.version
+	}
 	out := make([]byte, 0, len(payload)+2)
-	out = append(out, byte(c.Type()), payloadVersion)
+	out = append(out, byte(c.Type()), version)
 	return append(out, payload...), nil
 }
 
@@ -187,11 +182,8 @@ func (e *UnknownCommandError) Unwrap() error { return ErrUnknownCommand }
 
 // known reports whether t (without the flag) is a type this build decodes.
 func known(t CommandType) bool {
-	switch t &^ IgnoreUnknownFlag {
-	case CmdUpsertRoute, CmdDeleteRoute, CmdRegisterBackend, CmdDeregisterBackend, CmdExpireLeases:
-		return true
-	}
-	return false
+	_, ok := lookup(t)
+	return ok
 }
 
 // Decode parses a log entry written by Encode. It returns the payload as a
@@ -206,25 +198,12 @@ func Decode(data []byte) (Command, error) {
 	}
 	raw := CommandType(data[0])
 	typ, version := raw&^IgnoreUnknownFlag, data[1]
-	var c Command
-	switch typ {
-	case CmdUpsertRoute:
-		c = new(UpsertRoute)
-	case CmdDeleteRoute:
-		c = new(DeleteRoute)
-	case CmdRegisterBackend:
-		c = new(RegisterBackend)
-	case CmdDeregisterBackend:
-		c = new(DeregisterBackend)
-	case CmdExpireLeases:
-		c = new(ExpireLeases)
-	case CmdReplaceTable:
-		c = new(ReplaceTable)
-	}
-	if c == nil || version != payloadVersion {
+	spec, ok := lookup(typ)
+	if !ok || version != spec.version {
 		return nil, &UnknownCommandError{Type: typ, Version: version, Ignorable: raw&IgnoreUnknownFlag != 0}
 	}
-	if err := json.Unmarshal(data[2:], c); err != nil {
+	c, err := spec.decode(data[2:])
+	if err != nil {
 		return nil, fmt.Errorf("%w: decode %s: %v", ErrMalformed, typ, err)
 	}
 	return c, nil
@@ -313,4 +292,5 @@ var (
 	_ Command = (*RegisterBackend)(nil)
 	_ Command = (*DeregisterBackend)(nil)
 	_ Command = (*ExpireLeases)(nil)
+	_ Command = (*ReplaceTable)(nil)
 )

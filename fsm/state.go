@@ -192,77 +192,12 @@ func (s *State) apply(index uint64, c Command) (*State, Result) {
 	if err != nil {
 		return s.at(index), Result{Err: err, Index: index}
 	}
-	var next *State
-	var res Result
-	switch c := c.(type) {
-	case *UpsertRoute:
-		next, res = s.upsertRoute(index, c)
-	case *DeleteRoute:
-		next, res = s.deleteRoute(index, c)
-	case *RegisterBackend:
-		next, res = s.registerBackend(index, c)
-	case *DeregisterBackend:
-		next, res = s.deregisterBackend(index, c)
-	case *ExpireLeases:
-		next, res = s.expireLeases(index, c.Now)
-	case *ReplaceTable:
-		next, err = NewState(index, c.Routes)
-		res = Result{Err: err}
-	}
+	next, res := commands[c.Type()].apply(s, index, c)
 	res.Index = index
 	if res.Err != nil {
 		return s.at(index), res
 	}
 	return next, res
-}
-
-// cloneCommand deep-copies the payloads drawbridge knows, so Apply neither
-// mutates its argument nor keeps references into it.
-func cloneCommand(c Command) (Command, error) {
-	switch c := c.(type) {
-	case *UpsertRoute:
-		if c != nil {
-			cp := *c
-			cp.Route = c.Route.Clone()
-			return &cp, nil
-		}
-	case *DeleteRoute:
-		if c != nil {
-			cp := *c
-			return &cp, nil
-		}
-	case *RegisterBackend:
-		if c != nil {
-			cp := *c
-			if c.Create != nil {
-				r := c.Create.Clone()
-				cp.Create = &r
-			}
-			return &cp, nil
-		}
-	case *DeregisterBackend:
-		if c != nil {
-			cp := *c
-			return &cp, nil
-		}
-	case *ExpireLeases:
-		if c != nil {
-			cp := *c
-			return &cp, nil
-		}
-	case *ReplaceTable:
-		if c != nil {
-			cp := ReplaceTable{Routes: make([]Route, len(c.Routes))}
-			for i, r := range c.Routes {
-				cp.Routes[i] = r.Clone()
-			}
-			return &cp, nil
-		}
-	case nil:
-	default:
-		return nil, &UnknownCommandError{Type: c.Type(), Version: payloadVersion}
-	}
-	return nil, invalid("nil command")
 }
 
 func portTaken(port int, owner string) error {
@@ -276,6 +211,11 @@ func routeNotFound(port int) error {
 func result(r *Route) Result {
 	c := r.Clone()
 	return Result{Route: &c}
+}
+
+func (s *State) replaceTable(index uint64, c *ReplaceTable) (*State, Result) {
+	next, err := NewState(index, c.Routes)
+	return next, Result{Err: err}
 }
 
 func (s *State) upsertRoute(index uint64, c *UpsertRoute) (*State, Result) {
