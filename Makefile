@@ -58,6 +58,10 @@ lint: ## gofmt, go vet and shellcheck
 	$(GO) vet ./...
 	shellcheck .ci/run $$(git ls-files '*.sh')
 
+.PHONY: check-repo
+check-repo: ## Fail on go mod tidy drift or a tracked file over 1 MB
+	GO=$(GO) scripts/check-repo.sh
+
 .PHONY: clean
 clean: ## Remove build output and the dev data directory
 	rm -rf bin dist drawbridge-data drawbridge-cluster
