@@ -49,6 +49,9 @@ const (
 	DefaultWriteTimeout      = 30 * time.Second
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultShutdownTimeout   = 15 * time.Second
+	// DefaultHoldTimeout is how long a write waits for a leader during an
+	// election before it is answered 503 (Consul's rpc_hold_timeout).
+	DefaultHoldTimeout = 7 * time.Second
 )
 
 // Config is the API's typed configuration, filled by cmd/ from file, env and
@@ -89,6 +92,11 @@ type Config struct {
 	IdleTimeout       time.Duration
 	// ShutdownTimeout bounds the graceful shutdown when Serve's context ends.
 	ShutdownTimeout time.Duration
+	// HoldTimeout is how long a write (or a forwarded write) is held while
+	// no leader is known (an election, a dev node's first second) before
+	// it is answered 503. 0 means DefaultHoldTimeout; negative: no hold.
+	// Reads never wait: they answer from local state.
+	HoldTimeout time.Duration
 	// MetricsPublic serves /metrics without a token (scrapers on the private
 	// network); false puts it behind the same token as the API.
 	MetricsPublic bool
@@ -107,6 +115,7 @@ func DefaultConfig() Config {
 		WriteTimeout:      DefaultWriteTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
 		ShutdownTimeout:   DefaultShutdownTimeout,
+		HoldTimeout:       DefaultHoldTimeout,
 		MetricsPublic:     true,
 	}
 }
@@ -139,6 +148,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.HoldTimeout == 0 {
+		c.HoldTimeout = DefaultHoldTimeout
 	}
 	c.LegacyHeader = http.CanonicalHeaderKey(c.LegacyHeader)
 	return c

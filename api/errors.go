@@ -20,6 +20,9 @@ type Error struct {
 	// body, when set, is answered instead of {"error": Message}; it must
 	// carry Message in its own "error" field.
 	body any
+	// notApplied marks a 503 refused before anything was proposed, so a
+	// node that forwarded the request may send it to the next leader.
+	notApplied bool
 }
 
 // Error implements error.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -98,19 +99,20 @@ func (s *Server) writeEndpoint(maxBody int64, h handlerFunc) handlerFunc {
 		if err != nil {
 			return err
 		}
-		leaderURL, err := s.leaderFor(r)
+		hold := s.holdUntil()
+		s.extendWriteDeadline(w, wait)
+		leaderURL, err := s.holdForLeader(r, hold)
 		if err != nil {
 			return err
 		}
 		if leaderURL != "" {
-			s.extendWriteDeadline(w, wait)
-			return s.forward(w, r, leaderURL, maxBody, wait)
+			return s.forward(w, r, leaderURL, maxBody, wait, hold)
 		}
+		ctx := context.WithValue(r.Context(), holdKey{}, hold)
 		if wait > 0 {
-			s.extendWriteDeadline(w, wait)
-			r = r.WithContext(context.WithValue(r.Context(), waitKey{}, wait))
+			ctx = context.WithValue(ctx, waitKey{}, wait)
 		}
-		return h(w, r)
+		return h(w, r.WithContext(ctx))
 	}
 }
 
@@ -132,7 +134,7 @@ func (s *Server) readEndpoint(h handlerFunc) handlerFunc {
 		}
 		if leaderURL != "" {
 			s.extendWriteDeadline(w, 0)
-			return s.forward(w, r, leaderURL, 0, 0)
+			return s.forward(w, r, leaderURL, 0, 0, time.Time{})
 		}
 		if s.consistency != nil {
 			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ApplyTimeout)
@@ -163,29 +165,45 @@ func parseConsistent(r *http.Request) (bool, error) {
 // base URL to forward to. Errors are 503s: no leader known, or a request
 // that was already forwarded once and reached a node that does not lead.
 func (s *Server) leaderFor(r *http.Request) (string, error) {
+	base, err, _ := s.whereTo(r, true)
+	return base, err
+}
+
+// whereTo is leaderFor that also says whether the error is one a leader
+// appearing would cure (hold: no leader known, its address not known yet,
+// or a forwarded request that reached a node knowing no leader). It counts
+// the outcome in the metrics when count is set.
+func (s *Server) whereTo(r *http.Request, count bool) (string, error, bool) {
 	if s.leader == nil {
-		return "", nil
+		return "", nil, false
+	}
+	metric := func(v string) {
+		if count {
+			s.metrics.forwarded.WithLabelValues(v).Inc()
+		}
 	}
 	base, self, err := s.leader.LeaderAPI()
 	if r.Header.Get(ForwardedByHeader) != "" {
 		if err == nil && self {
-			return "", nil
+			return "", nil, false
 		}
-		s.metrics.forwarded.WithLabelValues(forwardLoop).Inc()
-		s.log.Warn("forwarded request reached a node that is not the leader", "method", r.Method, "path", r.URL.Path)
-		return "", errorf(http.StatusServiceUnavailable, "leader changed while forwarding; retry")
+		metric(forwardLoop)
+		if count {
+			s.log.Warn("forwarded request reached a node that is not the leader", "method", r.Method, "path", r.URL.Path)
+		}
+		return "", &Error{Status: http.StatusServiceUnavailable, Message: "leader changed while forwarding; retry", notApplied: true}, err != nil
 	}
 	switch {
 	case err != nil:
-		s.metrics.forwarded.WithLabelValues(forwardNoLeader).Inc()
-		return "", &Error{Status: http.StatusServiceUnavailable, Message: err.Error()}
+		metric(forwardNoLeader)
+		return "", &Error{Status: http.StatusServiceUnavailable, Message: err.Error()}, true
 	case self:
-		return "", nil
+		return "", nil, false
 	case base == "":
-		s.metrics.forwarded.WithLabelValues(forwardNoLeader).Inc()
-		return "", errorf(http.StatusServiceUnavailable, "the leader's API address is not known yet; retry")
+		metric(forwardNoLeader)
+		return "", errorf(http.StatusServiceUnavailable, "the leader's API address is not known yet; retry"), true
 	}
-	return base, nil
+	return base, nil, false
 }
 
 // forward sends r to the leader at base and streams its answer back: status,
@@ -193,7 +211,13 @@ func (s *Server) leaderFor(r *http.Request) (string, error) {
 // along (the leader authenticates again); ForwardedByHeader names this node.
 // A request with a body is read within maxBody first, so an oversized body
 // is refused here with 413, never sent on.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string, maxBody int64, wait time.Duration) error {
+//
+// A write (hold set) whose forward provably never reached a leader — the
+// connection was refused, or the node it reached answered that it does not
+// lead and did not apply it — is held and sent again to the next leader
+// until hold passes. One that may have reached the leader is never sent
+// twice.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string, maxBody int64, wait time.Duration, hold time.Time) error {
 	var body []byte
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		var err error
@@ -206,13 +230,96 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string, ma
 			return errorf(http.StatusBadRequest, "read request body: %v", err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ApplyTimeout+wait+forwardSlack)
-	defer cancel()
+	for {
+		resp, err := s.forwardOnce(r, base, body, wait)
+		switch {
+		case err == nil && resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(notAppliedHeader) != "":
+			// The node reached does not lead and applied nothing: wait
+			// until another one does.
+			if !time.Now().Before(hold) || !s.leaderChanges(r, hold, base) {
+				break // answer its 503
+			}
+			resp.Body.Close()
+			err = errRetryForward
+		case errors.Is(err, errRetryForward) && time.Now().Before(hold):
+			// Could not connect: the leader may be restarting, or gone.
+			time.Sleep(holdPoll)
+		}
+		if errors.Is(err, errRetryForward) && time.Now().Before(hold) {
+			s.log.Debug("forward did not reach a leader; holding the write for the next one", "path", r.URL.Path, "leader", base)
+			next, lerr := s.holdForLeader(r, hold)
+			if lerr != nil {
+				return lerr
+			}
+			if next != "" {
+				base = next
+				continue
+			}
+			// This node leads now, but the body was read for forwarding:
+			// the client retries (nothing was applied).
+			return &Error{Status: http.StatusServiceUnavailable, Message: "this node became the leader while forwarding; nothing was applied; retry"}
+		}
+		if err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				return e
+			}
+			return errorf(http.StatusServiceUnavailable, "could not reach the leader at %s: %v; retry", base, unwrapURLError(err))
+		}
+		defer resp.Body.Close()
+		s.metrics.forwarded.WithLabelValues(forwardOK).Inc()
+		s.log.Debug("forwarded to leader", "method", r.Method, "path", r.URL.Path, "leader", base, "status", resp.StatusCode)
+		for _, h := range answerHeaders {
+			if vs := resp.Header.Values(h); len(vs) > 0 {
+				w.Header()[h] = append([]string(nil), vs...)
+			}
+		}
+		w.WriteHeader(resp.StatusCode)
+		if _, err := io.Copy(w, resp.Body); err != nil {
+			// The status is out; all that is left is to say so in the log.
+			s.log.Warn("forwarded answer cut short", "method", r.Method, "path", r.URL.Path, "leader", base, "err", err)
+		}
+		return nil
+	}
+}
+
+// leaderChanges waits until this node sees a leader other than base (or
+// none), and reports whether it did before hold.
+func (s *Server) leaderChanges(r *http.Request, hold time.Time, base string) bool {
+	t := time.NewTicker(holdPoll)
+	defer t.Stop()
+	for time.Now().Before(hold) {
+		if now, self, err := s.leader.LeaderAPI(); err != nil || self || now != base {
+			return true
+		}
+		select {
+		case <-r.Context().Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return false
+}
+
+// errRetryForward marks a forward that never reached a leader.
+var errRetryForward = errors.New("forward did not reach a leader")
+
+// notAppliedHeader marks a 503 a node answers to a forwarded request it
+// refused before applying anything (it does not lead): the forwarding
+// node may send it again to the next leader.
+const notAppliedHeader = "X-Drawbridge-Not-Applied"
+
+// forwardOnce sends one forward of r (with body) to base. The response's
+// body must be closed by the caller. errRetryForward (wrapped) means the
+// request never left this node.
+func (s *Server) forwardOnce(r *http.Request, base string, body []byte, wait time.Duration) (*http.Response, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ApplyTimeout+s.holdTimeout()+wait+forwardSlack)
 	target := strings.TrimSuffix(base, "/") + r.URL.RequestURI()
 	req, err := http.NewRequestWithContext(ctx, r.Method, target, bytes.NewReader(body))
 	if err != nil {
+		cancel()
 		s.metrics.forwarded.WithLabelValues(forwardFailed).Inc()
-		return errorf(http.StatusServiceUnavailable, "the leader's API address %s is not usable: %v", quoteInput(base), err)
+		return nil, errorf(http.StatusServiceUnavailable, "the leader's API address %s is not usable: %v", quoteInput(base), err)
 	}
 	for k, vs := range r.Header {
 		req.Header[k] = append([]string(nil), vs...)
@@ -228,34 +335,40 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string, ma
 	// the new one.
 	changed := make(chan struct{})
 	stopWatch := make(chan struct{})
-	defer close(stopWatch)
 	go s.watchLeader(base, cancel, changed, stopWatch)
 
 	resp, err := s.client.Do(req)
+	close(stopWatch)
 	if err != nil {
+		cancel()
 		s.metrics.forwarded.WithLabelValues(forwardFailed).Inc()
 		s.log.Warn("forward to leader failed", "method", r.Method, "path", r.URL.Path, "leader", base, "err", err)
+		var opErr *net.OpError
+		if errors.As(err, &opErr) && opErr.Op == "dial" {
+			// Never connected: nothing was sent.
+			return nil, fmt.Errorf("%w: %w", errRetryForward, err)
+		}
 		select {
 		case <-changed:
-			return errorf(http.StatusServiceUnavailable, "the leader at %s went away while forwarding; the change may or may not be applied; retry", base)
+			return nil, errorf(http.StatusServiceUnavailable, "the leader at %s went away while forwarding; the change may or may not be applied; retry", base)
 		default:
 		}
-		return errorf(http.StatusServiceUnavailable, "could not reach the leader at %s: %v; retry", base, unwrapURLError(err))
+		return nil, err
 	}
-	defer resp.Body.Close()
-	s.metrics.forwarded.WithLabelValues(forwardOK).Inc()
-	s.log.Debug("forwarded to leader", "method", r.Method, "path", r.URL.Path, "leader", base, "status", resp.StatusCode)
-	for _, h := range answerHeaders {
-		if vs := resp.Header.Values(h); len(vs) > 0 {
-			w.Header()[h] = append([]string(nil), vs...)
-		}
-	}
-	w.WriteHeader(resp.StatusCode)
-	if _, err := io.Copy(w, resp.Body); err != nil {
-		// The status is out; all that is left is to say so in the log.
-		s.log.Warn("forwarded answer cut short", "method", r.Method, "path", r.URL.Path, "leader", base, "err", err)
-	}
-	return nil
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose releases a forward's context when its answer is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
 }
 
 // leaderWatchInterval is how often a forward in flight re-checks who leads.
@@ -285,7 +398,7 @@ func (s *Server) watchLeader(base string, cancel context.CancelFunc, changed, st
 // when it waits on the leader or for ?wait=applied. A writer that cannot
 // (a test recorder) keeps its deadline.
 func (s *Server) extendWriteDeadline(w http.ResponseWriter, wait time.Duration) {
-	need := s.cfg.ApplyTimeout + wait + 2*forwardSlack
+	need := s.cfg.ApplyTimeout + 2*s.holdTimeout() + wait + 2*forwardSlack
 	if need <= s.cfg.WriteTimeout {
 		return
 	}

@@ -198,6 +198,9 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
+		if e.notApplied && r.Header.Get(ForwardedByHeader) != "" {
+			w.Header().Set(notAppliedHeader, "1")
+		}
 	}
 	if e.body != nil {
 		writeJSON(w, e.Status, e.body)
@@ -332,6 +335,18 @@ func (s *Server) commit(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 	applyCtx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
 	defer cancel()
 	res, err := s.applier.Apply(applyCtx, cmd)
+	for err != nil && s.leaderMoved(ctx, err) {
+		// Leadership moved before the entry was proposed: nothing was
+		// applied. Hold the write until this node leads again (then try
+		// again) or another does (then the client, or the forwarding
+		// node, sends it there).
+		_, self, lerr := s.leader.LeaderAPI()
+		if lerr != nil || !self {
+			return fsm.Result{}, &Error{Status: http.StatusServiceUnavailable, notApplied: true,
+				Message: "not committed: leadership moved before the change was proposed; nothing was applied; retry: " + err.Error()}
+		}
+		res, err = s.applier.Apply(applyCtx, cmd)
+	}
 	if err != nil {
 		s.metrics.commits.WithLabelValues(commitUnavailable).Inc()
 		s.log.Warn("write not committed", "command", cmd.Type().String(), "err", err)
