@@ -35,6 +35,7 @@ var defaults = map[string]any{
 	"api.forward_ca_file":                 "",
 	"api.max_body_bytes":                  64 << 10,
 	"api.hook_lease":                      "30m",
+	"api.hold_timeout":                    "7s",
 	"api.apply_timeout":                   "10s",
 	"api.metrics_public":                  true,
 	"raft.addr":                           ":9001",

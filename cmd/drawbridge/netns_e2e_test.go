@@ -45,8 +45,11 @@ const (
 )
 
 // nsFastEnv shortens raft and gossip timings so a lost node is noticed
-// within about a second.
+// within about a second, and holds writes during an election for 2 s (not
+// the default 7 s), so a write without quorum answers its 503 within
+// nsWriteTimeout.
 var nsFastEnv = []string{
+	"DRAWBRIDGE_API_HOLD_TIMEOUT=2s",
 	"DRAWBRIDGE_RAFT_HEARTBEAT_TIMEOUT=500ms",
 	"DRAWBRIDGE_RAFT_ELECTION_TIMEOUT=500ms",
 	"DRAWBRIDGE_GOSSIP_PROBE_INTERVAL=200ms",

@@ -207,7 +207,6 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	a.node = node
 	a.info.node = node
-	bootIndex := node.Status().LastIndex
 
 	// 3. HAProxy: adopt the running master, or start one from the last
 	// config on disk. It keeps serving what it served before.
@@ -256,6 +255,7 @@ func (a *Agent) start(ctx context.Context) error {
 		TLSCertFile:   cfg.API.TLSCertFile,
 		TLSKeyFile:    cfg.API.TLSKeyFile,
 		MetricsPublic: cfg.API.MetricsPublic,
+		HoldTimeout:   holdTimeout(cfg.API.HoldTimeout),
 	}, api.Deps{
 		Applier:       node,
 		State:         a.table,
@@ -287,7 +287,7 @@ func (a *Agent) start(ctx context.Context) error {
 		go func() { defer a.loops.Done(); f(runCtx) }()
 	}
 	if a.proxy != nil {
-		spawn(func(ctx context.Context) { feedHAProxy(ctx, node, a.table, a.proxy, bootIndex, logger) })
+		spawn(func(ctx context.Context) { feedHAProxy(ctx, node, a.table, a.proxy, logger) })
 	}
 	spawn(cluster.NewLeaseReaper(cluster.LeaseConfig{
 		Interval:    cfg.Leases.Interval,
@@ -450,6 +450,15 @@ func newForwardClient(caFile string) (*http.Client, error) {
 	return api.NewForwardClient(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}), nil
 }
 
+// holdTimeout maps api.hold_timeout onto api.Config, where 0 means the
+// default and a negative value no hold.
+func holdTimeout(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
 func bindDescription(addr string) string {
 	if addr == "" {
 		return "all addresses"
@@ -458,13 +467,13 @@ func bindDescription(addr string) string {
 }
 
 // feedHAProxy hands every new route-table state to the HAProxy manager. After a
-// restart it first waits until the local log has been replayed (or the node
-// has caught up with the cluster), so a half-replayed table never replaces
-// the config HAProxy is serving.
-func feedHAProxy(ctx context.Context, node *cluster.Node, table *fsm.FSM, proxy *haproxy.Manager, bootIndex uint64, logger *slog.Logger) {
+// restart it first waits until the route table itself holds the local log
+// (or everything the leader says is committed): see cluster.Node.Replayed.
+// A half-replayed table never replaces the config HAProxy is serving.
+func feedHAProxy(ctx context.Context, node *cluster.Node, table *fsm.FSM, proxy *haproxy.Manager, logger *slog.Logger) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for !caughtUp(node, bootIndex) {
+	for !node.Replayed() {
 		select {
 		case <-ctx.Done():
 			return
@@ -482,16 +491,6 @@ func feedHAProxy(ctx context.Context, node *cluster.Node, table *fsm.FSM, proxy 
 		case <-changed:
 		}
 	}
-}
-
-func caughtUp(node *cluster.Node, bootIndex uint64) bool {
-	s := node.Status()
-	if s.AppliedIndex >= bootIndex {
-		return true
-	}
-	// A log tail that was never committed can be replaced by the leader's;
-	// once we apply everything the leader says is committed we are current.
-	return s.Leader != "" && s.CommitIndex > 0 && s.AppliedIndex >= s.CommitIndex
 }
 
 // Frontends converts routes into the HAProxy package's plain values.

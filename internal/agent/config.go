@@ -70,6 +70,9 @@ type APIConfig struct {
 	HookLease     time.Duration `mapstructure:"hook_lease"`
 	ApplyTimeout  time.Duration `mapstructure:"apply_timeout"`
 	MetricsPublic bool          `mapstructure:"metrics_public"`
+	// HoldTimeout is how long a write waits for a leader during an
+	// election before it is answered 503 (0: at once).
+	HoldTimeout time.Duration `mapstructure:"hold_timeout"`
 }
 
 // RaftConfig configures replication.
@@ -285,6 +288,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.API.TLSCertFile == "") != (c.API.TLSKeyFile == "") {
 		errs = append(errs, errors.New("api.tls_cert_file and api.tls_key_file must be set together"))
+	}
+	if c.API.HoldTimeout < 0 || c.API.HoldTimeout > time.Minute {
+		errs = append(errs, fmt.Errorf("api.hold_timeout %s must be between 0 (answer 503 at once during an election) and 1m", c.API.HoldTimeout))
 	}
 	if c.API.HookLease < 0 {
 		errs = append(errs, errors.New("api.hook_lease must not be negative (0 = hook registrations never expire)"))
