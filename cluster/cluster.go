@@ -190,14 +190,36 @@ func (c *Cluster) Voters() map[string]raft.Server {
 	return out
 }
 
-// Leave hands leadership over when this node leads, then tells gossip it is
-// leaving, so the new leader removes it from the voters and peers stop
-// waiting for it. Raft and the stores are closed by Node.Shutdown after.
+// Leave hands leadership over when this node leads, asks the leader to
+// remove it from the voters (in the name its certificate proves; without
+// raft TLS the leader acts on gossip's word), then tells gossip it is
+// leaving, so peers stop waiting for it. Raft and the stores are closed by
+// Node.Shutdown after.
 func (c *Cluster) Leave(timeout time.Duration) {
 	if c.node.IsLeader() && len(c.Voters()) > 1 {
 		c.log.Info("transferring leadership before leaving")
 		if err := c.node.raft.LeadershipTransfer().Error(); err != nil {
 			c.log.Warn("leadership transfer", "err", err)
+		}
+	}
+	if _, voter := c.Voters()[c.node.cfg.NodeID]; voter && c.node.Secure() && len(c.Voters()) > 1 {
+		c.members.MarkLeaving()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		var err error
+		for {
+			if err = c.node.LeaveVoters(ctx); err == nil || ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		cancel()
+		if err != nil {
+			c.log.Warn("could not ask the leader to remove this node from the voters; remove it with `drawbridge raft remove-peer "+c.node.cfg.NodeID+"`", "err", err)
+		} else {
+			c.log.Info("the leader removed this node from the voters")
 		}
 	}
 	if err := c.members.Leave(timeout); err != nil {

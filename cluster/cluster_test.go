@@ -23,6 +23,7 @@ type testMember struct {
 	cluster *Cluster
 	cancel  context.CancelFunc
 	gossip  string
+	raft    string
 	stopped bool
 }
 
@@ -32,6 +33,13 @@ type memberOpts struct {
 	label  string
 	expect int
 	dir    string
+	// ca, when set, runs raft with mutual TLS and a certificate from ca
+	// naming certName (default: the member's own name).
+	ca       *tlsTestCA
+	certName string
+	// raftAddr, when set, is the raft address gossiped instead of the
+	// member's own (a member lying about where it is).
+	raftAddr string
 }
 
 func startMember(t *testing.T, name string, o memberOpts, join []string) *testMember {
@@ -45,14 +53,26 @@ func startMember(t *testing.T, name string, o memberOpts, join []string) *testMe
 	cfg := fastConfig(t, o.dir)
 	cfg.NodeID = name
 	cfg.Bootstrap = false
+	if o.ca != nil {
+		cn := o.certName
+		if cn == "" {
+			cn = name
+		}
+		cfg.TLS = o.ca.raftTLS(t, cn)
+		cfg = tlsTimings(cfg)
+	}
+	gossipRaft := cfg.BindAddr
+	if o.raftAddr != "" {
+		gossipRaft = o.raftAddr
+	}
 	f := fsm.New()
 	n, err := New(cfg, f, testLogger(t).With("node", name), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &testMember{name: name, node: n, fsm: f, gossip: freeUDPTCPAddr(t)}
+	m := &testMember{name: name, node: n, fsm: f, gossip: freeUDPTCPAddr(t), raft: cfg.BindAddr}
 	meta := func() Meta {
-		return Meta{Role: o.role, RaftAddr: cfg.BindAddr, APIURL: "http://api-" + name, Bootstrapped: n.HasState(),
+		return Meta{Role: o.role, RaftAddr: gossipRaft, APIURL: "http://api-" + name, Bootstrapped: n.HasState(),
 			Applied: f.State().Index, Healthy: true}
 	}
 	m.members, err = NewMembership(GossipConfig{

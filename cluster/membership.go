@@ -357,6 +357,15 @@ func (m *Membership) get(name string) (Member, bool) {
 	return mem, ok
 }
 
+// MarkLeaving gossips that this node is about to leave on purpose (the
+// Leaving flag in its metadata), before it says so to the leader.
+func (m *Membership) MarkLeaving() {
+	m.mu.Lock()
+	m.leaving = true
+	m.mu.Unlock()
+	m.Refresh()
+}
+
 // Leave tells the others this node is leaving on purpose (first in its
 // metadata, then with memberlist's leave message), then stops gossip.
 func (m *Membership) Leave(timeout time.Duration) error {

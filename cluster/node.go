@@ -6,6 +6,7 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -117,6 +119,21 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.BindAddr); err != nil {
 		return fmt.Errorf("raft bind address %q: %w", c.BindAddr, err)
 	}
+	if c.TLS != nil && c.TLS.GetCertificate != nil {
+		cert, err := c.TLS.GetCertificate(&tls.ClientHelloInfo{})
+		if err != nil || cert == nil || len(cert.Certificate) == 0 {
+			return fmt.Errorf("raft tls: no certificate: %v", err)
+		}
+		leaf := cert.Leaf
+		if leaf == nil {
+			if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+				return fmt.Errorf("raft tls: parse certificate: %w", err)
+			}
+		}
+		if got := CertNodeName(leaf); got != c.NodeID {
+			return fmt.Errorf("raft tls: the certificate names node %q but this node is %q: create its own with `drawbridge tls cert create --node %s`", got, c.NodeID, c.NodeID)
+		}
+	}
 	return nil
 }
 
@@ -127,9 +144,13 @@ type Node struct {
 	fsm       *fsm.FSM
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
-	store     *raftboltdb.BoltStore
-	leaderCh  chan bool
-	metrics   *nodeMetrics
+	// layer is the TLS stream layer under transport (nil without TLS);
+	// raftPtr is raft once it runs, for the layer's identity lookups.
+	layer    *tlsStreamLayer
+	raftPtr  atomic.Pointer[raft.Raft]
+	store    *raftboltdb.BoltStore
+	leaderCh chan bool
+	metrics  *nodeMetrics
 
 	// bootTarget is the index of the last command in the local log when
 	// the node opened: the route table is replayed once it holds it.
@@ -137,6 +158,9 @@ type Node struct {
 
 	mu       sync.Mutex
 	watchers []chan bool
+	// departed names the members that asked to be removed (see
+	// departing).
+	departed map[string]bool
 	closed   bool
 	done     chan struct{}
 }
@@ -206,7 +230,10 @@ func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer)
 		return fail(fmt.Errorf("raft advertise address %q is not dialable: set an advertise address", advertise))
 	}
 	if cfg.TLS != nil {
-		n.transport, err = newTLSTransport(cfg.BindAddr, adv, cfg.TLS, hlog, logger)
+		n.layer, err = newTLSStreamLayer(cfg.BindAddr, adv, cfg.TLS, logger)
+		if err == nil {
+			n.transport = newTLSTransport(n.layer, hlog)
+		}
 	} else {
 		n.transport, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 3, 10*time.Second, hlog)
 	}
@@ -252,6 +279,12 @@ func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer)
 	n.raft, err = raft.NewRaft(rc, f, logs, store, snaps, n.transport)
 	if err != nil {
 		return fail(fmt.Errorf("start raft: %w", err))
+	}
+	n.raftPtr.Store(n.raft)
+	if n.layer != nil {
+		// Until now no server is known at any address, so nothing was
+		// dialed and every peer request was answered "not ready".
+		n.layer.setIdentity(n.serversAt, n.handlePeerRequest)
 	}
 	n.metrics = newNodeMetrics(reg, n)
 	go n.fanOutLeadership()

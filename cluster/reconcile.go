@@ -15,10 +15,18 @@ import (
 //   - before a cluster exists, with BootstrapExpect > 0, it bootstraps raft
 //     once that many servers are alive in gossip and none of them already
 //     belongs to a cluster (every one of them computes the same voter set);
-//   - on the leader, it adds alive servers that are not voters yet, updates a
-//     voter whose address changed, and removes members that left gracefully.
-//     Members that failed are reported and kept: removing them could cost
-//     the quorum that removing them needs.
+//   - on the leader, it adds alive servers that are not voters yet and
+//     updates a voter whose address changed. Members that failed are
+//     reported and kept: removing them could cost the quorum that removing
+//     them needs.
+//
+// With raft TLS (Node.Secure), gossip is only a hint: a member becomes a
+// voter, or a voter moves, only after a handshake at the announced raft
+// address proves the member's name with a certificate from the cluster CA
+// (Node.VerifyPeer), and a voter is removed only at its own request over
+// such a connection (Node.LeaveVoters) or by `drawbridge raft remove-peer`.
+// Without TLS the cluster runs insecure: gossip's word is taken, and a
+// member that left gracefully is removed.
 type Reconciler struct {
 	node     *Node
 	members  *Membership
@@ -26,7 +34,21 @@ type Reconciler struct {
 	interval time.Duration
 	log      *slog.Logger
 	reported map[string]bool
+	// proofs remembers recent identity checks by name and address, so a
+	// member that cannot prove its name costs one handshake per
+	// proofRetry, and one log line.
+	proofs map[proofKey]proof
 }
+
+type proofKey struct{ name, addr string }
+
+type proof struct {
+	err error
+	at  time.Time
+}
+
+// proofRetry is how long an identity check's failure is remembered.
+const proofRetry = 10 * time.Second
 
 // NewReconciler returns a reconciler. expect is --bootstrap-expect (0 = off).
 func NewReconciler(node *Node, members *Membership, expect int, logger *slog.Logger) *Reconciler {
@@ -36,6 +58,7 @@ func NewReconciler(node *Node, members *Membership, expect int, logger *slog.Log
 	return &Reconciler{
 		node: node, members: members, expect: expect, interval: time.Second,
 		log: logger.With("component", "reconcile"), reported: map[string]bool{},
+		proofs: map[proofKey]proof{},
 	}
 }
 
@@ -87,9 +110,14 @@ func (r *Reconciler) step() {
 	for _, m := range r.servers() {
 		id := raft.ServerID(m.Name)
 		cur, known := voters[id]
+		// A member on its way out is never added back.
+		departing := r.node.departing(m.Name, !m.Alive()) || m.Meta.Leaving
 		switch {
-		case m.Alive() && (!known || cur.Address != raft.ServerAddress(m.Meta.RaftAddr)):
+		case m.Alive() && !departing && (!known || cur.Address != raft.ServerAddress(m.Meta.RaftAddr)):
 			if id == self {
+				continue
+			}
+			if !r.proven(m) {
 				continue
 			}
 			r.log.Info("adding voter", "member", m.Name, "raft_addr", m.Meta.RaftAddr, "role", m.Meta.Role)
@@ -97,13 +125,13 @@ func (r *Reconciler) step() {
 				r.log.Warn("add voter", "member", m.Name, "err", err)
 			}
 			delete(r.reported, m.Name)
-		case m.Status == "left" && known && id != self:
+		case m.Status == "left" && known && id != self && !r.node.Secure():
 			r.log.Info("removing voter that left", "member", m.Name)
 			if err := r.node.raft.RemoveServer(id, 0, 10*time.Second).Error(); err != nil {
 				r.log.Warn("remove voter", "member", m.Name, "err", err)
 			}
-		case m.Status == "dead" && known && !r.reported[m.Name]:
-			r.log.Warn("voter failed; keeping it in the configuration (run `drawbridge raft remove-peer` if it is gone for good)", "member", m.Name)
+		case (m.Status == "left" || m.Status == "dead") && known && !r.reported[m.Name]:
+			r.log.Warn("voter "+m.Status+"; keeping it in the configuration (run `drawbridge raft remove-peer "+m.Name+"` if it is gone for good)", "member", m.Name)
 			r.reported[m.Name] = true
 		}
 	}
@@ -121,6 +149,9 @@ func (r *Reconciler) maybeBootstrap() {
 		if m.Meta.Bootstrapped {
 			// A cluster exists: wait for its leader to add us.
 			return
+		}
+		if m.Name != r.node.cfg.NodeID && !r.proven(m) {
+			continue
 		}
 		alive = append(alive, m)
 	}
@@ -142,4 +173,31 @@ func (r *Reconciler) maybeBootstrap() {
 	if err := r.node.raft.BootstrapCluster(conf).Error(); err != nil && err != raft.ErrCantBootstrap {
 		r.log.Warn("bootstrap", "err", fmt.Sprint(err))
 	}
+}
+
+// proven reports whether m proved its name at its announced raft address
+// (always true without raft TLS). Results are kept for proofRetry.
+func (r *Reconciler) proven(m Member) bool {
+	if !r.node.Secure() {
+		return true
+	}
+	k := proofKey{m.Name, m.Meta.RaftAddr}
+	if p, ok := r.proofs[k]; ok && (p.err == nil || time.Since(p.at) < proofRetry) {
+		return p.err == nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	err := r.node.VerifyPeer(ctx, m.Name, m.Meta.RaftAddr)
+	cancel()
+	if err != nil {
+		if _, seen := r.proofs[k]; !seen {
+			r.log.Warn("gossip member did not prove its name at its raft address; not a voter", "member", m.Name, "raft_addr", m.Meta.RaftAddr, "err", err)
+		}
+	} else {
+		r.log.Info("member proved its name", "member", m.Name, "raft_addr", m.Meta.RaftAddr)
+	}
+	if len(r.proofs) > 1024 {
+		r.proofs = map[proofKey]proof{}
+	}
+	r.proofs[k] = proof{err: err, at: time.Now()}
+	return err == nil
 }

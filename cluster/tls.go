@@ -256,15 +256,31 @@ func loadTLSMaterial(f TLSFiles) (*tlsMaterial, error) {
 }
 
 // tlsStreamLayer is a raft.StreamLayer over TLS. Accept never handshakes:
-// it hands raft a connection whose handshake runs, bounded by a deadline, on
-// first use in raft's per-connection goroutine, so one slow or bad client
-// never holds up the accept loop or other peers.
+// a goroutine per inbound connection runs the handshake, bounded by a
+// deadline, and hands raft only connections that passed it (see admit in
+// identity.go), so one slow or bad client never holds up the accept loop or
+// other peers.
 type tlsStreamLayer struct {
 	ln               net.Listener
 	advertise        net.Addr
 	config           *tls.Config
 	handshakeTimeout time.Duration
 	log              *slog.Logger
+
+	conns     chan net.Conn
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	mu sync.Mutex
+	// expect returns the names raft's configuration has at an address:
+	// a dialed server must prove one of them. Nil until raft runs; until
+	// then nothing is dialed.
+	expect func(address string) []string
+	// onRequest serves peer requests (nil: "not ready").
+	onRequest func(peer string, req peerRequest) error
+	// open holds the accepted connections, closed with the layer so no
+	// message reaches raft after its transport closed.
+	open map[net.Conn]struct{}
 }
 
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
@@ -282,104 +298,124 @@ func newTLSStreamLayer(bindAddr string, advertise net.Addr, config *tls.Config, 
 	if advertise == nil {
 		advertise = ln.Addr()
 	}
-	return &tlsStreamLayer{
+	l := &tlsStreamLayer{
 		ln:               ln,
 		advertise:        advertise,
 		config:           config.Clone(),
 		handshakeTimeout: tlsHandshakeTimeout,
 		log:              logger,
-	}, nil
+		conns:            make(chan net.Conn),
+		closed:           make(chan struct{}),
+		open:             map[net.Conn]struct{}{},
+	}
+	go l.acceptLoop()
+	return l, nil
 }
 
 // newTLSTransport builds a raft transport whose connections all use mutual
 // TLS with config. It listens on bindAddr and tells peers advertise.
-func newTLSTransport(bindAddr string, advertise net.Addr, config *tls.Config, hlog hclog.Logger, logger *slog.Logger) (*raft.NetworkTransport, error) {
-	layer, err := newTLSStreamLayer(bindAddr, advertise, config, logger)
-	if err != nil {
-		return nil, err
-	}
+func newTLSTransport(layer *tlsStreamLayer, hlog hclog.Logger) *raft.NetworkTransport {
 	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  layer,
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
 		Logger:  hlog,
-	}), nil
+	})
 }
 
-// Accept returns the next inbound connection; its TLS handshake happens on
-// its first Read or Write.
-func (l *tlsStreamLayer) Accept() (net.Conn, error) {
-	c, err := l.ln.Accept()
-	if err != nil {
-		return nil, err
+func (l *tlsStreamLayer) acceptLoop() {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			select {
+			case <-l.closed:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		go l.admit(c)
 	}
-	return &lazyServerConn{Conn: tls.Server(c, l.config), timeout: l.handshakeTimeout, log: l.log}, nil
+}
+
+// setIdentity installs the lookups that need raft running.
+func (l *tlsStreamLayer) setIdentity(expect func(string) []string, onRequest func(string, peerRequest) error) {
+	l.mu.Lock()
+	l.expect, l.onRequest = expect, onRequest
+	l.mu.Unlock()
+}
+
+func (l *tlsStreamLayer) handler() func(string, peerRequest) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.onRequest
+}
+
+// Accept returns the next inbound connection that proved its certificate.
+func (l *tlsStreamLayer) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
 }
 
 // Close stops accepting connections.
-func (l *tlsStreamLayer) Close() error { return l.ln.Close() }
+func (l *tlsStreamLayer) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	err := l.ln.Close()
+	l.mu.Lock()
+	open := l.open
+	l.open = map[net.Conn]struct{}{}
+	l.mu.Unlock()
+	for c := range open {
+		c.Close()
+	}
+	return err
+}
+
+// track records an accepted connection until it closes; false means the
+// layer is closed.
+func (l *tlsStreamLayer) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.closed:
+		return false
+	default:
+	}
+	l.open[c] = struct{}{}
+	return true
+}
+
+func (l *tlsStreamLayer) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.open, c)
+	l.mu.Unlock()
+}
 
 // Addr is the address peers dial (the advertise address).
 func (l *tlsStreamLayer) Addr() net.Addr { return l.advertise }
 
-// Dial connects to a peer and completes the TLS handshake within timeout.
+// Dial connects to a peer raft's configuration has at address, and
+// completes a handshake in which the peer proves one of the names the
+// configuration gives that address.
 func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	cfg := l.config
-	if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
-		// A config with standard verification checks the peer's name;
-		// peers are dialed by IP, so verify against that.
-		host, _, err := net.SplitHostPort(string(address))
-		if err != nil {
-			return nil, fmt.Errorf("raft tls: peer address %q: %w", address, err)
-		}
-		cfg = cfg.Clone()
-		cfg.ServerName = host
+	l.mu.Lock()
+	expect := l.expect
+	l.mu.Unlock()
+	var names []string
+	if expect != nil {
+		names = expect(string(address))
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("raft tls: no server in the raft configuration at %s", address)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
-	c, err := d.DialContext(ctx, "tcp", string(address))
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", address, err)
-	}
-	return c, nil
-}
-
-// lazyServerConn is an accepted TLS connection that handshakes, within
-// timeout, on first use.
-type lazyServerConn struct {
-	*tls.Conn
-	timeout time.Duration
-	log     *slog.Logger
-
-	once sync.Once
-	err  error
-}
-
-func (c *lazyServerConn) handshake() error {
-	c.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-		defer cancel()
-		if err := c.Conn.HandshakeContext(ctx); err != nil {
-			c.err = fmt.Errorf("raft tls handshake with %s: %w", c.RemoteAddr(), err)
-			if c.log != nil {
-				c.log.Warn("rejected raft connection", "remote", c.RemoteAddr().String(), "error", err)
-			}
-		}
-	})
-	return c.err
-}
-
-func (c *lazyServerConn) Read(p []byte) (int, error) {
-	if err := c.handshake(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Read(p)
-}
-
-func (c *lazyServerConn) Write(p []byte) (int, error) {
-	if err := c.handshake(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(p)
+	return l.dialPeer(ctx, string(address), names)
 }
