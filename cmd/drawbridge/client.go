@@ -3,18 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/drawbridge-lb/drawbridge/api/client"
 )
 
 // clientFlags are shared by every command that talks to an agent's API.
@@ -41,20 +40,8 @@ func (f *clientFlags) register(cmd *cobra.Command) {
 	p.BoolVar(&f.json, "json", false, "print JSON instead of tables")
 }
 
-// apiClient is a small client of the agent's REST API.
-type apiClient struct {
-	base  string
-	token string
-	http  *http.Client
-}
-
-// apiError is a non-2xx answer from the agent.
-type apiError struct {
-	Status  int
-	Message string
-}
-
-func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status) }
+// apiClient talks to the one agent --addr names.
+type apiClient struct{ c *client.Client }
 
 func (f *clientFlags) client() (*apiClient, error) {
 	token := os.Getenv("DRAWBRIDGE_API_TOKEN")
@@ -68,78 +55,33 @@ func (f *clientFlags) client() (*apiClient, error) {
 	if token == "" {
 		return nil, &exitError{code: 2, err: errors.New("no API token: set DRAWBRIDGE_API_TOKEN or --token-file")}
 	}
-	base := strings.TrimRight(f.addr, "/")
-	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
-		base = "http://" + base
+	c, err := client.New(client.Config{
+		Members:            []string{f.addr},
+		Token:              token,
+		CAFile:             f.caFile,
+		InsecureSkipVerify: f.insecure,
+		Timeout:            f.timeout,
+		UserAgent:          "drawbridge/" + version,
+	})
+	if err != nil {
+		return nil, err
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if f.caFile != "" || f.insecure {
-		tc := &tls.Config{InsecureSkipVerify: f.insecure} //nolint:gosec // operator's explicit choice
-		if f.caFile != "" {
-			pem, err := os.ReadFile(f.caFile)
-			if err != nil {
-				return nil, fmt.Errorf("read CA file: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("no certificates in %s", f.caFile)
-			}
-			tc.RootCAs = pool
-		}
-		tr.TLSClientConfig = tc
-	}
-	return &apiClient{base: base, token: token, http: &http.Client{Timeout: f.timeout, Transport: tr}}, nil
+	return &apiClient{c: c}, nil
 }
 
 // do sends a request with a JSON body (when in != nil) and decodes a JSON
-// answer into out (when out != nil).
+// answer into out (when out != nil). Errors read "message (HTTP status)"
+// for an answer, "METHOD path: cause" when the agent was not reached.
 func (c *apiClient) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
+	err := c.c.Do(ctx, method, path, in, out)
+	var e *client.Error
+	switch {
+	case !errors.As(err, &e):
 		return err
+	case e.Status == 0:
+		return fmt.Errorf("%s %s: %w", method, path, e.Err)
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(data))
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		return &apiError{Status: resp.StatusCode, Message: msg}
-	}
-	if out == nil {
-		return nil
-	}
-	if raw, ok := out.(*json.RawMessage); ok {
-		*raw = append((*raw)[:0], data...)
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-	}
-	return nil
+	return fmt.Errorf("%s (HTTP %d)", e.Message, e.Status)
 }
 
 // call sends one request to the agent. With --json it prints the answer as

@@ -1,24 +1,13 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
-	"math/rand/v2"
-	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
 	"path"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/drawbridge-lb/drawbridge/api/client"
 	"github.com/drawbridge-lb/drawbridge/fsm"
 )
 
@@ -44,16 +34,6 @@ const (
 	// registerRequestTimeout bounds one HTTP request to one member, so a
 	// member that accepts connections but never answers is failed over.
 	registerRequestTimeout = 10 * time.Second
-	// deregisterBudget bounds deregistration on shutdown: well inside the
-	// 30 s Kubernetes grants a pod between SIGTERM and SIGKILL.
-	deregisterBudget = 10 * time.Second
-	// registerBackoffBase is the first retry delay after a failure; it doubles
-	// up to the renewal interval.
-	registerBackoffBase = time.Second
-	// deregisterBackoffBase and deregisterBackoffCap pace retries of the
-	// final deregistration within deregisterBudget.
-	deregisterBackoffBase = 250 * time.Millisecond
-	deregisterBackoffCap  = 2 * time.Second
 )
 
 // registerConfig is the validated configuration of `drawbridge register`.
@@ -87,6 +67,16 @@ type registerConfig struct {
 	CAFile string
 	// LogLevel is debug, info, warn or error.
 	LogLevel slog.Level
+}
+
+// registration is what the Registrar keeps registered.
+func (c registerConfig) registration() client.RegistrarConfig {
+	return client.RegistrarConfig{
+		Interval: c.Interval, TTL: c.TTL,
+		FrontendPort: c.FrontendPort, Name: c.Name,
+		Address: c.Address, BackendPort: c.BackendPort, Owner: c.Owner,
+		Balance: c.Balance, Sticky: c.Sticky, ProxyProtocol: c.ProxyProtocol, HealthCheck: c.HealthCheck,
+	}
 }
 
 // registerSettings maps each setting to its flag and the environment
@@ -144,12 +134,19 @@ Exit codes: 0 after a signal, 2 for bad configuration (nothing is sent).`,
 			if err != nil {
 				return err
 			}
-			client, err := registerHTTPClient(cfg.CAFile)
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: cfg.LogLevel})).
+				With("component", "register")
+			c, err := client.New(client.Config{
+				Members:   cfg.Members,
+				Token:     cfg.Token,
+				CAFile:    cfg.CAFile,
+				Timeout:   registerRequestTimeout,
+				UserAgent: "drawbridge-register/" + version,
+				Logger:    log,
+			})
 			if err != nil {
 				return &exitError{code: 2, err: err}
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: cfg.LogLevel})).
-				With("component", "register")
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			go func() {
@@ -158,7 +155,7 @@ Exit codes: 0 after a signal, 2 for bad configuration (nothing is sent).`,
 				<-ctx.Done()
 				stop()
 			}()
-			return newRegistrar(cfg, client, log).run(ctx)
+			return client.NewRegistrar(cfg.registration(), c, log).Run(ctx)
 		},
 	}
 	f := cmd.Flags()
@@ -429,412 +426,4 @@ func readRegisterToken(get func(string) (string, string), getenv func(string) st
 		return ""
 	}
 	return token
-}
-
-// registerHTTPClient returns the client the registrar uses, trusting caFile
-// when set.
-func registerHTTPClient(caFile string) (*http.Client, error) {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("read CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("no PEM certificates in CA file %s", caFile)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	}
-	return &http.Client{Timeout: registerRequestTimeout, Transport: tr}, nil
-}
-
-// registerState is where the registrar stands, for logging state changes
-// rather than heartbeats.
-type registerState int
-
-const (
-	registerStarting registerState = iota
-	registerOK
-	registerFailing
-)
-
-// registrar keeps one backend registered: it renews the lease every
-// interval, fails over between members, backs off on failure, and
-// deregisters when its context ends. One goroutine drives it (run); it is not
-// safe for concurrent use.
-type registrar struct {
-	cfg    registerConfig
-	client *http.Client
-	log    *slog.Logger
-
-	// Injected for tests.
-	sleep             func(ctx context.Context, d time.Duration) error
-	now               func() time.Time
-	jitter            func() float64 // in [0, 1)
-	backoffBase       time.Duration
-	deregisterTimeout time.Duration
-
-	member      int // index of the member that answered last
-	state       registerState
-	failKind    string    // kind of the current failure, see registerError.kind
-	failingFrom time.Time // first failure of the current streak
-	attempts    int       // failed attempts in the current streak
-	leaseEnd    time.Time // when the last accepted lease ends (zero: none yet)
-	expiredLog  bool      // lease expiry was logged in this streak
-}
-
-func newRegistrar(cfg registerConfig, client *http.Client, log *slog.Logger) *registrar {
-	return &registrar{
-		cfg:               cfg,
-		client:            client,
-		log:               log,
-		sleep:             sleepContext,
-		now:               time.Now,
-		jitter:            rand.Float64,
-		backoffBase:       registerBackoffBase,
-		deregisterTimeout: deregisterBudget,
-	}
-}
-
-// sleepContext waits d or until ctx ends.
-func sleepContext(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// run registers, renews until ctx ends, then deregisters (within
-// deregisterTimeout, on a context of its own) and returns nil: a signal is a
-// normal end.
-func (r *registrar) run(ctx context.Context) error {
-	r.log.Info("starting", "name", r.cfg.Name, "frontend_port", r.cfg.FrontendPort,
-		"backend", r.backendKey(), "members", strings.Join(r.cfg.Members, ","),
-		"interval", r.cfg.Interval, "ttl", r.cfg.TTL)
-	failures := 0
-	for ctx.Err() == nil {
-		err := r.attempt(ctx)
-		if ctx.Err() != nil {
-			break
-		}
-		var wait time.Duration
-		var re *registerError
-		switch {
-		case err == nil:
-			failures = 0
-			// Up to 10% early, so sidecars started together drift apart;
-			// never late, so the lease margin is kept.
-			wait = r.cfg.Interval - time.Duration(r.jitter()*float64(r.cfg.Interval)/10)
-		case errors.As(err, &re) && !re.retryable():
-			// The cluster answered and refused; an operator has to act
-			// (free the port, fix the token). Ask again each interval.
-			wait = r.cfg.Interval
-		default:
-			wait = r.backoff(failures, min(r.backoffBase, r.cfg.Interval), r.cfg.Interval)
-			failures++
-		}
-		if r.sleep(ctx, wait) != nil {
-			break
-		}
-	}
-	r.deregister()
-	return nil
-}
-
-// backoff is the n-th retry delay: base doubling up to ceiling, with the
-// upper half jittered so retrying clients spread out.
-func (r *registrar) backoff(n int, base, ceiling time.Duration) time.Duration {
-	d := base
-	for i := 0; i < n && d < ceiling; i++ {
-		d *= 2
-	}
-	d = min(d, ceiling)
-	return d/2 + time.Duration(r.jitter()*float64(d/2))
-}
-
-// attempt registers once, walking the members from the one that answered
-// last: a member that cannot be reached or answers 5xx, 408 or 429 passes the
-// attempt to the next one; any other answer ends it.
-func (r *registrar) attempt(ctx context.Context) error {
-	n := len(r.cfg.Members)
-	var last error
-	var errs []error
-	for i := range n {
-		idx := (r.member + i) % n
-		started := r.now()
-		err := r.post(ctx, idx)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var re *registerError
-		if err == nil || (errors.As(err, &re) && !re.retryable()) {
-			if idx != r.member {
-				r.log.Info("switched member", "from", r.cfg.Members[r.member], "to", r.cfg.Members[idx],
-					"reason", errString(last))
-				r.member = idx
-			}
-			if err == nil {
-				r.succeeded(started)
-			} else {
-				r.failed(err)
-			}
-			return err
-		}
-		r.log.Debug("member failed", "member", r.cfg.Members[idx], "err", err)
-		errs = append(errs, err)
-		last = err
-	}
-	if len(errs) > 1 {
-		// Every member failed: say why for each. Wrapping keeps the
-		// *registerError reachable for errors.As.
-		last = fmt.Errorf("all %d members failed: "+strings.TrimSuffix(strings.Repeat("%w; ", len(errs)), "; "),
-			append([]any{len(errs)}, anySlice(errs)...)...)
-	}
-	r.failed(last)
-	return last
-}
-
-func anySlice(errs []error) []any {
-	out := make([]any, len(errs))
-	for i, e := range errs {
-		out[i] = e
-	}
-	return out
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
-}
-
-// succeeded records an accepted registration sent at started and logs when
-// that changes the state.
-func (r *registrar) succeeded(started time.Time) {
-	r.leaseEnd = started.Add(r.cfg.TTL)
-	switch r.state {
-	case registerStarting:
-		r.log.Info("registered", "name", r.cfg.Name, "frontend_port", r.cfg.FrontendPort,
-			"backend", r.backendKey(), "member", r.cfg.Members[r.member], "ttl", r.cfg.TTL)
-	case registerFailing:
-		r.log.Info("recovered", "member", r.cfg.Members[r.member],
-			"failed_for", r.now().Sub(r.failingFrom).Round(time.Millisecond), "failed_attempts", r.attempts)
-	default:
-		r.log.Debug("renewed", "member", r.cfg.Members[r.member])
-	}
-	r.state, r.failKind, r.attempts, r.expiredLog = registerOK, "", 0, false
-}
-
-// failed records a failed attempt and logs when the state or the kind of
-// failure changes, and once when the lease runs out meanwhile.
-func (r *registrar) failed(err error) {
-	kind := "error"
-	var re *registerError
-	if errors.As(err, &re) {
-		kind = re.kind()
-	}
-	if r.state != registerFailing {
-		r.failingFrom = r.now()
-	}
-	r.attempts++
-	attrs := append([]any{"reason", errString(err)}, r.leaseAttrs()...)
-	level := slog.LevelWarn
-	if re != nil && !re.retryable() {
-		level = slog.LevelError
-	}
-	switch {
-	case r.state == registerOK:
-		r.log.Log(context.Background(), level, "lost contact, retrying", attrs...)
-	case r.state == registerStarting:
-		r.log.Log(context.Background(), level, "cannot register yet, retrying", attrs...)
-	case kind != r.failKind:
-		r.log.Log(context.Background(), level, "still failing, for another reason", attrs...)
-	}
-	r.state, r.failKind = registerFailing, kind
-	if !r.expiredLog && !r.leaseEnd.IsZero() && !r.now().Before(r.leaseEnd) {
-		r.expiredLog = true
-		r.log.Error("lease ran out: the backend is no longer routed until a registration succeeds",
-			"backend", r.backendKey(), "lease_ended", r.leaseEnd.Format(time.RFC3339))
-	}
-}
-
-// registerBody is the body of POST /v1/routes/{port}/backends.
-type registerBody struct {
-	Address       string `json:"address"`
-	Port          int    `json:"port"`
-	Owner         string `json:"owner,omitempty"`
-	TTL           string `json:"ttl"`
-	Name          string `json:"name"`
-	Create        bool   `json:"create"`
-	Balance       string `json:"balance,omitempty"`
-	Sticky        *bool  `json:"sticky,omitempty"`
-	ProxyProtocol string `json:"proxy_protocol,omitempty"`
-	HealthCheck   *bool  `json:"health_check,omitempty"`
-}
-
-// post registers (or refreshes) the backend on member idx.
-func (r *registrar) post(ctx context.Context, idx int) error {
-	body, err := json.Marshal(registerBody{
-		Address: r.cfg.Address, Port: r.cfg.BackendPort, Owner: r.cfg.Owner,
-		TTL: r.cfg.TTL.String(), Name: r.cfg.Name, Create: true,
-		Balance: r.cfg.Balance, Sticky: r.cfg.Sticky, ProxyProtocol: r.cfg.ProxyProtocol, HealthCheck: r.cfg.HealthCheck,
-	})
-	if err != nil {
-		return err
-	}
-	return r.send(ctx, idx, http.MethodPost, fmt.Sprintf("/v1/routes/%d/backends", r.cfg.FrontendPort), body)
-}
-
-// deregister removes the backend, trying every member in turn, pausing
-// between rounds, until one confirms or deregisterTimeout passes. A missing
-// backend, or a port that now belongs to another route, counts as done.
-func (r *registrar) deregister() {
-	ctx, cancel := context.WithTimeout(context.Background(), r.deregisterTimeout)
-	defer cancel()
-	p := fmt.Sprintf("/v1/routes/%d/backends/%s?name=%s", r.cfg.FrontendPort,
-		url.PathEscape(r.backendKey()), url.QueryEscape(r.cfg.Name))
-	var last error
-	for round := 0; ; round++ {
-		for i := range r.cfg.Members {
-			idx := (r.member + i) % len(r.cfg.Members)
-			err := r.send(ctx, idx, http.MethodDelete, p, nil)
-			var re *registerError
-			switch {
-			case err == nil:
-				r.log.Info("deregistered", "backend", r.backendKey(), "frontend_port", r.cfg.FrontendPort,
-					"member", r.cfg.Members[idx])
-				return
-			case errors.As(err, &re) && (re.status == http.StatusNotFound || re.status == http.StatusConflict):
-				r.log.Info("deregistered: backend already gone", "backend", r.backendKey(),
-					"frontend_port", r.cfg.FrontendPort, "member", r.cfg.Members[idx], "answer", re.msg)
-				return
-			case errors.As(err, &re) && !re.retryable():
-				r.log.Error("deregister refused; the lease will expire instead",
-					append([]any{"reason", err.Error()}, r.leaseAttrs()...)...)
-				return
-			}
-			last = err
-			if ctx.Err() != nil {
-				break
-			}
-		}
-		if ctx.Err() != nil || r.sleep(ctx, r.backoff(round, deregisterBackoffBase, deregisterBackoffCap)) != nil {
-			r.log.Error("deregister failed; the lease will expire instead",
-				append([]any{"reason", errString(last), "gave_up_after", r.deregisterTimeout}, r.leaseAttrs()...)...)
-			return
-		}
-	}
-}
-
-// leaseAttrs are log attributes for when the last accepted lease ends, if
-// there was one.
-func (r *registrar) leaseAttrs() []any {
-	if r.leaseEnd.IsZero() {
-		return nil
-	}
-	return []any{"lease_ends", r.leaseEnd.Format(time.RFC3339)}
-}
-
-// backendKey is the backend as the API names it: ip:port or [ipv6]:port.
-func (r *registrar) backendKey() string {
-	a, err := netip.ParseAddr(r.cfg.Address)
-	if err != nil {
-		return r.cfg.Address
-	}
-	return netip.AddrPortFrom(a, uint16(r.cfg.BackendPort)).String()
-}
-
-// send makes one request to member idx and turns anything but a 2xx into a
-// *registerError.
-func (r *registrar) send(ctx context.Context, idx int, method, p string, body []byte) error {
-	member := r.cfg.Members[idx]
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, member+p, rd)
-	if err != nil {
-		return &registerError{member: member, err: err}
-	}
-	req.Header.Set("Authorization", "Bearer "+r.cfg.Token)
-	req.Header.Set("User-Agent", "drawbridge-register/"+version)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := r.client.Do(req)
-	if err != nil {
-		// The *url.Error repeats method and URL; the member says enough.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return &registerError{member: member, err: err}
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode/100 == 2 {
-		return nil
-	}
-	msg := strings.TrimSpace(string(data))
-	var e struct {
-		Error string `json:"error"`
-	}
-	if json.Unmarshal(data, &e) == nil && e.Error != "" {
-		msg = e.Error
-	}
-	if len(msg) > 300 {
-		msg = msg[:300] + "…"
-	}
-	return &registerError{member: member, status: resp.StatusCode, msg: msg, port: r.cfg.FrontendPort}
-}
-
-// registerError is a failed request to one member: a transport error
-// (status 0) or an HTTP answer that is not 2xx.
-type registerError struct {
-	member string
-	status int
-	msg    string
-	port   int
-	err    error
-}
-
-// routeOwnerRE finds the owning route's name in a 409 answer.
-var routeOwnerRE = regexp.MustCompile(`belongs to route "([^"]*)"`)
-
-func (e *registerError) Error() string {
-	switch {
-	case e.status == 0:
-		return fmt.Sprintf("%s unreachable: %v", e.member, e.err)
-	case e.status == http.StatusConflict:
-		if m := routeOwnerRE.FindStringSubmatch(e.msg); m != nil {
-			return fmt.Sprintf("port %d owned by %q, another route (HTTP 409 from %s: %s)", e.port, m[1], e.member, e.msg)
-		}
-		return fmt.Sprintf("port %d owned by another route (HTTP 409 from %s: %s)", e.port, e.member, e.msg)
-	case e.status == http.StatusUnauthorized || e.status == http.StatusForbidden:
-		return fmt.Sprintf("token refused by %s (HTTP %d: %s): check DRAWBRIDGE_API_TOKEN / WEBHOOK_TOKEN", e.member, e.status, e.msg)
-	}
-	return fmt.Sprintf("HTTP %d from %s: %s", e.status, e.member, e.msg)
-}
-
-func (e *registerError) Unwrap() error { return e.err }
-
-// retryable reports whether another member, or a later attempt, may
-// succeed: the member was unreachable, failed (5xx), or asked to be retried.
-func (e *registerError) retryable() bool {
-	return e.status == 0 || e.status >= 500 ||
-		e.status == http.StatusRequestTimeout || e.status == http.StatusTooManyRequests
-}
-
-// kind groups failures for logging: a change of kind is a state change.
-func (e *registerError) kind() string {
-	if e.status == 0 {
-		return "unreachable"
-	}
-	return strconv.Itoa(e.status)
 }

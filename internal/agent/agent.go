@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -28,6 +27,7 @@ import (
 	"github.com/drawbridge-lb/drawbridge/cluster/floatingip"
 	"github.com/drawbridge-lb/drawbridge/fsm"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
+	"github.com/drawbridge-lb/drawbridge/internal/tlsutil"
 )
 
 // Deps are what the agent takes from its caller besides Config.
@@ -436,18 +436,11 @@ func loadGossipKey(g GossipConfig) ([]byte, error) {
 // newForwardClient returns the client that forwards writes to the leader's
 // API, trusting caFile's certificates when given (else the system roots).
 func newForwardClient(caFile string) (*http.Client, error) {
-	if caFile == "" {
-		return api.NewForwardClient(nil), nil
-	}
-	pem, err := os.ReadFile(caFile)
+	tc, err := tlsutil.ClientConfig(caFile, false)
 	if err != nil {
-		return nil, fmt.Errorf("read api.forward_ca_file: %w", err)
+		return nil, fmt.Errorf("api.forward_ca_file: %w", err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("api.forward_ca_file %s holds no certificates", caFile)
-	}
-	return api.NewForwardClient(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}), nil
+	return api.NewForwardClient(tc), nil
 }
 
 // holdTimeout maps api.hold_timeout onto api.Config, where 0 means the

@@ -1,0 +1,327 @@
+// Package client is a Go client of drawbridge's HTTP API, for programs that
+// manage routes (the CLI, the Kubernetes controller) and for the sidecar
+// that keeps one backend registered (Registrar).
+//
+// A Client knows every member of the cluster. Each request goes first to the
+// member that answered last; a member that cannot be reached, or answers
+// 5xx, 408 or 429, passes the request to the next one, and any other answer
+// (2xx, or a refusal such as 401, 404 or 409) ends it. Any node accepts
+// writes (followers forward them to the leader), so failing over needs no
+// leader discovery. Retrying after every member failed, with backoff, is
+// the caller's choice: Registrar does it.
+//
+// The token is sent as "Authorization: Bearer" on every request and never
+// logged or put in an error.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/tlsutil"
+)
+
+// DefaultTimeout bounds one request to one member when Config.Timeout is
+// zero, so a member that accepts connections but never answers is failed
+// over.
+const DefaultTimeout = 10 * time.Second
+
+// maxAnswerBytes bounds an answer read into memory (a snapshot is the
+// largest; the API bounds it well below this).
+const maxAnswerBytes = 64 << 20
+
+// Config configures a Client.
+type Config struct {
+	// Members are base URLs of drawbridge nodes ("https://edge-1:9000"),
+	// tried in order. A member without a scheme is http://; a trailing
+	// slash is dropped. At least one is required.
+	Members []string
+	// Token authenticates every request. Required; never logged.
+	Token string
+	// CAFile verifies HTTPS members (default: the system roots).
+	CAFile string
+	// InsecureSkipVerify does not verify members' certificates: an
+	// operator's explicit choice for labs, never a default.
+	InsecureSkipVerify bool
+	// Timeout bounds one request to one member (default DefaultTimeout).
+	Timeout time.Duration
+	// UserAgent is sent with every request (default "drawbridge-client").
+	UserAgent string
+	// HTTPClient, when set, carries the requests instead of a client built
+	// from CAFile, InsecureSkipVerify and Timeout.
+	HTTPClient *http.Client
+	// Logger receives failover messages ("switched member" at info,
+	// "member failed" at debug); nil discards them.
+	Logger *slog.Logger
+}
+
+// Client talks to a drawbridge cluster. It is safe for concurrent use.
+type Client struct {
+	members []string
+	token   string
+	ua      string
+	http    *http.Client
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	member int // index of the member that answered last
+}
+
+// New checks cfg and returns a Client. It contacts nobody.
+func New(cfg Config) (*Client, error) {
+	if len(cfg.Members) == 0 {
+		return nil, errors.New("client: no members")
+	}
+	if cfg.Token == "" {
+		return nil, errors.New("client: no token")
+	}
+	members := make([]string, len(cfg.Members))
+	for i, m := range cfg.Members {
+		base, err := MemberURL(m)
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		members[i] = base
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		timeout := cfg.Timeout
+		if timeout <= 0 {
+			timeout = DefaultTimeout
+		}
+		tc, err := tlsutil.ClientConfig(cfg.CAFile, cfg.InsecureSkipVerify)
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		if tc != nil {
+			tr.TLSClientConfig = tc
+		}
+		hc = &http.Client{Timeout: timeout, Transport: tr}
+	}
+	ua := cfg.UserAgent
+	if ua == "" {
+		ua = "drawbridge-client"
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Client{members: members, token: cfg.Token, ua: ua, http: hc, log: logger}, nil
+}
+
+// MemberURL checks a member's base URL and returns it canonical: a scheme
+// (http:// when none is given), a host, no trailing slash, no query.
+func MemberURL(s string) (string, error) {
+	s = strings.TrimRight(strings.TrimSpace(s), "/")
+	if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("member %q is not a base URL like https://edge-1.example.com:9000", s)
+	}
+	return s, nil
+}
+
+// Members returns the members' base URLs in order.
+func (c *Client) Members() []string { return append([]string(nil), c.members...) }
+
+// Member returns the base URL of the member that answered last (the first
+// one before any answered).
+func (c *Client) Member() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[c.member]
+}
+
+func (c *Client) current() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.member
+}
+
+// Do sends one request, failing over between members (see the package
+// documentation). path is the API path with its query ("/v1/routes/25565").
+// in, when not nil, is sent as JSON (a json.RawMessage as it is); a 2xx
+// answer is decoded into out when out is not nil (a *json.RawMessage
+// receives the answer as it came). Any other answer is an *Error; when
+// every member failed, the error wraps each member's *Error.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body []byte
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
+		}
+		body = b
+	}
+	data, err := c.Try(ctx, method, path, body)
+	if err != nil || out == nil {
+		return err
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = append((*raw)[:0], data...)
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// Try sends body (nil: none) to the members in turn, from the one that
+// answered last, and returns the first 2xx answer's body or the error that
+// ended the walk. It is Do without JSON.
+func (c *Client) Try(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+	n := len(c.members)
+	start := c.current()
+	var errs []error
+	var last error
+	for i := range n {
+		idx := (start + i) % n
+		data, err := c.Send(ctx, idx, method, path, body)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var e *Error
+		if err == nil || (errors.As(err, &e) && !e.Retryable()) {
+			if idx != start {
+				c.log.Info("switched member", "from", c.members[start], "to", c.members[idx],
+					"reason", errString(last))
+				c.mu.Lock()
+				c.member = idx
+				c.mu.Unlock()
+			}
+			return data, err
+		}
+		c.log.Debug("member failed", "member", c.members[idx], "err", err)
+		errs = append(errs, err)
+		last = err
+	}
+	if len(errs) > 1 {
+		// Every member failed: say why for each. Wrapping keeps each
+		// *Error reachable for errors.As.
+		last = fmt.Errorf("all %d members failed: "+strings.TrimSuffix(strings.Repeat("%w; ", len(errs)), "; "),
+			append([]any{len(errs)}, anySlice(errs)...)...)
+	}
+	return nil, last
+}
+
+// Send makes one request to member idx (an index into Members) and returns
+// a 2xx answer's body; anything else is an *Error. It does not fail over.
+func (c *Client) Send(ctx context.Context, idx int, method, path string, body []byte) ([]byte, error) {
+	member := c.members[idx]
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, member+path, rd)
+	if err != nil {
+		return nil, &Error{Member: member, Err: err}
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("User-Agent", c.ua)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// The *url.Error repeats method and URL; the member says enough.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, &Error{Member: member, Err: err}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
+	if resp.StatusCode/100 == 2 {
+		if err != nil {
+			return nil, &Error{Member: member, Err: fmt.Errorf("read answer: %w", err)}
+		}
+		return data, nil
+	}
+	msg := strings.TrimSpace(string(data))
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	if len(msg) > 300 {
+		msg = msg[:300] + "…"
+	}
+	return nil, &Error{Member: member, Status: resp.StatusCode, Message: msg}
+}
+
+// Error is a failed request to one member: a transport error (Status 0,
+// Err set) or an answer that is not 2xx (Status and the API's message).
+type Error struct {
+	// Member is the base URL of the member asked.
+	Member string
+	// Status is the HTTP status, 0 when the member was not reached.
+	Status int
+	// Message is the API's error message (at most 300 bytes).
+	Message string
+	// Err is the transport error when Status is 0.
+	Err error
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	if e.Status == 0 {
+		return fmt.Sprintf("%s unreachable: %v", e.Member, e.Err)
+	}
+	return fmt.Sprintf("HTTP %d from %s: %s", e.Status, e.Member, e.Message)
+}
+
+// Unwrap returns the transport error.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Retryable reports whether another member, or a later attempt, may
+// succeed: the member was unreachable, failed (5xx), or asked to be retried
+// (408, 429).
+func (e *Error) Retryable() bool {
+	return e.Status == 0 || e.Status >= 500 ||
+		e.Status == http.StatusRequestTimeout || e.Status == http.StatusTooManyRequests
+}
+
+// StatusOf returns the HTTP status of the *Error in err's chain, 0 when
+// there is none or the member was not reached.
+func StatusOf(err error) int {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return 0
+}
+
+func anySlice(errs []error) []any {
+	out := make([]any, len(errs))
+	for i, e := range errs {
+		out[i] = e
+	}
+	return out
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// portPath is /v1/routes/{port}.
+func portPath(port int) string { return "/v1/routes/" + strconv.Itoa(port) }
