@@ -44,6 +44,14 @@ bench: build ## Run the benchmarks and print the figures
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./fsm ./haproxy ./cluster
 	$(GO) run ./scripts/bench -bin $(BIN)
 
+.PHONY: bench-scale
+bench-scale: haproxy build ## 1k/5k/10k routes on one node, old path beside the dynamic range (a few minutes)
+	$(GO) run ./scripts/bench -bin $(BIN) -mode scale
+
+.PHONY: bench-longlived
+bench-longlived: haproxy build ## 2,000 routes, 12 changes with long-lived connections open: HAProxy processes and memory per path
+	$(GO) run ./scripts/bench -bin $(BIN) -mode longlived
+
 .PHONY: fuzz
 fuzz: ## Fuzz the renderer for a minute
 	$(GO) test -run '^$$' -fuzz FuzzRenderEscapes -fuzztime 60s ./haproxy

@@ -649,6 +649,9 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	rendered, lay, renderErr := render(s, kept, nil, m.rangeHoles())
 	hash := rendered.Hash()
 	renderTook := time.Since(rStart)
+	if m.metrics != nil {
+		m.metrics.renderDuration.Observe(renderTook.Seconds())
+	}
 	if renderErr != nil {
 		m.log.Warn("render left out values", "index", index, "err", renderErr)
 	}

@@ -15,6 +15,7 @@ type metrics struct {
 	reloadFailures     prometheus.Counter
 	reloadDuration     prometheus.Histogram
 	validationDuration prometheus.Histogram
+	renderDuration     prometheus.Histogram
 	validationFailures prometheus.Counter
 	running            prometheus.Gauge
 	workerRSS          prometheus.Gauge
@@ -54,6 +55,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drawbridge_haproxy_validation_duration_seconds", Help: "Duration of haproxy -c.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
+		renderDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "drawbridge_haproxy_render_duration_seconds", Help: "Duration of rendering the whole configuration before a check and reload.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
 		validationFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "drawbridge_haproxy_validation_failures_total", Help: "Rendered configurations haproxy -c rejected.",
 		}),
@@ -83,7 +88,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.reloads, m.runtimeUpdates, m.runtimeDuration, m.reloadFailures, m.reloadDuration,
-		m.validationDuration, m.validationFailures, m.running, m.appliedIndex,
+		m.validationDuration, m.renderDuration, m.validationFailures, m.running, m.appliedIndex,
 		m.workerRSS, m.oldWorkers, m.oldWorkerConns, m.oldWorkersRSS, m.oldWorkersStopped, m.oldWorkerConnsClosed} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register haproxy metrics: %w", err)

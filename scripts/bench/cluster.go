@@ -27,7 +27,8 @@ func startCluster(bin string) ([]*agent, error) {
 		if err != nil {
 			return nil, err
 		}
-		a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort())}
+		a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort()),
+			env: []string{"DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS=" + dynamicRange}}
 		a.args = []string{"agent", "--node-name", fmt.Sprintf("edge-%d", i+1), "--data-dir", dir,
 			"--api-addr", a.api, "--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort()),
 			"--gossip-addr", gossip[i], "--bootstrap-expect", "3",
@@ -136,12 +137,35 @@ func runCluster(bin string) error {
 	fmt.Printf("sustained writes, 64 clients to random nodes: %.0f committed writes/s (%d ok, %d failed in %v)\n",
 		float64(ok.Load())/elapsed.Seconds(), ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
 
-	// Webhook -> live on all three HAProxies, posted to random nodes.
+	// Webhook -> live on all three HAProxies, posted to random nodes, on
+	// each path.
+	for _, path := range []benchPath{oldPath(), newPath()} {
+		fmt.Printf("-- %s\n", path.label)
+		if err := clusterLive(agents, path, bport); err != nil {
+			return err
+		}
+		leader := leaderOf(agents)
+		if leader == nil {
+			return fmt.Errorf("no leader")
+		}
+		if err := breakdown(leader, agents, path, bport, 20); err != nil {
+			return err
+		}
+	}
+	return clusterKill(bin, agents, ports)
+}
+
+// clusterLive times webhook -> live on all three HAProxies.
+func clusterLive(agents []*agent, path benchPath, bport int) error {
 	var lat []time.Duration
-	for i, port := range freePorts(50) {
+	var reloads0 uint64
+	for _, a := range agents {
+		reloads0 += a.reloads()
+	}
+	for i, port := range path.ports(50) {
 		a := agents[i%3]
 		t0 := time.Now()
-		code, err := a.hook(fmt.Sprintf("live-%d", i), port, bport)
+		code, err := a.hook(fmt.Sprintf("%s-live-%d", path.name, i), port, bport)
 		if err != nil || code != 200 {
 			return fmt.Errorf("add %d: %d %v", i, code, err)
 		}
@@ -157,8 +181,17 @@ func runCluster(bin string) error {
 		}
 		lat = append(lat, time.Since(t0))
 	}
-	fmt.Printf("webhook -> route live on all three HAProxies, 50 sequential adds: p50 %v  p99 %v  max %v\n",
-		pct(lat, .5).Round(time.Millisecond), pct(lat, .99).Round(time.Millisecond), slices.Max(lat).Round(time.Millisecond))
+	var reloads uint64
+	for _, a := range agents {
+		reloads += a.reloads()
+	}
+	fmt.Printf("webhook -> route live on all three HAProxies, 50 sequential adds: p50 %s  p99 %s  max %s  (%d HAProxy reloads on the three nodes)\n",
+		ms(pct(lat, .5)), ms(pct(lat, .99)), ms(slices.Max(lat)), reloads-reloads0)
+	return nil
+}
+
+// clusterKill times leader kill -9 -> first committed write, three times.
+func clusterKill(bin string, agents []*agent, ports []int) error {
 
 	// Leader kill -9 -> first committed write, three times.
 	var kills []time.Duration

@@ -1,7 +1,14 @@
 // Command bench measures drawbridge end to end with the built binary: a dev
 // agent with its own HAProxy on loopback, a local TCP backend, and webhook
 // posts timed until the route answers through HAProxy. It prints figures; it
-// asserts nothing. Run it with `make bench`.
+// asserts nothing. Run it with `make bench` (modes single and cluster),
+// `make bench-scale` (mode scale) and `make bench-longlived` (mode
+// longlived).
+//
+// Every figure of a route change is measured twice in the same run: on
+// ports outside the dynamic range (the path every route took before it:
+// render, haproxy -c, reload) and on ports inside it (runtime API, no
+// reload).
 package main
 
 import (
@@ -32,8 +39,25 @@ func main() {
 	seq := flag.Int("sequential", 100, "sequential adds")
 	conc := flag.Int("concurrent", 500, "adds in the concurrent run")
 	clients := flag.Int("clients", 32, "concurrent clients")
-	mode := flag.String("mode", "all", "single, cluster or all")
+	mode := flag.String("mode", "all", "single, cluster, all (single and cluster), scale or longlived")
+	flag.StringVar(&dynamicRange, "dynamic", dynamicRange, "haproxy.dynamic_ports of the agents (the new path's ports)")
+	sizes := flag.String("sizes", "1000,5000,10000", "route counts of -mode scale")
 	flag.Parse()
+	raiseNoFile()
+	switch *mode {
+	case "scale":
+		if err := runScale(*bin, *sizes); err != nil {
+			fmt.Fprintln(os.Stderr, "bench scale:", err)
+			os.Exit(1)
+		}
+		return
+	case "longlived":
+		if err := runLongLived(*bin); err != nil {
+			fmt.Fprintln(os.Stderr, "bench longlived:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *mode == "single" || *mode == "all" {
 		if err := run(*bin, *seq, *conc, *clients); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -52,8 +76,37 @@ type agent struct {
 	dir  string
 	api  string
 	args []string
+	env  []string
 	cmd  *exec.Cmd
-	logs bytes.Buffer
+	logs syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer the agent's output goroutines and the bench
+// may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b.Len() > 1<<20 {
+		s.b.Reset() // keep the tail only
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
 }
 
 func freePort() int {
@@ -65,12 +118,13 @@ func freePort() int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func startAgent(bin string) (*agent, error) {
+// startAgent starts a dev agent; env adds DRAWBRIDGE_* settings.
+func startAgent(bin string, env ...string) (*agent, error) {
 	dir, err := os.MkdirTemp("", "drawbridge-bench-")
 	if err != nil {
 		return nil, err
 	}
-	a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort())}
+	a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort()), env: env}
 	a.args = []string{"agent", "--dev", "--data-dir", dir, "--node-name", "bench",
 		"--api-addr", a.api,
 		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort()),
@@ -88,7 +142,7 @@ func startAgent(bin string) (*agent, error) {
 func (a *agent) launch(bin string) error {
 	a.logs.Reset()
 	a.cmd = exec.Command(bin, a.args...)
-	a.cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token)
+	a.cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token), a.env...)
 	a.cmd.Stdout, a.cmd.Stderr = &a.logs, &a.logs
 	return a.cmd.Start()
 }
@@ -262,18 +316,30 @@ func freePorts(n int) []int {
 func run(bin string, seq, conc, clients int) error {
 	bport, stopBackend := startBackend()
 	defer stopBackend()
-	a, err := startAgent(bin)
+	a, err := startAgent(bin, "DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS="+dynamicRange)
 	if err != nil {
 		return err
 	}
 	defer a.stop()
 
-	fmt.Printf("drawbridge end-to-end benchmark (single dev node, HAProxy master-worker, loopback)\n")
+	fmt.Printf("drawbridge end-to-end benchmark (single dev node, HAProxy master-worker, loopback; dynamic range %s)\n", dynamicRange)
+	for _, path := range []benchPath{oldPath(), newPath()} {
+		fmt.Printf("\n-- %s\n", path.label)
+		if err := runPath(a, path, bport, seq, conc, clients); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runPath runs the single-node figures on one path's ports.
+func runPath(a *agent, path benchPath, bport, seq, conc, clients int) error {
 	// Sequential: post, then time until a connection through HAProxy works.
 	var lat []time.Duration
-	for i, port := range freePorts(seq) {
+	reloads0 := a.reloads()
+	for i, port := range path.ports(seq) {
 		start := time.Now()
-		code, err := a.hook(fmt.Sprintf("seq-%d", i), port, bport)
+		code, err := a.hook(fmt.Sprintf("%s-seq-%d", path.name, i), port, bport)
 		if err != nil || code != 200 {
 			return fmt.Errorf("sequential add %d: %d %v", i, code, err)
 		}
@@ -282,12 +348,16 @@ func run(bin string, seq, conc, clients int) error {
 		}
 		lat = append(lat, time.Since(start))
 	}
-	fmt.Printf("webhook -> route live, %d sequential adds: p50 %v  p99 %v  max %v\n",
-		seq, pct(lat, .5).Round(time.Millisecond), pct(lat, .99).Round(time.Millisecond), slices.Max(lat).Round(time.Millisecond))
+	fmt.Printf("webhook -> route live, %d sequential adds: p50 %v  p99 %v  max %v  (%d HAProxy reloads)\n",
+		seq, ms(pct(lat, .5)), ms(pct(lat, .99)), ms(slices.Max(lat)), a.reloads()-reloads0)
+
+	if err := breakdown(a, []*agent{a}, path, bport, 20); err != nil {
+		return err
+	}
 
 	// Concurrent: many clients post at once; count reloads, check every 2xx goes live.
 	before := a.reloads()
-	ports := freePorts(conc)
+	ports := path.ports(conc)
 	var mu sync.Mutex
 	var acked []int
 	var failures int
@@ -299,7 +369,7 @@ func run(bin string, seq, conc, clients int) error {
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				code, err := a.hook(fmt.Sprintf("conc-%d", i), ports[i], bport)
+				code, err := a.hook(fmt.Sprintf("%s-conc-%d", path.name, i), ports[i], bport)
 				mu.Lock()
 				if err == nil && code == 200 {
 					acked = append(acked, ports[i])
