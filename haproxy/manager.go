@@ -82,6 +82,11 @@ type Status struct {
 	LastErrorAt time.Time
 	FailedPorts []PortFailure
 
+	// DynamicPorts is the range served through the runtime API (empty: none).
+	DynamicPorts PortRange
+	// RuntimeUpdates counts changes applied through the runtime API.
+	RuntimeUpdates uint64
+
 	// Workers measures the current and old workers (every HealthInterval).
 	Workers WorkerStats
 }
@@ -243,6 +248,7 @@ func (m *Manager) start(ctx context.Context) error {
 	}
 	m.update(func(s *Status) {
 		s.Running, s.MasterPID, s.Adopted, s.Version = true, p.MasterPID, adopted, p.Version
+		s.DynamicPorts, s.Workers.BudgetBytes = m.cfg.Settings.DynamicPorts, m.cfg.OldWorkersMaxBytes
 		s.ConfigHash = m.appliedHash
 	})
 	m.metrics.setRunning(true)
@@ -632,6 +638,7 @@ func (m *Manager) applyFast(ctx context.Context, index uint64, kept []Frontend, 
 	m.running, m.runLayout, m.appliedHash = kept, plan.layout, ""
 	m.scheduleFiles(m.gen, kept, plan.layout)
 	took := time.Since(start)
+	m.update(func(s *Status) { s.RuntimeUpdates++ })
 	if m.metrics != nil {
 		m.metrics.runtimeUpdates.Inc()
 		m.metrics.runtimeDuration.Observe(took.Seconds())
@@ -708,6 +715,15 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	reloadStart := time.Now()
 	err = m.reload(ctx)
 	took := time.Since(reloadStart)
+	if err != nil && ctx.Err() != nil {
+		// Stopping while the reload was being confirmed: the master may
+		// well run the new file. Keep it and runtime.pending, so the next
+		// manager trusts neither and reloads with the route table; putting
+		// last-good back would make it think the new ports are not ours.
+		m.running, m.runLayout, m.appliedHash = nil, nil, ""
+		m.log.Warn("stopped while confirming a reload; the next start reloads", "index", index, "err", err)
+		return
+	}
 	if err != nil {
 		if m.metrics != nil {
 			m.metrics.reloadFailures.Inc()

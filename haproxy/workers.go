@@ -42,6 +42,8 @@ type WorkerStats struct {
 	// memory budget stopped and the connections they held.
 	OldWorkersStopped    uint64
 	OldWorkerConnsClosed uint64
+	// BudgetBytes is Config.OldWorkersMaxBytes (0: no budget).
+	BudgetBytes uint64
 }
 
 // procRSS returns the resident memory of pid in bytes (0 when unknown).
