@@ -62,6 +62,27 @@ type HAProxyStatus struct {
 	// FailedPorts are routes HAProxy could not bind on this node (for
 	// example a port another process holds); `haproxy -c` cannot see those.
 	FailedPorts []FailedPort `json:"failed_ports,omitempty"`
+	// DynamicPorts is the range whose routes change without a reload ("" when off).
+	DynamicPorts string `json:"dynamic_ports,omitempty"`
+	// RuntimeUpdates counts changes applied through the runtime API, no reload.
+	RuntimeUpdates uint64 `json:"runtime_updates"`
+	// Workers measures the current worker and the old workers reloads left.
+	Workers WorkerStatus `json:"workers"`
+}
+
+// WorkerStatus is the memory and connections of HAProxy's workers. Old
+// workers are left from reloads and live as long as their connections (up
+// to hard-stop-after, or until the memory budget stops them).
+type WorkerStatus struct {
+	WorkerResidentBytes     uint64 `json:"worker_resident_bytes"`
+	OldWorkers              int    `json:"old_workers"`
+	OldWorkerConnections    int    `json:"old_worker_connections"`
+	OldWorkersResidentBytes uint64 `json:"old_workers_resident_bytes"`
+	// OldWorkersBudgetBytes is haproxy.old_workers_max_mb (0: no budget).
+	OldWorkersBudgetBytes uint64 `json:"old_workers_budget_bytes"`
+	// OldWorkersStopped and OldWorkerConnectionsClosed count what the budget stopped.
+	OldWorkersStopped          uint64 `json:"old_workers_stopped"`
+	OldWorkerConnectionsClosed uint64 `json:"old_worker_connections_closed"`
 }
 
 // FailedPort is one route this node's HAProxy could not serve.

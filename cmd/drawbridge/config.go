@@ -67,6 +67,8 @@ var defaults = map[string]any{
 	"haproxy.max_delay":                   "250ms",
 	"haproxy.timeout_client":              "1h",
 	"haproxy.timeout_server":              "1h",
+	"haproxy.dynamic_ports":               "30000-32767",
+	"haproxy.old_workers_max_mb":          256,
 	"routes.deny_ports":                   []string{},
 	"floating_ip.provider":                "none",
 	"floating_ip.address":                 "",

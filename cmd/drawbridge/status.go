@@ -67,5 +67,20 @@ func printStatus(w io.Writer, st api.Status) error {
 	for _, f := range h.FailedPorts {
 		fmt.Fprintf(tw, "not served\tport %d (%s): %s\n", f.Port, f.Name, f.Error)
 	}
+	if h.DynamicPorts != "" {
+		fmt.Fprintf(tw, "dynamic ports\t%s: changes without a reload (%d so far)\n", h.DynamicPorts, h.RuntimeUpdates)
+	}
+	if h.Running {
+		wk := h.Workers
+		budget := "no budget"
+		if wk.OldWorkersBudgetBytes > 0 {
+			budget = fmt.Sprintf("budget %d MB", wk.OldWorkersBudgetBytes>>20)
+		}
+		fmt.Fprintf(tw, "workers\tcurrent %d MB; %d old workers holding %d connections, %d MB (%s)\n",
+			wk.WorkerResidentBytes>>20, wk.OldWorkers, wk.OldWorkerConnections, wk.OldWorkersResidentBytes>>20, budget)
+		if wk.OldWorkersStopped > 0 {
+			fmt.Fprintf(tw, "budget stops\t%d old workers stopped, %d connections closed\n", wk.OldWorkersStopped, wk.OldWorkerConnectionsClosed)
+		}
+	}
 	return tw.Flush()
 }

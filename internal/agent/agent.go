@@ -385,6 +385,10 @@ func PIDFile(dataDir string) string { return filepath.Join(dataDir, "agent.pid")
 
 // newHAProxyManager builds the HAProxy manager from the config.
 func newHAProxyManager(cfg *Config, logger *slog.Logger, reg prometheus.Registerer) (*haproxy.Manager, error) {
+	dynamic, err := cfg.HAProxy.DynamicRange()
+	if err != nil {
+		return nil, fmt.Errorf("haproxy.dynamic_ports: %w", err)
+	}
 	return haproxy.NewManager(haproxy.Config{
 		Bin: cfg.HAProxy.Bin,
 		Dir: cfg.HAProxy.Dir,
@@ -396,11 +400,13 @@ func newHAProxyManager(cfg *Config, logger *slog.Logger, reg prometheus.Register
 			TimeoutClient: cfg.HAProxy.TimeoutClient,
 			TimeoutServer: cfg.HAProxy.TimeoutServer,
 			StatsSocket:   filepath.Join(cfg.HAProxy.Dir, "admin.sock"),
+			DynamicPorts:  dynamic,
 		},
-		QuietWindow: cfg.HAProxy.QuietWindow,
-		MaxDelay:    cfg.HAProxy.MaxDelay,
-		Logger:      logger,
-		Registerer:  reg,
+		OldWorkersMaxBytes: uint64(cfg.HAProxy.OldWorkersMaxMB) << 20,
+		QuietWindow:        cfg.HAProxy.QuietWindow,
+		MaxDelay:           cfg.HAProxy.MaxDelay,
+		Logger:             logger,
+		Registerer:         reg,
 	})
 }
 

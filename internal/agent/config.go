@@ -16,6 +16,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/cluster"
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/haproxy"
 )
 
 // Node roles (see cluster.RoleEdge / cluster.RoleWitness).
@@ -119,6 +120,22 @@ type HAProxyConfig struct {
 	MaxDelay      time.Duration `mapstructure:"max_delay"`
 	TimeoutClient time.Duration `mapstructure:"timeout_client"`
 	TimeoutServer time.Duration `mapstructure:"timeout_server"`
+	// DynamicPorts ("FIRST-LAST", or "off") is the port range one
+	// pre-bound frontend serves: routes in it are added, changed and
+	// removed through HAProxy's runtime API, never by a reload.
+	DynamicPorts string `mapstructure:"dynamic_ports"`
+	// OldWorkersMaxMB is the memory budget of HAProxy workers left from
+	// reloads (serving their long-lived connections): above it the oldest
+	// are stopped. 0 turns it off (only hard_stop_after bounds them).
+	OldWorkersMaxMB int `mapstructure:"old_workers_max_mb"`
+}
+
+// DynamicRange parses haproxy.dynamic_ports ("off" and "" are empty).
+func (h HAProxyConfig) DynamicRange() (haproxy.PortRange, error) {
+	if h.DynamicPorts == "off" {
+		return haproxy.PortRange{}, nil
+	}
+	return haproxy.ParsePortRange(h.DynamicPorts)
 }
 
 // RoutesConfig holds route policy.
@@ -285,6 +302,12 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddr(c.HAProxy.BindAddress); err != nil {
 			errs = append(errs, fmt.Errorf("haproxy.bind_address %q is not an IP address (leave it empty to bind all addresses)", c.HAProxy.BindAddress))
 		}
+	}
+	if _, err := c.HAProxy.DynamicRange(); err != nil {
+		errs = append(errs, fmt.Errorf("haproxy.dynamic_ports: %w (or \"off\")", err))
+	}
+	if c.HAProxy.OldWorkersMaxMB < 0 {
+		errs = append(errs, errors.New("haproxy.old_workers_max_mb must not be negative (0 = no budget)"))
 	}
 	if (c.API.TLSCertFile == "") != (c.API.TLSKeyFile == "") {
 		errs = append(errs, errors.New("api.tls_cert_file and api.tls_key_file must be set together"))

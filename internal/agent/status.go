@@ -89,6 +89,18 @@ func (s *nodeInfo) Status() api.Status {
 		LastReloadAt: hs.LastReloadAt,
 		LastError:    hs.LastError,
 		LastErrorAt:  hs.LastErrorAt,
+
+		DynamicPorts:   hs.DynamicPorts.String(),
+		RuntimeUpdates: hs.RuntimeUpdates,
+		Workers: api.WorkerStatus{
+			WorkerResidentBytes:        hs.Workers.WorkerRSS,
+			OldWorkers:                 hs.Workers.OldWorkers,
+			OldWorkerConnections:       hs.Workers.OldWorkerConns,
+			OldWorkersResidentBytes:    hs.Workers.OldWorkersRSS,
+			OldWorkersBudgetBytes:      hs.Workers.BudgetBytes,
+			OldWorkersStopped:          hs.Workers.OldWorkersStopped,
+			OldWorkerConnectionsClosed: hs.Workers.OldWorkerConnsClosed,
+		},
 	}
 	for _, f := range hs.FailedPorts {
 		st.HAProxy.FailedPorts = append(st.HAProxy.FailedPorts, api.FailedPort{Port: f.Port, Name: f.Name, Error: f.Error})
