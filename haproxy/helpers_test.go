@@ -3,6 +3,7 @@ package haproxy
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -152,4 +153,10 @@ func route(port int, name string, backends ...int) Frontend {
 		fe.Servers = append(fe.Servers, Server{Address: "127.0.0.1", Port: b})
 	}
 	return fe
+}
+
+// waitServed waits until index is live except for routes held back.
+func waitServed(tb testing.TB, m *Manager, index uint64) {
+	tb.Helper()
+	eventually(tb, 15*time.Second, fmt.Sprintf("index %d served", index), func() bool { return m.Status().ServedIndex >= index })
 }

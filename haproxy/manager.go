@@ -52,8 +52,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
-// PortFailure is a frontend held back because its port could not be bound
-// on this node (typically another process listens on it).
+// PortFailure is a frontend held back: its port could not be bound on this
+// node (typically another process listens on it), or the reload that would
+// add it failed (Error says which, and why) while the rest of the table was
+// applied without it.
 type PortFailure struct {
 	Port  int
 	Name  string
@@ -67,11 +69,16 @@ type Status struct {
 	Adopted   bool // the master was already running when Start was called
 	Version   string
 
-	// AppliedIndex is the index of the latest submission that is live,
-	// possibly without frontends held back (see FailedPorts).
+	// AppliedIndex is the index of the latest submission that is live in
+	// full: every route of it is served. A submission with routes held back
+	// (FailedPorts) does not count as applied.
 	AppliedIndex uint64
-	ConfigHash   string // Hash of the live haproxy.cfg
-	AppliedAt    time.Time
+	// ServedIndex is the index of the latest submission that is live
+	// except for the routes held back in FailedPorts (equal to AppliedIndex
+	// when none are).
+	ServedIndex uint64
+	ConfigHash  string // Hash of the live haproxy.cfg
+	AppliedAt   time.Time
 
 	Reloads            uint64
 	LastReloadAt       time.Time
@@ -135,8 +142,14 @@ type Manager struct {
 	// runLayout is the slot layout of the dynamic range in the live worker
 	// (nil when unknown or without a range).
 	runLayout *layout
-	retry     bool   // re-apply desired on the next retry tick
-	gen       uint64 // bumped on every change of what the worker serves
+	retry     bool // re-apply desired on the next retry tick
+	// reloadHeld are new frontends (by port) held back because the reload
+	// that added them failed, with the reason; until reloadHeldUntil they
+	// are left out up front, so later changes apply without retrying the
+	// failing reload each time.
+	reloadHeld      map[int]string
+	reloadHeldUntil time.Time
+	gen             uint64 // bumped on every change of what the worker serves
 
 	// fileMu serialises installing haproxy.cfg, the map and the state
 	// file: the apply loop (before a reload) and the file writer that
@@ -596,10 +609,85 @@ func (m *Manager) apply(ctx context.Context, sub *submission) {
 		return
 	}
 	kept, failed := m.probe(sub.fes)
+	kept, failed = m.skipReloadHeld(kept, failed)
 	if m.applyFast(ctx, sub.index, kept, failed) {
 		return
 	}
-	m.applyFull(ctx, sub.index, kept, failed)
+	err := m.applyFull(ctx, sub.index, kept, failed)
+	var rejected *rejectedError
+	if !errors.As(err, &rejected) || ctx.Err() != nil {
+		return
+	}
+	// The check or reload failed. Frontends the live worker already serves
+	// (with their new servers, and without the deleted ones) can still
+	// change: hold back the new ones and apply the rest, so one change
+	// that cannot be applied does not stall every later one.
+	safe, held := m.splitNew(kept)
+	if len(held) == 0 {
+		return
+	}
+	reason := "held back: the reload adding it failed: " + truncateText(err.Error(), 300)
+	if m.reloadHeld == nil {
+		m.reloadHeld = map[int]string{}
+	}
+	for _, fe := range held {
+		m.reloadHeld[fe.Port] = reason
+		failed = append(failed, PortFailure{Port: fe.Port, Name: fe.Name, Error: reason})
+	}
+	m.reloadHeldUntil = time.Now().Add(m.reloadBackoff())
+	slices.SortFunc(failed, func(a, b PortFailure) int { return a.Port - b.Port })
+	m.log.Warn("applying the table without the routes the failed reload would add", "index", sub.index,
+		"held_back", len(held), "retry_in", m.reloadBackoff())
+	if !m.applyFast(ctx, sub.index, safe, failed) {
+		_ = m.applyFull(ctx, sub.index, safe, failed)
+	}
+	m.retry = true
+}
+
+// rejectedError is a configuration haproxy -c refused, or a reload that
+// failed: what a smaller table may still get past.
+type rejectedError struct{ err error }
+
+func (e *rejectedError) Error() string { return e.err.Error() }
+func (e *rejectedError) Unwrap() error { return e.err }
+
+// reloadBackoff is how long frontends whose reload failed stay held back
+// before a reload with them is tried again.
+func (m *Manager) reloadBackoff() time.Duration { return 10 * m.cfg.RetryInterval }
+
+// skipReloadHeld moves the frontends held back by a failed reload from kept
+// to failed while their backoff lasts; after it, they are tried again.
+func (m *Manager) skipReloadHeld(kept []Frontend, failed []PortFailure) ([]Frontend, []PortFailure) {
+	if len(m.reloadHeld) == 0 {
+		return kept, failed
+	}
+	if !time.Now().Before(m.reloadHeldUntil) {
+		m.reloadHeld = nil
+		return kept, failed
+	}
+	out := kept[:0:0]
+	for _, fe := range kept {
+		if reason, ok := m.reloadHeld[fe.Port]; ok {
+			failed = append(failed, PortFailure{Port: fe.Port, Name: fe.Name, Error: reason})
+			continue
+		}
+		out = append(out, fe)
+	}
+	slices.SortFunc(failed, func(a, b PortFailure) int { return a.Port - b.Port })
+	return out, failed
+}
+
+// splitNew splits fes into those whose port the live configuration binds
+// already and the new ones.
+func (m *Manager) splitNew(fes []Frontend) (existing, added []Frontend) {
+	for _, fe := range fes {
+		if m.served[fe.Port] {
+			existing = append(existing, fe)
+		} else {
+			added = append(added, fe)
+		}
+	}
+	return existing, added
 }
 
 // applyFast makes the change through the runtime API when it can, and
@@ -650,7 +738,9 @@ func (m *Manager) applyFast(ctx context.Context, index uint64, kept []Frontend, 
 }
 
 // applyFull renders everything, checks it, installs it and reloads.
-func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, failed []PortFailure) {
+//
+// It returns the error that kept sub from being applied (nil once it is).
+func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, failed []PortFailure) error {
 	s := m.cfg.Settings
 	rStart := time.Now()
 	rendered, lay, renderErr := render(s, kept, nil, m.rangeHoles())
@@ -665,18 +755,18 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	if hash == m.appliedHash {
 		m.running, m.runLayout = kept, lay
 		m.recordApplied(index, hash, failed, false, 0)
-		return
+		return nil
 	}
 
 	tmp, err := m.writeTemp(rendered.Config)
 	if err != nil {
 		m.recordError("write haproxy config", err)
-		return
+		return err
 	}
 	defer os.Remove(tmp)
 	if err := m.ensureMap(); err != nil {
 		m.recordError("write haproxy map", err)
-		return
+		return err
 	}
 	vStart := time.Now()
 	err = m.check(ctx, tmp)
@@ -689,7 +779,7 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 			m.metrics.validationFailures.Inc()
 		}
 		m.recordError(fmt.Sprintf("haproxy config for index %d rejected, keeping the live one", index), err)
-		return
+		return &rejectedError{err}
 	}
 	m.fileMu.Lock()
 	defer m.fileMu.Unlock()
@@ -701,15 +791,15 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	// so; a confirmed reload or a fresh master removes it.
 	if err := m.markPending(m.gen); err != nil {
 		m.recordError("mark haproxy config pending", err)
-		return
+		return err
 	}
 	if err := m.install(tmp, rendered.Map); err != nil {
 		m.recordError("install haproxy config", err)
-		return
+		return err
 	}
 	m.installedGen = m.gen
 	if m.crashAfterInstall != nil && m.crashAfterInstall() {
-		return
+		return errors.New("stopped after install (test)")
 	}
 
 	reloadStart := time.Now()
@@ -722,7 +812,7 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 		// last-good back would make it think the new ports are not ours.
 		m.running, m.runLayout, m.appliedHash = nil, nil, ""
 		m.log.Warn("stopped while confirming a reload; the next start reloads", "index", index, "err", err)
-		return
+		return err
 	}
 	if err != nil {
 		if m.metrics != nil {
@@ -741,7 +831,7 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 			}
 		}
 		m.recordError(fmt.Sprintf("reload haproxy for index %d failed, old workers keep serving", index), err)
-		return
+		return &rejectedError{err}
 	}
 	m.appliedHash, m.served, m.running, m.runLayout = hash, boundPorts(rendered.Config), kept, lay
 	m.saveState(hash, kept, lay)
@@ -753,6 +843,7 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	m.log.Info("haproxy reloaded", "index", index, "hash", hash[:12], "frontends", len(kept),
 		"held_back", len(failed), "render", renderTook, "check", checkTook, "reload", took)
 	m.recordApplied(index, hash, failed, true, took)
+	return nil
 }
 
 // check runs haproxy -c on path, bounded by CheckTimeout.
@@ -859,11 +950,16 @@ func (m *Manager) recordApplied(index uint64, hash string, failed []PortFailure,
 		for _, f := range failed {
 			parts = append(parts, fmt.Sprintf("%d (%s): %s", f.Port, f.Name, f.Error))
 		}
-		m.recordError("frontends held back, port cannot be bound", errors.New(strings.Join(parts, "; ")))
+		m.recordError("frontends held back, not served", errors.New(strings.Join(parts, "; ")))
 	}
 	now := time.Now()
 	m.update(func(s *Status) {
-		if index > s.AppliedIndex {
+		if index > s.ServedIndex {
+			s.ServedIndex = index
+		}
+		// Routes held back are not applied: the index counts only once
+		// every route of it is served (a retry that binds them gets there).
+		if index > s.AppliedIndex && len(failed) == 0 {
 			s.AppliedIndex = index
 		}
 		if hash != "" { // "" after a runtime change: the file writer sets it
@@ -876,6 +972,7 @@ func (m *Manager) recordApplied(index uint64, hash string, failed []PortFailure,
 		}
 		if m.metrics != nil {
 			m.metrics.appliedIndex.Set(float64(s.AppliedIndex))
+			m.metrics.heldBack.Set(float64(len(failed)))
 		}
 	})
 }

@@ -225,11 +225,15 @@ func TestManagerHoldsBackTakenPort(t *testing.T) {
 	defer squatter.Close()
 
 	m.Submit(1, []Frontend{route(free, "free", backend), route(taken, "taken", backend)})
-	waitApplied(t, m, 1)
+	waitServed(t, m, 1)
 	st := m.Status()
 	if len(st.FailedPorts) != 1 || st.FailedPorts[0].Port != taken || st.FailedPorts[0].Name != "taken" ||
 		!strings.Contains(st.LastError, strconv.Itoa(taken)) {
 		t.Fatalf("taken port not reported: %+v", st)
+	}
+	// A route that is not served is not applied: index 1 is not live.
+	if st.AppliedIndex != 0 {
+		t.Fatalf("index with a held-back route counted as applied: %+v", st)
 	}
 	if got, err := dialRead(free); err != nil || got != "held" {
 		t.Fatalf("other frontend not live: %q, %v", got, err)
@@ -239,6 +243,7 @@ func TestManagerHoldsBackTakenPort(t *testing.T) {
 	eventually(t, 10*time.Second, "held-back frontend to come up", func() bool {
 		return len(m.Status().FailedPorts) == 0
 	})
+	waitApplied(t, m, 1)
 	if got, err := dialRead(taken); err != nil || got != "held" {
 		t.Fatalf("frontend after retry: %q, %v", got, err)
 	}
@@ -475,5 +480,91 @@ func TestManagerAdoptAfterCrashBeforeReload(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "runtime.pending")); !os.IsNotExist(err) {
 		t.Fatalf("runtime.pending left after a confirmed reload: %v", err)
+	}
+}
+
+// TestManagerFailedReloadDoesNotStallLaterChanges runs HAProxy under a
+// descriptor limit too small for the routes a change adds (as 10,000 routes
+// under a 20,000-descriptor limit did), so the reload that would add them
+// really fails. The rest of the change (a server swap on an existing
+// route, a removed route) still applies, the new routes are reported held
+// back with the reason, the index does not count as applied, and a later
+// server change applies at once, without trying the failing reload again.
+func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
+	real := haproxyBin(t)
+	wrapper := filepath.Join(t.TempDir(), "haproxy-limited")
+	script := "#!/bin/sh\nulimit -n 400 || exit 1\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, t.TempDir())
+	cfg.Bin = wrapper
+	cfg.Settings.MaxConn = 20
+	cfg.Settings.StatsSocket = filepath.Join(cfg.Dir, "admin.sock")
+	cfg.RetryInterval = time.Second // held back for 10 s: longer than the test
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	m := startManager(t, cfg)
+	a, b, c := echoBackend(t, "a"), echoBackend(t, "b"), echoBackend(t, "c")
+	keep, drop := freePort(t), freePort(t)
+	m.Submit(1, []Frontend{route(keep, "keep", a), route(drop, "drop", a)})
+	waitApplied(t, m, 1)
+
+	// Index 2: swap keep's server, remove drop, add 500 routes (a listener
+	// each: more than 400 descriptors).
+	two := []Frontend{route(keep, "keep", b)}
+	added := map[int]bool{}
+	for len(added) < 500 {
+		p := freePort(t)
+		if p == keep || p == drop || added[p] {
+			continue
+		}
+		added[p] = true
+		two = append(two, route(p, fmt.Sprintf("new-%d", p), a))
+	}
+	slices.SortFunc(two, func(x, y Frontend) int { return x.Port - y.Port })
+	m.Submit(2, two)
+	waitServed(t, m, 2)
+	st := m.Status()
+	if st.AppliedIndex != 1 {
+		t.Fatalf("index 2 counted as applied with routes held back: %+v", st.AppliedIndex)
+	}
+	if len(st.FailedPorts) != len(added) {
+		t.Fatalf("%d routes reported held back, want %d", len(st.FailedPorts), len(added))
+	}
+	for _, f := range st.FailedPorts {
+		if !added[f.Port] || !strings.Contains(f.Error, "reload adding it failed") {
+			t.Fatalf("held back: %+v", f)
+		}
+	}
+	if got, err := dialRead(keep); err != nil || got != "b" {
+		t.Fatalf("server change on an existing route not applied: %q, %v", got, err)
+	}
+	if _, err := dialRead(drop); err == nil {
+		t.Fatal("removed route still answers")
+	}
+	failures := metricValue(t, reg, "drawbridge_haproxy_reload_failures_total")
+	if failures < 1 {
+		t.Fatal("the reload adding the routes did not fail: the test did not reproduce the limit")
+	}
+	if got := metricValue(t, reg, "drawbridge_haproxy_held_back_routes"); got != float64(len(added)) {
+		t.Fatalf("held-back metric %v", got)
+	}
+
+	// Index 3: another server change. It applies, and the failing reload
+	// is not tried again meanwhile.
+	three := slices.Clone(two)
+	for i := range three {
+		if three[i].Port == keep {
+			three[i] = route(keep, "keep", c)
+		}
+	}
+	m.Submit(3, three)
+	waitServed(t, m, 3)
+	if got, err := dialRead(keep); err != nil || got != "c" {
+		t.Fatalf("later server change not applied: %q, %v", got, err)
+	}
+	if got := metricValue(t, reg, "drawbridge_haproxy_reload_failures_total"); got != failures {
+		t.Fatalf("failing reload tried again: %v failures, was %v", got, failures)
 	}
 }

@@ -27,6 +27,8 @@ type metrics struct {
 	// workers over the memory budget.
 	oldWorkerConnsClosed prometheus.Counter
 	appliedIndex         prometheus.Gauge
+	// heldBack counts routes of the desired table that are not served.
+	heldBack prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -84,11 +86,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "drawbridge_haproxy_old_worker_connections_closed_total", Help: "Connections closed by stopping old HAProxy workers over the memory budget.",
 		}),
 		appliedIndex: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "drawbridge_haproxy_applied_index", Help: "Route table index of the live configuration.",
+			Name: "drawbridge_haproxy_applied_index", Help: "Route table index the live configuration runs in full (no route held back).",
+		}),
+		heldBack: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "drawbridge_haproxy_held_back_routes", Help: "Routes of the latest table that are not served: port cannot be bound, or their reload failed.",
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.reloads, m.runtimeUpdates, m.runtimeDuration, m.reloadFailures, m.reloadDuration,
-		m.validationDuration, m.renderDuration, m.validationFailures, m.running, m.appliedIndex,
+		m.validationDuration, m.renderDuration, m.validationFailures, m.running, m.appliedIndex, m.heldBack,
 		m.workerRSS, m.oldWorkers, m.oldWorkerConns, m.oldWorkersRSS, m.oldWorkersStopped, m.oldWorkerConnsClosed} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register haproxy metrics: %w", err)
