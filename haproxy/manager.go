@@ -803,7 +803,11 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	}
 
 	reloadStart := time.Now()
-	err = m.reload(ctx)
+	// A reload is seen through to its confirmation (bounded by
+	// ReloadTimeout) even when the agent stops meanwhile: abandoned half
+	// way, its outcome would be unknown, and restoring last-good would make
+	// the files disagree with what the new worker serves.
+	err = m.reload(context.WithoutCancel(ctx))
 	took := time.Since(reloadStart)
 	if err != nil && ctx.Err() != nil {
 		// Stopping while the reload was being confirmed: the master may
@@ -923,13 +927,25 @@ func truncateText(s string, n int) string {
 }
 
 // probe splits fes into those whose port is served already or can be bound
-// now, and those held back.
+// now, and those held back. A port that cannot be bound because this
+// HAProxy listens on it is served, whatever the files say (after an
+// adoption they may not say what runs).
 func (m *Manager) probe(fes []Frontend) (kept []Frontend, failed []PortFailure) {
+	var own map[int]bool
 	for _, fe := range fes {
 		if !m.served[fe.Port] {
 			if err := probePort(m.cfg.Settings.BindAddress, fe.Port); err != nil {
-				failed = append(failed, PortFailure{Port: fe.Port, Name: fe.Name, Error: err.Error()})
-				continue
+				if own == nil {
+					m.mu.Lock()
+					pid := m.status.MasterPID
+					m.mu.Unlock()
+					own = listeningPorts(pid)
+				}
+				if !own[fe.Port] {
+					failed = append(failed, PortFailure{Port: fe.Port, Name: fe.Name, Error: err.Error()})
+					continue
+				}
+				m.served[fe.Port] = true
 			}
 		}
 		kept = append(kept, fe)

@@ -568,3 +568,35 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 		t.Fatalf("failing reload tried again: %v failures, was %v", got, failures)
 	}
 }
+
+// TestListeningPortsOwnsOnlyHAProxysListeners: a port this HAProxy listens
+// on counts as served when the files do not say so (after adopting a
+// worker ahead of them); a port another process holds never does.
+func TestListeningPortsOwnsOnlyHAProxysListeners(t *testing.T) {
+	m := startManager(t, testConfig(t, t.TempDir()))
+	backend := echoBackend(t, "own")
+	port := freePort(t)
+	m.Submit(1, []Frontend{route(port, "web", backend)})
+	waitApplied(t, m, 1)
+	squatter, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	other := squatter.Addr().(*net.TCPAddr).Port
+	own := listeningPorts(m.Status().MasterPID)
+	if !own[port] || own[other] {
+		t.Fatalf("own ports %v: want %d and not %d", own, port, other)
+	}
+
+	// The files forget the port (as after an adoption whose files lag):
+	// the route is still kept, not held back.
+	m.opMu.Lock()
+	delete(m.served, port)
+	m.opMu.Unlock()
+	m.Submit(2, []Frontend{route(port, "web", backend)})
+	waitApplied(t, m, 2)
+	if st := m.Status(); len(st.FailedPorts) != 0 {
+		t.Fatalf("a port this HAProxy binds was held back: %+v", st.FailedPorts)
+	}
+}

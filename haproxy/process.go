@@ -232,3 +232,53 @@ func boundPorts(cfg []byte) map[int]bool {
 	}
 	return ports
 }
+
+// listeningPorts returns the TCP ports that the master pid or its workers
+// listen on, from /proc: the socket inodes of their descriptors, matched
+// against the LISTEN entries of /proc/net/tcp and tcp6. It is empty when
+// /proc cannot tell (not Linux, no permission).
+func listeningPorts(pid int) map[int]bool {
+	ports := map[int]bool{}
+	if pid <= 1 {
+		return ports
+	}
+	inodes := map[string]int{} // socket inode -> port, listening sockets only
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fields := strings.Fields(line)
+			if len(fields) < 10 || fields[3] != "0A" { // 0A: TCP_LISTEN
+				continue
+			}
+			i := strings.LastIndexByte(fields[1], ':')
+			port, err := strconv.ParseUint(fields[1][i+1:], 16, 16)
+			if err != nil {
+				continue
+			}
+			inodes[fields[9]] = int(port)
+		}
+	}
+	if len(inodes) == 0 {
+		return ports
+	}
+	for _, p := range append([]int{pid}, childrenOf(pid)...) {
+		dir := filepath.Join("/proc", strconv.Itoa(p), "fd")
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			link, err := os.Readlink(filepath.Join(dir, e.Name()))
+			if err != nil || !strings.HasPrefix(link, "socket:[") {
+				continue
+			}
+			if port, ok := inodes[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")]; ok {
+				ports[port] = true
+			}
+		}
+	}
+	return ports
+}
