@@ -62,6 +62,13 @@ type MemberStatus struct {
 	// (for a witness: it sees a leader).
 	Healthy   bool   `json:"healthy"`
 	LastError string `json:"last_error,omitempty"`
+	// Held counts routes its HAProxy holds back; HeldBack names the first
+	// of their ports.
+	Held     int   `json:"held,omitempty"`
+	HeldBack []int `json:"held_back,omitempty"`
+	// UnknownCommands counts log entries it skipped (written by a newer
+	// drawbridge): it needs an upgrade.
+	UnknownCommands uint64 `json:"unknown_commands,omitempty"`
 }
 
 // FloatingIPStatus is the floating IP and who holds it.
@@ -149,16 +156,28 @@ func (s *Server) singleNodeCluster() ClusterStatus {
 	return ClusterStatus{
 		Leader: st.Raft.Leader,
 		Members: []MemberStatus{{
-			Name:         st.Node,
-			Role:         st.Role,
-			Status:       MemberAlive,
-			Voter:        true,
-			Version:      st.Version,
-			RaftIndex:    raftIndex,
-			AppliedIndex: st.HAProxy.AppliedIndex,
-			ConfigHash:   st.HAProxy.ConfigHash,
-			Healthy:      notReady(st) == "",
-			LastError:    st.HAProxy.LastError,
+			Name:            st.Node,
+			Role:            st.Role,
+			Status:          MemberAlive,
+			Voter:           true,
+			Version:         st.Version,
+			RaftIndex:       raftIndex,
+			AppliedIndex:    st.HAProxy.AppliedIndex,
+			ConfigHash:      st.HAProxy.ConfigHash,
+			Healthy:         notReady(st) == "",
+			LastError:       st.HAProxy.LastError,
+			Held:            len(st.HAProxy.FailedPorts),
+			HeldBack:        failedPortNumbers(st.HAProxy.FailedPorts),
+			UnknownCommands: st.UnknownCommands,
 		}},
 	}
+}
+
+// failedPortNumbers lists the ports of fs.
+func failedPortNumbers(fs []FailedPort) []int {
+	var out []int
+	for _, f := range fs {
+		out = append(out, f.Port)
+	}
+	return out
 }

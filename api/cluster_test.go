@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -563,10 +564,8 @@ func TestWaitApplied(t *testing.T) {
 				if got.Error != tc.wantMsg || got.Index != 1 || len(got.Lagging) != len(tc.wantLagging) || got.Lagging == nil {
 					t.Fatalf("504 body %s, want message %q and lagging %v", rec.Body, tc.wantMsg, tc.wantLagging)
 				}
-				for i := range got.Lagging {
-					if got.Lagging[i] != tc.wantLagging[i] {
-						t.Fatalf("lagging %v, want %v", got.Lagging, tc.wantLagging)
-					}
+				if !reflect.DeepEqual(got.Lagging, tc.wantLagging) {
+					t.Fatalf("lagging %v, want %v", got.Lagging, tc.wantLagging)
 				}
 			})
 		}
@@ -631,11 +630,29 @@ func TestWaitAppliedSingleNode(t *testing.T) {
 		rec := e.must(http.StatusGatewayTimeout, http.MethodPost, hookPath+"?wait=applied&timeout=50ms", recipeAdd)
 		got := decode[notApplied](t, rec)
 		want := api.Lag{Node: "edge-1", Applied: 0, Error: "haproxy is not running"}
-		if got.Index != 1 || len(got.Lagging) != 1 || got.Lagging[0] != want {
+		if got.Index != 1 || len(got.Lagging) != 1 || !reflect.DeepEqual(got.Lagging[0], want) {
 			t.Fatalf("504 body %s", rec.Body)
 		}
 		if _, ok := e.fsm.State().Route(8080); !ok {
 			t.Fatal("the write is not committed")
+		}
+	})
+	// A route whose port another process holds is not served: the write
+	// is not applied, and the 504 names the port.
+	t.Run("route held back", func(t *testing.T) {
+		e := newEnv(t)
+		e.status.set(func(s *api.Status) {
+			s.HAProxy = api.HAProxyStatus{Running: true, ServedIndex: 1,
+				FailedPorts: []api.FailedPort{{Port: 8080, Name: "unifi-adoption", Error: "bind: address already in use"}}}
+		})
+		rec := e.must(http.StatusGatewayTimeout, http.MethodPost, hookPath+"?wait=applied&timeout=50ms", recipeAdd)
+		got := decode[notApplied](t, rec)
+		want := api.Lag{Node: "edge-1", Applied: 0, Held: 1, HeldBack: []int{8080}}
+		if got.Index != 1 || len(got.Lagging) != 1 || !reflect.DeepEqual(got.Lagging[0], want) {
+			t.Fatalf("504 body %s", rec.Body)
+		}
+		if !strings.Contains(got.Error, "edge-1 holds back 1 route(s), ports 8080") {
+			t.Fatalf("504 does not name the held-back port: %q", got.Error)
 		}
 	})
 }
@@ -658,7 +675,7 @@ func TestCluster(t *testing.T) {
 		got := decode[api.ClusterStatus](t, rec)
 		want := api.MemberStatus{Name: "edge-1", Role: api.RoleEdge, Status: api.MemberAlive, Voter: true, Version: "test",
 			RaftIndex: 1, AppliedIndex: 1, ConfigHash: "abc", Healthy: true}
-		if got.Leader != "edge-1" || len(got.Members) != 1 || got.Members[0] != want {
+		if got.Leader != "edge-1" || len(got.Members) != 1 || !reflect.DeepEqual(got.Members[0], want) {
 			t.Fatalf("cluster %+v, want one member %+v", got, want)
 		}
 	})

@@ -59,7 +59,12 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		Help: "Backends over all routes in this node's applied route table.",
 	}, func() float64 { return float64(s.currentState().BackendCount()) })
 
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.commits, m.forwarded, routes, backends} {
+	unknown := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "drawbridge_unknown_commands",
+		Help: "Log entries this node skipped because a newer drawbridge wrote them; non-zero means upgrade this node.",
+	}, func() float64 { return float64(s.statusSrc.Status().UnknownCommands) })
+
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.commits, m.forwarded, routes, backends, unknown} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register api metrics: %w", err)
 		}

@@ -46,18 +46,24 @@ func TestHealthAndReadiness(t *testing.T) {
 	tests := []struct {
 		name       string
 		haproxy    api.HAProxyStatus
+		unknown    uint64
 		wantStatus int
 		wantBody   string
 	}{
-		{"not running", api.HAProxyStatus{Running: false, AppliedIndex: 2}, 503, "not ready: haproxy is not running\n"},
-		{"behind", api.HAProxyStatus{Running: true, AppliedIndex: 1, LastError: "[ALERT] cannot bind\nsocket"}, 503,
+		{"route held back", api.HAProxyStatus{Running: true, AppliedIndex: 1, ServedIndex: 2,
+			FailedPorts: []api.FailedPort{{Port: 8081, Name: "web2", Error: "bind: address already in use"}}}, 0, 503,
+			"not ready: haproxy serves index 2 except 1 route(s) it holds back, e.g. port 8081 (web2): bind: address already in use\n"},
+		{"skipped newer commands", api.HAProxyStatus{Running: true, AppliedIndex: 2}, 3, 503,
+			"not ready: this node skipped 3 log entries written by a newer drawbridge: its table may differ from the cluster's; upgrade it\n"},
+		{"not running", api.HAProxyStatus{Running: false, AppliedIndex: 2}, 0, 503, "not ready: haproxy is not running\n"},
+		{"behind", api.HAProxyStatus{Running: true, AppliedIndex: 1, LastError: "[ALERT] cannot bind\nsocket"}, 0, 503,
 			"not ready: haproxy runs the config of index 1, behind state index 2 (last error: [ALERT] cannot bind socket)\n"},
-		{"caught up", api.HAProxyStatus{Running: true, AppliedIndex: 2}, 200, "ready\n"},
-		{"ahead (state read before haproxy reported)", api.HAProxyStatus{Running: true, AppliedIndex: 3}, 200, "ready\n"},
+		{"caught up", api.HAProxyStatus{Running: true, AppliedIndex: 2}, 0, 200, "ready\n"},
+		{"ahead (state read before haproxy reported)", api.HAProxyStatus{Running: true, AppliedIndex: 3}, 0, 200, "ready\n"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e.status.set(func(s *api.Status) { s.HAProxy = tc.haproxy })
+			e.status.set(func(s *api.Status) { s.HAProxy, s.UnknownCommands = tc.haproxy, tc.unknown })
 			rec := e.do(http.MethodGet, "/readyz", nil, "")
 			if rec.Code != tc.wantStatus || rec.Body.String() != tc.wantBody {
 				t.Fatalf("readyz: %d %q, want %d %q", rec.Code, rec.Body, tc.wantStatus, tc.wantBody)

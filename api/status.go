@@ -15,10 +15,14 @@ type Status struct {
 	// Role is RoleEdge or RoleWitness; the API reports "" as RoleEdge.
 	Role string `json:"role"`
 	// Version is the drawbridge build version.
-	Version string        `json:"version"`
-	Raft    RaftStatus    `json:"raft"`
-	State   StateStatus   `json:"state"`
-	HAProxy HAProxyStatus `json:"haproxy"`
+	Version string `json:"version"`
+	// UnknownCommands counts log entries this node skipped because a newer
+	// drawbridge wrote them: its table may differ from the cluster's, and
+	// it needs an upgrade. Such a node is not ready.
+	UnknownCommands uint64        `json:"unknown_commands"`
+	Raft            RaftStatus    `json:"raft"`
+	State           StateStatus   `json:"state"`
+	HAProxy         HAProxyStatus `json:"haproxy"`
 }
 
 // RaftStatus is this node's raft view. It comes from the StatusSource alone:
@@ -51,16 +55,21 @@ type HAProxyStatus struct {
 	// Adopted reports that the agent found HAProxy already running at start
 	// (an agent restart) and took it over instead of starting a new one.
 	Adopted bool `json:"adopted"`
-	// AppliedIndex is the state index of the config HAProxy now runs.
+	// AppliedIndex is the latest state index HAProxy runs in full: with
+	// routes held back (FailedPorts), the index is not applied.
 	AppliedIndex uint64 `json:"applied_index"`
+	// ServedIndex is the latest state index HAProxy runs except for the
+	// routes held back in FailedPorts.
+	ServedIndex uint64 `json:"served_index"`
 	// ConfigHash identifies the rendered config HAProxy runs.
 	ConfigHash   string    `json:"config_hash,omitempty"`
 	Reloads      uint64    `json:"reloads"`
 	LastReloadAt time.Time `json:"last_reload_at,omitzero"`
 	LastError    string    `json:"last_error,omitempty"`
 	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
-	// FailedPorts are routes HAProxy could not bind on this node (for
-	// example a port another process holds); `haproxy -c` cannot see those.
+	// FailedPorts are routes of the table HAProxy does not serve on this
+	// node, and why: a port another process holds (`haproxy -c` cannot see
+	// those), or a reload that failed while the rest of the table applied.
 	FailedPorts []FailedPort `json:"failed_ports,omitempty"`
 	// DynamicPorts is the range whose routes change without a reload ("" when off).
 	DynamicPorts string `json:"dynamic_ports,omitempty"`
@@ -144,6 +153,12 @@ func notReady(st Status) string {
 	switch {
 	case !hp.Running:
 		return "haproxy is not running"
+	case st.UnknownCommands > 0:
+		return fmt.Sprintf("this node skipped %d log entries written by a newer drawbridge: its table may differ from the cluster's; upgrade it", st.UnknownCommands)
+	case len(hp.FailedPorts) > 0 && hp.ServedIndex >= index:
+		f := hp.FailedPorts[0]
+		return fmt.Sprintf("haproxy serves index %d except %d route(s) it holds back, e.g. port %d (%s): %s",
+			hp.ServedIndex, len(hp.FailedPorts), f.Port, f.Name, f.Error)
 	case hp.AppliedIndex < index:
 		reason := fmt.Sprintf("haproxy runs the config of index %d, behind state index %d", hp.AppliedIndex, index)
 		if hp.LastError != "" {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,6 +27,12 @@ type Lag struct {
 	Applied uint64 `json:"applied"`
 	// Error is its HAProxy's last error, if any: often why it lags.
 	Error string `json:"error,omitempty"`
+	// HeldBack are ports of routes its HAProxy does not serve (a port
+	// another process holds, a reload that failed): a node that holds any
+	// back has not applied the table. Remote nodes name at most 8; Held
+	// counts them all.
+	HeldBack []int `json:"held_back,omitempty"`
+	Held     int   `json:"held,omitempty"`
 }
 
 // Bounds of ?wait=applied&timeout=.
@@ -97,6 +105,11 @@ func (s *Server) waitApplied(ctx context.Context, index uint64, timeout time.Dur
 	if !errors.Is(err, context.DeadlineExceeded) {
 		msg += ": " + err.Error()
 	}
+	for _, l := range lagging {
+		if l.Held > 0 {
+			msg += fmt.Sprintf("; %s holds back %d route(s), ports %s", l.Node, l.Held, portList(l.HeldBack, l.Held))
+		}
+	}
 	s.log.Warn("write committed but not applied everywhere in time", "index", index, "timeout", timeout,
 		"lagging", len(lagging), "err", err)
 	if lagging == nil {
@@ -122,7 +135,10 @@ func (s *Server) waitLocal(ctx context.Context, index uint64) ([]Lag, error) {
 		}
 		select {
 		case <-ctx.Done():
-			lag := Lag{Node: st.Node, Applied: st.HAProxy.AppliedIndex, Error: st.HAProxy.LastError}
+			lag := Lag{Node: st.Node, Applied: st.HAProxy.AppliedIndex, Error: st.HAProxy.LastError, Held: len(st.HAProxy.FailedPorts)}
+			for _, f := range st.HAProxy.FailedPorts {
+				lag.HeldBack = append(lag.HeldBack, f.Port)
+			}
 			if !st.HAProxy.Running && lag.Error == "" {
 				lag.Error = "haproxy is not running"
 			}
@@ -130,4 +146,16 @@ func (s *Server) waitLocal(ctx context.Context, index uint64) ([]Lag, error) {
 		case <-tick.C:
 		}
 	}
+}
+
+// portList prints ports, with "…" when total says some were left out.
+func portList(ports []int, total int) string {
+	parts := make([]string, 0, len(ports)+1)
+	for _, p := range ports {
+		parts = append(parts, strconv.Itoa(p))
+	}
+	if total > len(ports) {
+		parts = append(parts, "…")
+	}
+	return strings.Join(parts, ", ")
 }

@@ -141,6 +141,10 @@ type Lag struct {
 	Node    string
 	Applied uint64
 	Error   string
+	// Held counts the routes its HAProxy holds back; HeldBack names the
+	// first of their ports.
+	Held     int
+	HeldBack []int
 }
 
 // Lagging returns the alive edge nodes whose HAProxy runs a table older than
@@ -153,7 +157,8 @@ func (c *Cluster) Lagging(index uint64) []Lag {
 			continue
 		}
 		if m.Meta.Applied < index {
-			out = append(out, Lag{Node: m.Name, Applied: m.Meta.Applied, Error: m.Meta.Error})
+			out = append(out, Lag{Node: m.Name, Applied: m.Meta.Applied, Error: m.Meta.Error,
+				Held: m.Meta.Held, HeldBack: m.Meta.HeldBack})
 		}
 	}
 	return out

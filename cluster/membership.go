@@ -46,6 +46,13 @@ type Meta struct {
 	ConfigHash string `json:"ch,omitempty"`
 	Healthy    bool   `json:"h,omitempty"`
 	Error      string `json:"e,omitempty"`
+	// Held counts routes of its table this node's HAProxy does not serve
+	// (port taken, failed reload); HeldBack names the first of their ports.
+	Held     int   `json:"hn,omitempty"`
+	HeldBack []int `json:"hb,omitempty"`
+	// Unknown counts log entries this node skipped because a newer
+	// drawbridge wrote them: its table may differ from the others'.
+	Unknown uint64 `json:"u,omitempty"`
 	// Leaving is gossiped just before a graceful leave, so peers can tell
 	// "left on purpose" (remove the voter) from "failed" (keep it).
 	Leaving bool `json:"l,omitempty"`
@@ -193,6 +200,13 @@ func splitHostPort(addr string) (string, int, error) {
 	return h, port, nil
 }
 
+// maxHeldBackMeta is how many held-back ports a node names in gossip;
+// metaLimit is memberlist's limit on node metadata.
+const (
+	maxHeldBackMeta = 8
+	metaLimit       = 512
+)
+
 func (m *Membership) encodeMeta() []byte {
 	md := m.meta()
 	m.mu.Lock()
@@ -204,7 +218,19 @@ func (m *Membership) encodeMeta() []byte {
 	if md.FIP != nil && len(md.FIP.LastWhy) > 60 {
 		md.FIP.LastWhy = md.FIP.LastWhy[:60]
 	}
+	if len(md.HeldBack) > maxHeldBackMeta {
+		md.HeldBack = md.HeldBack[:maxHeldBackMeta]
+	}
 	b, _ := json.Marshal(md)
+	// Never exceed memberlist's limit (a node whose meta is too long would
+	// publish none): shed the texts first.
+	if len(b) > metaLimit {
+		md.Error, md.HeldBack = "", nil
+		if md.FIP != nil {
+			md.FIP.LastWhy = ""
+		}
+		b, _ = json.Marshal(md)
+	}
 	return b
 }
 

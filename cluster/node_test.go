@@ -291,3 +291,28 @@ func TestReplayedWaitsForTheFSM(t *testing.T) {
 	}
 	t.Logf("raft's AppliedIndex ran ahead of the table during %d polls", early)
 }
+
+// TestMetaStaysUnderMemberlistLimit: a node holding back many routes, with
+// a long error and failover reason, still publishes metadata (memberlist
+// drops metadata over 512 bytes): the held-back list is capped and the
+// texts are shed first.
+func TestMetaStaysUnderMemberlistLimit(t *testing.T) {
+	held := make([]int, 500)
+	for i := range held {
+		held[i] = 10000 + i
+	}
+	m := &Membership{meta: func() Meta {
+		return Meta{Role: RoleEdge, RaftAddr: "[2001:db8::1234:5678:9abc]:65535", APIURL: "https://edge-node-with-a-long-name.example.com:9000",
+			Version: "v1.2.3-45-gabcdef0-dirty", Index: 1 << 40, Applied: 1 << 40, ConfigHash: strings.Repeat("a", 64),
+			Error: strings.Repeat("e", 500), Held: len(held), HeldBack: held, Unknown: 3,
+			FIP: &FIPMeta{Eligible: true, Holding: true, Epoch: 1 << 40, Priority: 100, LastAt: 1 << 50,
+				LastFrom: "edge-node-with-a-long-name-2", LastMS: 123456, LastWhy: strings.Repeat("w", 200)}}
+	}}
+	b := m.encodeMeta()
+	if len(b) > metaLimit {
+		t.Fatalf("meta is %d bytes, over memberlist's %d", len(b), metaLimit)
+	}
+	if !strings.Contains(string(b), `"hn":500`) || !strings.Contains(string(b), `"u":3`) {
+		t.Fatalf("meta lost the counts: %s", b)
+	}
+}

@@ -77,6 +77,12 @@ func printMembers(w io.Writer, st api.ClusterStatus) error {
 			hash = "-"
 		}
 		errText := m.LastError
+		if m.Held > 0 {
+			errText = fmt.Sprintf("%d route(s) held back; %s", m.Held, errText)
+		}
+		if m.UnknownCommands > 0 {
+			errText = fmt.Sprintf("upgrade: skipped %d newer log entries; %s", m.UnknownCommands, errText)
+		}
 		if errText == "" {
 			errText = "-"
 		}

@@ -58,6 +58,14 @@ func printStatus(w io.Writer, st api.Status) error {
 		running += ")"
 	}
 	fmt.Fprintf(tw, "haproxy\t%s, config of index %d (hash %.12s), %d reloads\n", running, h.AppliedIndex, h.ConfigHash, h.Reloads)
+	if len(h.FailedPorts) > 0 && h.ServedIndex > h.AppliedIndex {
+		fmt.Fprintf(tw, "served\tindex %d, except %d route(s) held back (below): index %d is not applied\n",
+			h.ServedIndex, len(h.FailedPorts), h.ServedIndex)
+	}
+	if st.UnknownCommands > 0 {
+		fmt.Fprintf(tw, "UPGRADE\tthis node skipped %d log entries written by a newer drawbridge: its route table may differ from the cluster's; upgrade drawbridge on it\n",
+			st.UnknownCommands)
+	}
 	if !h.LastReloadAt.IsZero() {
 		fmt.Fprintf(tw, "last reload\t%s ago\n", time.Since(h.LastReloadAt).Round(time.Second))
 	}
@@ -65,7 +73,7 @@ func printStatus(w io.Writer, st api.Status) error {
 		fmt.Fprintf(tw, "last error\t%s (%s ago)\n", h.LastError, time.Since(h.LastErrorAt).Round(time.Second))
 	}
 	for _, f := range h.FailedPorts {
-		fmt.Fprintf(tw, "not served\tport %d (%s): %s\n", f.Port, f.Name, f.Error)
+		fmt.Fprintf(tw, "held back\tport %d (%s): %s\n", f.Port, f.Name, f.Error)
 	}
 	if h.DynamicPorts != "" {
 		fmt.Fprintf(tw, "dynamic ports\t%s: changes without a reload (%d so far)\n", h.DynamicPorts, h.RuntimeUpdates)

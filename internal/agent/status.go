@@ -24,34 +24,68 @@ type nodeInfo struct {
 	proxy   *haproxy.Manager
 	cluster *cluster.Cluster
 	owner   *floatingip.Owner // nil when no floating IP is managed
+	// peers lists the members gossip knows (default: the cluster's); tests
+	// set it.
+	peers func() []cluster.Member
 
 	mu          sync.Mutex
 	behindSince time.Time // when HAProxy fell behind the table (zero: current)
 }
 
-// eligible reports whether this node may hold the floating IP: HAProxy runs,
-// and it has not been behind this node's table for longer than the lag
-// grace (a failed validation or reload keeps it behind; an ordinary apply
-// catches up in well under a second).
+// eligible reports whether this node may hold the floating IP: HAProxy
+// runs, and it runs this node's whole table, or has been behind it for less
+// than the lag grace (an ordinary apply catches up in well under a second).
+// A node that is behind for longer (a failed validation or reload, routes
+// held back because their port cannot be bound), or that skipped log
+// entries a newer drawbridge wrote (its table may differ: it needs an
+// upgrade), is degraded: it is not eligible while an alive edge node that
+// is neither exists, and it stays eligible when none does, since serving
+// all but a few routes beats serving none.
 func (s *nodeInfo) eligible() bool {
 	if s.proxy == nil {
 		return false
 	}
 	hs := s.proxy.Status()
 	index := s.table.State().Index
+	unknown := s.table.UnknownCommands()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !hs.Running {
+		s.mu.Unlock()
 		return false
 	}
-	if hs.AppliedIndex >= index {
+	current := hs.AppliedIndex >= index
+	if current {
 		s.behindSince = time.Time{}
-		return true
-	}
-	if s.behindSince.IsZero() {
+	} else if s.behindSince.IsZero() {
 		s.behindSince = time.Now()
 	}
-	return time.Since(s.behindSince) < s.cfg.FloatingIP.LagGrace
+	inGrace := !current && time.Since(s.behindSince) < s.cfg.FloatingIP.LagGrace
+	s.mu.Unlock()
+	if unknown == 0 && (current || inGrace) {
+		return true
+	}
+	return !s.betterPeer()
+}
+
+// betterPeer reports whether another alive edge node runs its whole table
+// and skipped no log entries, as gossip says.
+func (s *nodeInfo) betterPeer() bool {
+	peers := s.peers
+	if peers == nil {
+		if s.cluster == nil {
+			return false
+		}
+		peers = s.cluster.Members().Members
+	}
+	for _, m := range peers() {
+		if m.Name == s.cfg.NodeName || m.Meta.Role != roleEdge || m.Status != "alive" || m.Meta.Leaving {
+			continue
+		}
+		if m.Meta.Healthy && m.Meta.Unknown == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 var (
@@ -64,9 +98,10 @@ var (
 func (s *nodeInfo) Status() api.Status {
 	rs := s.node.Status()
 	st := api.Status{
-		Node:    s.cfg.NodeName,
-		Version: s.version,
-		Role:    s.cfg.Role,
+		Node:            s.cfg.NodeName,
+		Version:         s.version,
+		Role:            s.cfg.Role,
+		UnknownCommands: s.table.UnknownCommands(),
 		Raft: api.RaftStatus{
 			State:        rs.State,
 			Leader:       rs.LeaderID,
@@ -84,6 +119,7 @@ func (s *nodeInfo) Status() api.Status {
 		MasterPID:    hs.MasterPID,
 		Adopted:      hs.Adopted,
 		AppliedIndex: hs.AppliedIndex,
+		ServedIndex:  hs.ServedIndex,
 		ConfigHash:   hs.ConfigHash,
 		Reloads:      hs.Reloads,
 		LastReloadAt: hs.LastReloadAt,
@@ -117,6 +153,7 @@ func (s *nodeInfo) meta() cluster.Meta {
 		Version:      s.version,
 		Bootstrapped: s.node.HasState(),
 		Index:        s.table.State().Index,
+		Unknown:      s.table.UnknownCommands(),
 	}
 	if s.proxy == nil {
 		m.Healthy = s.node.Status().Leader != ""
@@ -127,6 +164,10 @@ func (s *nodeInfo) meta() cluster.Meta {
 	m.ConfigHash = hs.ConfigHash
 	m.Error = hs.LastError
 	m.Healthy = hs.Running && hs.AppliedIndex >= m.Index
+	m.Held = len(hs.FailedPorts)
+	for _, f := range hs.FailedPorts {
+		m.HeldBack = append(m.HeldBack, f.Port)
+	}
 	if s.owner != nil {
 		m.FIP = fipMeta(s.owner.Claim())
 	}
@@ -138,7 +179,7 @@ func (s *nodeInfo) WaitApplied(ctx context.Context, index uint64) ([]api.Lag, er
 	lags, err := s.cluster.WaitApplied(ctx, index)
 	out := make([]api.Lag, 0, len(lags))
 	for _, l := range lags {
-		out = append(out, api.Lag{Node: l.Node, Applied: l.Applied, Error: l.Error})
+		out = append(out, api.Lag{Node: l.Node, Applied: l.Applied, Error: l.Error, Held: l.Held, HeldBack: l.HeldBack})
 	}
 	return out, err
 }
@@ -154,18 +195,21 @@ func (s *nodeInfo) Cluster() api.ClusterStatus {
 		seen[m.Name] = true
 		_, voter := voters[m.Name]
 		st.Members = append(st.Members, api.MemberStatus{
-			Name:         m.Name,
-			Role:         m.Meta.Role,
-			Status:       m.Status,
-			Voter:        voter,
-			RaftAddr:     m.Meta.RaftAddr,
-			APIURL:       m.Meta.APIURL,
-			Version:      m.Meta.Version,
-			RaftIndex:    m.Meta.Index,
-			AppliedIndex: m.Meta.Applied,
-			ConfigHash:   m.Meta.ConfigHash,
-			Healthy:      m.Meta.Healthy && m.Alive(),
-			LastError:    m.Meta.Error,
+			Name:            m.Name,
+			Role:            m.Meta.Role,
+			Status:          m.Status,
+			Voter:           voter,
+			RaftAddr:        m.Meta.RaftAddr,
+			APIURL:          m.Meta.APIURL,
+			Version:         m.Meta.Version,
+			RaftIndex:       m.Meta.Index,
+			AppliedIndex:    m.Meta.Applied,
+			ConfigHash:      m.Meta.ConfigHash,
+			Healthy:         m.Meta.Healthy && m.Alive(),
+			LastError:       m.Meta.Error,
+			Held:            m.Meta.Held,
+			HeldBack:        m.Meta.HeldBack,
+			UnknownCommands: m.Meta.Unknown,
 		})
 	}
 	// Voters gossip has never seen (or has forgotten) still count for quorum.
