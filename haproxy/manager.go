@@ -803,11 +803,7 @@ func (m *Manager) applyFull(ctx context.Context, index uint64, kept []Frontend, 
 	}
 
 	reloadStart := time.Now()
-	// A reload is seen through to its confirmation (bounded by
-	// ReloadTimeout) even when the agent stops meanwhile: abandoned half
-	// way, its outcome would be unknown, and restoring last-good would make
-	// the files disagree with what the new worker serves.
-	err = m.reload(context.WithoutCancel(ctx))
+	err = m.reload(ctx)
 	took := time.Since(reloadStart)
 	if err != nil && ctx.Err() != nil {
 		// Stopping while the reload was being confirmed: the master may

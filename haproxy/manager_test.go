@@ -410,7 +410,7 @@ func TestManagerBoundsHungCheck(t *testing.T) {
 	}
 	cfg := testConfig(t, t.TempDir())
 	cfg.Bin = wrapper
-	cfg.CheckTimeout = 300 * time.Millisecond
+	cfg.CheckTimeout = 2 * time.Second
 	m := startManager(t, cfg)
 	backend := echoBackend(t, "not hung")
 	port := freePort(t)
