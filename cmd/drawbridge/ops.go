@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -133,6 +132,9 @@ func newRaftCmd() *cobra.Command {
 		Short: "Print the raft peer set stored in a stopped node's data directory",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireStopped(dataDir); err != nil {
+				return err
+			}
 			servers, err := cluster.ReadPeers(filepath.Join(dataDir, "raft"))
 			if err != nil {
 				return err
@@ -157,6 +159,9 @@ from the stored configuration); --peer ID=ADDR lists the peers to keep
 instead. Never run it on more than one side of a partition.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireStopped(dataDir); err != nil {
+				return err
+			}
 			dir := filepath.Join(dataDir, "raft")
 			var servers []raft.Server
 			for _, p := range keep {
@@ -268,15 +273,23 @@ func newSnapshotCmd() *cobra.Command {
 	return cmd
 }
 
-// signalAgent sends SIGTERM to the agent of dataDir and waits for it to exit.
-func signalAgent(w io.Writer, dataDir string) error {
-	b, err := os.ReadFile(agent.PIDFile(dataDir))
-	if err != nil {
-		return fmt.Errorf("no running agent found for %s: %w", dataDir, err)
+// requireStopped refuses to work on a data directory an agent holds (its
+// raft store would be locked, and changing it under the agent is unsafe).
+func requireStopped(dataDir string) error {
+	if pid, ok := agent.LockHolder(dataDir); ok {
+		return fmt.Errorf("the agent (PID %d) still runs on %s: stop it first (drawbridge leave --data-dir %s)", pid, dataDir, dataDir)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return fmt.Errorf("bad pid file %s", agent.PIDFile(dataDir))
+	return nil
+}
+
+// signalAgent sends SIGTERM to the agent of dataDir and waits for it to
+// exit. The agent is the process holding the data dir's lock: a PID left
+// in a file by an agent that crashed may by now name another process, and
+// is never signalled.
+func signalAgent(w io.Writer, dataDir string) error {
+	pid, ok := agent.LockHolder(dataDir)
+	if !ok {
+		return fmt.Errorf("no agent is running on %s (nothing holds %s)", dataDir, agent.LockFile(dataDir))
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("signal agent %d: %w", pid, err)

@@ -52,6 +52,7 @@ type Agent struct {
 	version string
 
 	// Prepared by New; nothing runs yet.
+	lock      *dirLock // the data directory's, held from New until stop
 	tokens    []string
 	reserved  fsm.PortRanges
 	gossipKey []byte
@@ -106,7 +107,18 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	var err error
+	// Nothing in the data dir is touched before its lock is held.
+	lock, err := lockDataDir(c.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	a.lock = lock
+	ok := false
+	defer func() {
+		if !ok {
+			lock.release()
+		}
+	}()
 	if a.tokens, err = resolveTokens(c, stdout); err != nil {
 		return nil, err
 	}
@@ -135,6 +147,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a.table = fsm.New()
 	a.info = &nodeInfo{cfg: c, version: a.version, table: a.table, proxy: a.proxy}
+	ok = true
 	return a, nil
 }
 
@@ -150,6 +163,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer close(a.done)
 	select {
 	case <-a.shutdown:
+		a.lock.release()
 		return nil
 	default:
 	}
@@ -374,10 +388,11 @@ func (a *Agent) stop() {
 			a.log.Warn("shut down raft", "err", err)
 		}
 	}
-	// 6. The pid file: no agent runs here any more.
+	// 6. The pid file and the data dir's lock: no agent runs here any more.
 	if a.pidFile {
 		os.Remove(PIDFile(a.cfg.DataDir))
 	}
+	a.lock.release()
 }
 
 // PIDFile is where a running agent records its PID (drawbridge leave reads it).
