@@ -312,42 +312,51 @@ func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, ser
 	if l.Range != r || l.Key != settingsKey(s) || s.MapFile == "" {
 		return p, false
 	}
-	split := func(fes []Frontend) (static []Frontend, dyn map[int]Frontend, ok bool) {
-		dyn = map[int]Frontend{}
-		for _, fe := range fes {
-			if !r.Contains(fe.Port) {
-				static = append(static, fe)
-				continue
-			}
-			if _, dup := dyn[fe.Port]; dup {
-				return nil, nil, false
-			}
-			dyn[fe.Port] = fe
+	chs, ok := changes(running, next)
+	if !ok {
+		return p, false
+	}
+	var dyn []change
+	var adds, dels []string
+	for _, ch := range chs {
+		port := ch.b.Port
+		if ch.had {
+			port = ch.a.Port
 		}
-		return static, dyn, true
+		if r.Contains(port) {
+			dyn = append(dyn, ch)
+			continue
+		}
+		a, d, ok := serverChanges(s, ch)
+		if !ok {
+			return p, false
+		}
+		adds, dels = append(adds, a...), append(dels, d...)
 	}
-	oldStatic, oldDyn, ok1 := split(running)
-	newStatic, newDyn, ok2 := split(next)
-	if !ok1 || !ok2 {
-		return p, false
-	}
-	if len(oldStatic) == 0 && len(newStatic) == 0 {
-		p.cmds = nil
-	} else if p.cmds, ok = planServerChanges(s, oldStatic, newStatic); !ok {
-		return p, false
-	}
+	p.cmds = adds
 
-	nl := l.clone()
+	// The layout is copied on the first change only, and the slots in use
+	// are listed on the first allocation only: a change of one route costs
+	// the same at any table size.
+	nl := l
+	mutable := func() {
+		if nl == l {
+			nl = l.clone()
+		}
+	}
 	// Slots in use before this plan; a slot emptied by this plan is reused
 	// only by a later one, so no command sequence touches a slot twice.
-	inUse := map[string]bool{}
-	for port, n := range l.Ports {
-		if fe, found := oldDyn[port]; found {
-			inUse[slotName(classOf(fe), n)] = true
-		}
-	}
+	var inUse map[string]bool
 	cursor := map[slotClass]int{}
 	alloc := func(c slotClass) (int, bool) {
+		if inUse == nil {
+			inUse = map[string]bool{}
+			for _, fe := range running {
+				if n, found := l.Ports[fe.Port]; found && r.Contains(fe.Port) {
+					inUse[slotName(classOf(fe), n)] = true
+				}
+			}
+		}
 		for n := cursor[c]; n < nl.Pool[c.key()]; n++ {
 			if !inUse[slotName(c, n)] {
 				inUse[slotName(c, n)] = true
@@ -380,19 +389,12 @@ func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, ser
 		}
 	}
 
-	ports := make([]int, 0, len(newDyn)+len(oldDyn))
-	for port := range newDyn {
-		ports = append(ports, port)
-	}
-	for port := range oldDyn {
-		if _, found := newDyn[port]; !found {
-			ports = append(ports, port)
+	for _, ch := range dyn {
+		a, had, b, has := ch.a, ch.had, ch.b, ch.has
+		port := b.Port
+		if had {
+			port = a.Port
 		}
-	}
-	slices.Sort(ports)
-	for _, port := range ports {
-		a, had := oldDyn[port]
-		b, has := newDyn[port]
 		if has && (!served[port] || slices.Contains(l.Holes, port)) {
 			return p, false // the live worker does not bind it: a reload will
 		}
@@ -416,6 +418,7 @@ func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, ser
 			slot := slotName(classOf(a), l.Ports[port])
 			p.cmds = append(p.cmds, "del map "+s.MapFile+" "+strconv.Itoa(port))
 			empty(slot, a.Sticky, was)
+			mutable()
 			delete(nl.Ports, port)
 			p.routes++
 		case !had && has:
@@ -427,6 +430,7 @@ func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, ser
 			slot := slotName(c, n)
 			fill(slot, b, now)
 			p.cmds = append(p.cmds, "add map "+s.MapFile+" "+strconv.Itoa(port)+" "+slot)
+			mutable()
 			nl.Ports[port] = n
 			p.routes++
 		case classOf(a) != classOf(b) || a.HealthCheck != b.HealthCheck || a.ProxyProtocol != b.ProxyProtocol:
@@ -440,6 +444,7 @@ func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, ser
 			fill(slot, b, now)
 			p.cmds = append(p.cmds, "set map "+s.MapFile+" "+strconv.Itoa(port)+" "+slot)
 			empty(slotName(classOf(a), l.Ports[port]), a.Sticky, was)
+			mutable()
 			nl.Ports[port] = n
 			p.routes++
 		case !slices.Equal(was, now):
@@ -460,7 +465,7 @@ func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, ser
 			p.routes++
 		}
 	}
-	p.cmds = append(p.cmds, empties...)
+	p.cmds = append(append(p.cmds, empties...), dels...)
 	p.layout = nl
 	return p, true
 }

@@ -559,3 +559,24 @@ func TestManagerDynamicRemoveWithHeldConnections(t *testing.T) {
 		t.Fatalf("connection of a removed route still open: %v", err)
 	}
 }
+
+// BenchmarkPlanRuntime10k plans one more backend on a table of 10,000
+// routes in the dynamic range: the hot path of a server-only change.
+func BenchmarkPlanRuntime10k(b *testing.B) {
+	s := Settings{DynamicPorts: PortRange{20000, 30099}, MapFile: "/run/drawbridge/dynamic.map"}.WithDefaults()
+	served := map[int]bool{}
+	var fes []Frontend
+	for p := 20000; p < 30000; p++ {
+		served[p] = true
+		fes = append(fes, Frontend{Port: p, Name: "r", Balance: "roundrobin", Sticky: true, Servers: []Server{{"10.0.0.1", 80}}})
+	}
+	_, lay, _ := render(s, fes, nil, nil)
+	next := slices.Clone(fes)
+	next[0].Servers = []Server{{"10.0.0.1", 80}, {"10.0.0.2", 80}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if p, ok := planRuntime(s, fes, lay, next, served); !ok || len(p.cmds) != 2 {
+			b.Fatalf("%v %q", ok, p.cmds)
+		}
+	}
+}

@@ -47,6 +47,11 @@ func (m *Manager) scheduleFiles(gen uint64, fes []Frontend, lay *layout) {
 	}
 }
 
+// fileQuiet is how long the file writer waits for runtime changes to stop
+// before it renders and checks: a burst of changes costs one catch-up, not
+// one per change (a check of 10,000 routes takes seconds of CPU).
+const fileQuiet = 200 * time.Millisecond
+
 // runFiles is the file writer loop.
 func (m *Manager) runFiles(ctx context.Context) {
 	for {
@@ -54,6 +59,15 @@ func (m *Manager) runFiles(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-m.fileWake:
+		}
+		for quiet := false; !quiet; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-m.fileWake:
+			case <-time.After(fileQuiet):
+				quiet = true
+			}
 		}
 		m.mu.Lock()
 		job := m.fileJob

@@ -103,7 +103,7 @@ func longLivedRun(bin, dyn, budget string, inRange bool, first, hold int) error 
 	} else {
 		adds = freePorts(12)
 	}
-	var maxRSS uint64
+	var maxRSS, maxOld uint64
 	for i, port := range adds {
 		for k := 0; k < 5; k++ {
 			target := base[(i*5+k)*37%len(base)]
@@ -119,7 +119,11 @@ func longLivedRun(bin, dyn, budget string, inRange bool, first, hold int) error 
 		time.Sleep(600 * time.Millisecond)
 		procs, rss := haproxyProcs(a.dir)
 		maxRSS = max(maxRSS, rss)
-		fmt.Printf("  change %2d (port %d): HAProxy %2d processes, %s resident, %d reloads so far\n", i+1, port, procs, mb(rss), a.reloads()-reloads0)
+		st, _ := a.status()
+		w := st.HAProxy.Workers
+		maxOld = max(maxOld, w.OldWorkersRSS)
+		fmt.Printf("  change %2d (port %d): HAProxy %2d processes, %s resident; old workers %d holding %d connections, %s; %d reloads so far\n",
+			i+1, port, procs, mb(rss), w.OldWorkers, w.OldWorkerConns, mb(w.OldWorkersRSS), a.reloads()-reloads0)
 	}
 	time.Sleep(2 * time.Second) // one more budget check
 	procs, rss = haproxyProcs(a.dir)
@@ -129,8 +133,14 @@ func longLivedRun(bin, dyn, budget string, inRange bool, first, hold int) error 
 			alive++
 		}
 	}
-	fmt.Printf("  after the 12 changes: %d reloads; HAProxy %d processes, %s resident (peak %s); %d of %d long-lived connections still open\n",
-		a.reloads()-reloads0, procs, mb(rss), mb(maxRSS), alive, len(conns))
+	st, _ = a.status()
+	w := st.HAProxy.Workers
+	budgetText := "no budget"
+	if w.Budget > 0 {
+		budgetText = "budget " + mb(w.Budget)
+	}
+	fmt.Printf("  after the 12 changes: %d reloads; HAProxy %d processes, %s resident (peak %s); old workers peak %s (%s), %d stopped by the budget closing %d connections; %d of %d long-lived connections still open\n",
+		a.reloads()-reloads0, procs, mb(rss), mb(maxRSS), mb(maxOld), budgetText, w.OldWorkersStopped, w.ConnsClosed, alive, len(conns))
 	return nil
 }
 

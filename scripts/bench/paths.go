@@ -107,6 +107,14 @@ type nodeStatus struct {
 		AppliedIndex uint64 `json:"applied_index"`
 		Reloads      uint64 `json:"reloads"`
 		LastError    string `json:"last_error"`
+		Workers      struct {
+			OldWorkers        int    `json:"old_workers"`
+			OldWorkerConns    int    `json:"old_worker_connections"`
+			OldWorkersRSS     uint64 `json:"old_workers_resident_bytes"`
+			Budget            uint64 `json:"old_workers_budget_bytes"`
+			OldWorkersStopped uint64 `json:"old_workers_stopped"`
+			ConnsClosed       uint64 `json:"old_worker_connections_closed"`
+		} `json:"workers"`
 	} `json:"haproxy"`
 }
 

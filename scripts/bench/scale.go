@@ -125,6 +125,11 @@ func scalePath(bin, dyn string, sizes []int, bport int) error {
 			return fmt.Errorf("one more route at %d routes never went live", size)
 		}
 		oneRoute := time.Since(t1)
+		// A reload is confirmed a moment after the new worker answers: wait
+		// for it, so it is counted here and does not delay the next change.
+		if err := waitApplied(a, time.Minute); err != nil {
+			return err
+		}
 		oneRouteReloads := a.reloads() - r0
 		// One more backend on an existing route (a server-only change),
 		// timed until HAProxy applied it.
@@ -133,16 +138,8 @@ func scalePath(bin, dyn string, sizes []int, bport int) error {
 		if err := putRoute(client, a, scaleFirstPort, true, bport); err != nil {
 			return err
 		}
-		st, _ = a.status()
-		for {
-			s, err := a.status()
-			if err == nil && s.HAProxy.AppliedIndex >= st.State.Index {
-				break
-			}
-			if time.Since(t2) > time.Minute {
-				return fmt.Errorf("one more backend at %d routes not applied", size)
-			}
-			time.Sleep(time.Millisecond)
+		if err := waitApplied(a, time.Minute); err != nil {
+			return err
 		}
 		oneBackend := time.Since(t2)
 		line := fmt.Sprintf("       one more route: live in %s (%d reloads); one more backend (server-only change): applied in %s (%d reloads)",
@@ -157,6 +154,7 @@ func scalePath(bin, dyn string, sizes []int, bport int) error {
 		// Put both back so the next size starts from the same table.
 		_ = deleteRoute(client, a, extra)
 		_ = putRoute(client, a, scaleFirstPort, false, bport)
+		_ = waitApplied(a, time.Minute)
 	}
 	return nil
 }
@@ -209,4 +207,23 @@ func timeCheck(cfg string) (time.Duration, error) {
 		return 0, fmt.Errorf("%v: %s", err, out)
 	}
 	return time.Since(t0), nil
+}
+
+// waitApplied waits until HAProxy runs the table's latest index.
+func waitApplied(a *agent, within time.Duration) error {
+	st, err := a.status()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(within)
+	for {
+		s, err := a.status()
+		if err == nil && s.HAProxy.AppliedIndex >= st.State.Index {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("index %d not applied within %v: %s", st.State.Index, within, a.statusText())
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
