@@ -137,6 +137,23 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// ValidateTimings checks the raft timings (after defaults) as raft checks
+// them when the node starts, so a configuration check catches what would
+// stop the node at start.
+func (c Config) ValidateTimings() error {
+	d := c
+	d.setDefaults()
+	rc := raft.DefaultConfig()
+	rc.LocalID = "check"
+	rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = d.HeartbeatTimeout, d.ElectionTimeout, d.LeaderLeaseTimeout
+	rc.CommitTimeout, rc.SnapshotThreshold, rc.SnapshotInterval, rc.TrailingLogs = d.CommitTimeout, d.SnapshotThreshold, d.SnapshotInterval, d.TrailingLogs
+	if err := raft.ValidateConfig(rc); err != nil {
+		return fmt.Errorf("raft timings (heartbeat %s, election %s, leader lease %s, snapshot interval %s): %w",
+			d.HeartbeatTimeout, d.ElectionTimeout, d.LeaderLeaseTimeout, d.SnapshotInterval, err)
+	}
+	return nil
+}
+
 // Node is one raft member holding the route table.
 type Node struct {
 	cfg       Config

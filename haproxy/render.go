@@ -396,3 +396,32 @@ func Hash(cfg []byte) string {
 	sum := sha256.Sum256(cfg)
 	return hex.EncodeToString(sum[:])
 }
+
+// maxSocketPath is the longest path of a Unix socket (sun_path holds 108
+// bytes with the terminating NUL): HAProxy cannot bind a longer one.
+const maxSocketPath = 107
+
+// Validate reports every setting Render would reject (and replace by a
+// default or leave out), so a configuration loader can refuse it instead of
+// running with a setting silently dropped.
+func (s Settings) Validate() error {
+	var errs []error
+	checkSettings(s, func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) })
+	if s.StatsSocket != "" {
+		if err := CheckSocketPath(s.StatsSocket); err != nil {
+			errs = append(errs, fmt.Errorf("setting StatsSocket: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CheckSocketPath reports whether path can name a Unix socket HAProxy binds.
+func CheckSocketPath(path string) error {
+	if !strings.HasPrefix(path, "/") {
+		return fmt.Errorf("socket path %q is not absolute", path)
+	}
+	if len(path) > maxSocketPath {
+		return fmt.Errorf("socket path %q is %d bytes, longer than a Unix socket path may be (%d)", path, len(path), maxSocketPath)
+	}
+	return nil
+}

@@ -35,6 +35,12 @@ DRAWBRIDGE_HAPROXY_BIND_ADDRESS, ...) and flags, later ones winning.
 				return err
 			}
 			if checkOnly {
+				for _, w := range cfg.Warnings() {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+				}
+				if err := cfg.CheckFiles(); err != nil {
+					return fmt.Errorf("configuration names files the agent cannot use:\n%w", err)
+				}
 				fmt.Fprintf(cmd.OutOrStdout(), "configuration is valid (node %s)\n", cfg.NodeName)
 				return nil
 			}

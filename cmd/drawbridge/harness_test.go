@@ -68,6 +68,7 @@ type testAgent struct {
 	apiPort int
 	args    []string
 	env     []string
+	wd      string // working directory ("" = the test's)
 	agentProc
 }
 
@@ -187,7 +188,9 @@ func startDevAgentEnv(t testing.TB, env []string, extra ...string) *testAgent {
 // start runs the agent process; logs of every start go to one buffer.
 func (a *testAgent) start() {
 	a.t.Helper()
-	a.launch(a.t, exec.Command(binPath, a.args...), a.env)
+	cmd := exec.Command(binPath, a.args...)
+	cmd.Dir = a.wd
+	a.launch(a.t, cmd, a.env)
 }
 
 // stop sends SIGTERM and waits for the agent to exit.

@@ -140,6 +140,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	a.reg = prometheus.NewRegistry()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// A witness runs no HAProxy; an edge node refuses to start without one.
+	for _, w := range c.Warnings() {
+		logger.Warn("configuration: " + w)
+	}
 	if c.Role == roleEdge {
 		if a.proxy, err = newHAProxyManager(c, logger, a.reg); err != nil {
 			return nil, err
@@ -400,23 +403,14 @@ func PIDFile(dataDir string) string { return filepath.Join(dataDir, "agent.pid")
 
 // newHAProxyManager builds the HAProxy manager from the config.
 func newHAProxyManager(cfg *Config, logger *slog.Logger, reg prometheus.Registerer) (*haproxy.Manager, error) {
-	dynamic, err := cfg.HAProxy.DynamicRange()
+	settings, err := cfg.haproxySettings()
 	if err != nil {
-		return nil, fmt.Errorf("haproxy.dynamic_ports: %w", err)
+		return nil, err
 	}
 	return haproxy.NewManager(haproxy.Config{
-		Bin: cfg.HAProxy.Bin,
-		Dir: cfg.HAProxy.Dir,
-		Settings: haproxy.Settings{
-			BindAddress:   cfg.HAProxy.BindAddress,
-			HardStopAfter: cfg.HAProxy.HardStopAfter,
-			MaxReloads:    cfg.HAProxy.MaxReloads,
-			MaxConn:       cfg.HAProxy.MaxConn,
-			TimeoutClient: cfg.HAProxy.TimeoutClient,
-			TimeoutServer: cfg.HAProxy.TimeoutServer,
-			StatsSocket:   filepath.Join(cfg.HAProxy.Dir, "admin.sock"),
-			DynamicPorts:  dynamic,
-		},
+		Bin:                cfg.HAProxy.Bin,
+		Dir:                cfg.HAProxy.Dir,
+		Settings:           settings,
 		OldWorkersMaxBytes: uint64(cfg.HAProxy.OldWorkersMaxMB) << 20,
 		QuietWindow:        cfg.HAProxy.QuietWindow,
 		MaxDelay:           cfg.HAProxy.MaxDelay,

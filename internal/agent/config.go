@@ -196,6 +196,7 @@ type LogConfig struct {
 // name, the HAProxy directory, the advertise addresses. Call it before
 // Validate.
 func (c *Config) Fill() {
+	c.absPaths()
 	if c.NodeName == "" {
 		if h, err := os.Hostname(); err == nil {
 			c.NodeName = strings.ToLower(h)
@@ -204,6 +205,7 @@ func (c *Config) Fill() {
 	if c.HAProxy.Dir == "" {
 		c.HAProxy.Dir = filepath.Join(c.DataDir, "haproxy")
 	}
+	c.absPaths()
 	if c.API.Token != "" {
 		c.API.Tokens = append([]string{c.API.Token}, c.API.Tokens...)
 	}
@@ -349,6 +351,7 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q must be text or json", c.Log.Format))
 	}
+	errs = append(errs, c.checkWorkable()...)
 	return errors.Join(errs...)
 }
 
