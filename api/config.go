@@ -251,6 +251,9 @@ type Deps struct {
 	// Cluster answers GET /v1/cluster. nil: a one-member cluster built from
 	// Status.
 	Cluster ClusterSource
+	// Admitter refuses, before the log, a write whose table no node could
+	// run (capacity admission); nil admits everything.
+	Admitter Admitter
 	// ForwardClient carries requests forwarded to the leader; cmd/ gives it
 	// the TLS configuration peers' APIs need. nil means NewForwardClient(nil).
 	// Each forwarded request carries its own deadline, so the client needs

@@ -59,6 +59,7 @@ const (
 	commitInvalid     = "invalid"
 	commitNotFound    = "not_found"
 	commitUnavailable = "unavailable"
+	commitCapacity    = "capacity"
 	commitError       = "error"
 )
 

@@ -44,7 +44,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	for _, r := range []string{authMissing, authInvalid} {
 		m.authFailures.WithLabelValues(r)
 	}
-	for _, r := range []string{commitOK, commitConflict, commitInvalid, commitNotFound, commitUnavailable} {
+	for _, r := range []string{commitOK, commitConflict, commitInvalid, commitNotFound, commitUnavailable, commitCapacity} {
 		m.commits.WithLabelValues(r)
 	}
 	for _, r := range []string{forwardOK, forwardFailed, forwardNoLeader, forwardLoop} {

@@ -45,6 +45,7 @@ type Server struct {
 	consistency ConsistencyChecker // nil: nothing to verify
 	waiter      AppliedWaiter      // nil: wait for this node's HAProxy
 	cluster     ClusterSource      // nil: a cluster of one
+	admitter    Admitter           // nil: every write fits
 	client      *http.Client       // forwards to the leader
 	log         *slog.Logger
 	now         func() time.Time
@@ -83,6 +84,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		consistency: deps.Consistency,
 		waiter:      deps.AppliedWaiter,
 		cluster:     deps.Cluster,
+		admitter:    deps.Admitter,
 		client:      deps.ForwardClient,
 		log:         deps.Logger,
 		now:         deps.Now,
@@ -332,6 +334,9 @@ func (s *Server) currentState() *fsm.State {
 // successful commit then waits for it to be applied everywhere: 504 if that
 // takes too long.
 func (s *Server) commit(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	if err := s.admit(cmd); err != nil {
+		return fsm.Result{}, err
+	}
 	applyCtx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
 	defer cancel()
 	res, err := s.applier.Apply(applyCtx, cmd)

@@ -53,6 +53,11 @@ type Meta struct {
 	// Unknown counts log entries this node skipped because a newer
 	// drawbridge wrote them: its table may differ from the others'.
 	Unknown uint64 `json:"u,omitempty"`
+	// FD is how many file descriptors this edge node has for routes'
+	// listeners and health checks (its limit less what HAProxy itself and
+	// connections keep); 0: not published. The leader admits no write
+	// whose table fits no edge node.
+	FD int `json:"fd,omitempty"`
 	// Leaving is gossiped just before a graceful leave, so peers can tell
 	// "left on purpose" (remove the voter) from "failed" (keep it).
 	Leaving bool `json:"l,omitempty"`

@@ -381,3 +381,11 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	}
 	return s, nil
 }
+
+// Preview returns the table c would produce if it were the next entry,
+// without changing s (and the domain error it would meet, if any). The
+// leader uses it to admit a write before proposing it.
+func (s *State) Preview(c Command) (*State, error) {
+	next, res := s.apply(s.Index+1, c)
+	return next, res.Err
+}

@@ -626,7 +626,7 @@ func (m *Manager) apply(ctx context.Context, sub *submission) {
 	if len(held) == 0 {
 		return
 	}
-	reason := "held back: the reload adding it failed: " + truncateText(err.Error(), 300)
+	reason := "held back: the reload adding it failed: " + truncateText(err.Error(), 300) + capacityNote(m.cfg.Settings, kept)
 	if m.reloadHeld == nil {
 		m.reloadHeld = map[int]string{}
 	}

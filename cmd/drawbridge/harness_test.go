@@ -69,6 +69,7 @@ type testAgent struct {
 	args    []string
 	env     []string
 	wd      string // working directory ("" = the test's)
+	fdLimit int    // RLIMIT_NOFILE to run under (0 = inherited)
 	agentProc
 }
 
@@ -189,6 +190,11 @@ func startDevAgentEnv(t testing.TB, env []string, extra ...string) *testAgent {
 func (a *testAgent) start() {
 	a.t.Helper()
 	cmd := exec.Command(binPath, a.args...)
+	if a.fdLimit > 0 {
+		// The shell sets the limit and execs the agent: same PID, and its
+		// HAProxy inherits the limit.
+		cmd = exec.Command("/bin/sh", append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, a.fdLimit), binPath}, a.args...)...)
+	}
 	cmd.Dir = a.wd
 	a.launch(a.t, cmd, a.env)
 }

@@ -149,7 +149,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		}
 	}
 	a.table = fsm.New()
-	a.info = &nodeInfo{cfg: c, version: a.version, table: a.table, proxy: a.proxy}
+	a.info = &nodeInfo{cfg: c, version: a.version, table: a.table, proxy: a.proxy, fdLimit: haproxy.DescriptorLimit()}
+	if a.info.settings, err = c.haproxySettings(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return a, nil
 }
@@ -285,6 +288,7 @@ func (a *Agent) start(ctx context.Context) error {
 		Consistency:   a.clus,
 		AppliedWaiter: a.info,
 		Cluster:       a.info,
+		Admitter:      a.info,
 		ForwardClient: a.forward,
 	})
 	if err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -27,6 +28,14 @@ type nodeInfo struct {
 	// peers lists the members gossip knows (default: the cluster's); tests
 	// set it.
 	peers func() []cluster.Member
+	// settings are this node's HAProxy settings, and fdLimit its
+	// descriptor limit: its capacity for routes (see Admit).
+	settings haproxy.Settings
+	fdLimit  int
+
+	needMu    sync.Mutex
+	needState *fsm.State // the table needFor was last computed for
+	needCount int
 
 	mu          sync.Mutex
 	behindSince time.Time // when HAProxy fell behind the table (zero: current)
@@ -164,6 +173,9 @@ func (s *nodeInfo) meta() cluster.Meta {
 	m.ConfigHash = hs.ConfigHash
 	m.Error = hs.LastError
 	m.Healthy = hs.Running && hs.AppliedIndex >= m.Index
+	if m.FD = s.routeCapacity(); m.FD == 0 {
+		m.FD = -1 // room for nothing, not "unknown"
+	}
 	m.Held = len(hs.FailedPorts)
 	for _, f := range hs.FailedPorts {
 		m.HeldBack = append(m.HeldBack, f.Port)
@@ -220,4 +232,72 @@ func (s *nodeInfo) Cluster() api.ClusterStatus {
 	}
 	sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].Name < st.Members[j].Name })
 	return st
+}
+
+var _ api.Admitter = (*nodeInfo)(nil)
+
+// routeCapacity is how many descriptors this node has for routes.
+func (s *nodeInfo) routeCapacity() int {
+	return haproxy.RouteCapacity(s.settings, s.fdLimit)
+}
+
+// needs is the descriptors st's routes need beyond the fixed part.
+func (s *nodeInfo) needs(st *fsm.State) int {
+	s.needMu.Lock()
+	defer s.needMu.Unlock()
+	if st == s.needState {
+		return s.needCount
+	}
+	n := 0
+	for _, r := range st.Routes() {
+		n += haproxy.RouteDescriptors(s.settings, r.Port, len(r.Backends), r.HealthCheck)
+	}
+	s.needState, s.needCount = st, n
+	return n
+}
+
+// Admit implements api.Admitter: a write that makes the table need more
+// descriptors than any alive edge node has for routes is refused, naming
+// the need and the limit. A write that does not add to the need (a delete,
+// a change in place) is always admitted, so a full node can be emptied.
+// Nodes that publish no capacity (a witness, an older drawbridge) are not
+// counted; when none does, everything is admitted.
+func (s *nodeInfo) Admit(current, next *fsm.State) error {
+	need := 0
+	for _, r := range next.Routes() {
+		need += haproxy.RouteDescriptors(s.settings, r.Port, len(r.Backends), r.HealthCheck)
+	}
+	if need <= s.needs(current) {
+		return nil
+	}
+	best, bestNode, known := 0, "", false
+	if s.proxy != nil {
+		best, bestNode, known = s.routeCapacity(), s.cfg.NodeName, true
+	}
+	peers := s.peers
+	if peers == nil && s.cluster != nil {
+		peers = s.cluster.Members().Members
+	}
+	if peers != nil {
+		for _, m := range peers() {
+			if m.Name == s.cfg.NodeName || m.Meta.Role != roleEdge || !m.Alive() || m.Meta.FD == 0 {
+				continue
+			}
+			if !known || m.Meta.FD > best {
+				best, bestNode, known = m.Meta.FD, m.Name, true
+			}
+		}
+	}
+	if !known || need <= best {
+		return nil
+	}
+	where := bestNode
+	if bestNode == s.cfg.NodeName {
+		where = fmt.Sprintf("%s, of its descriptor limit %d", bestNode, s.fdLimit)
+	}
+	return &api.CapacityError{Message: fmt.Sprintf(
+		"no edge node can run this: the route table would need %d file descriptors for listeners and health checks "+
+			"(one per route, one more per backend with health checks on), and the most any edge node has for them is %d "+
+			"(%s, after what HAProxy and its connections keep); raise LimitNOFILE on the nodes, "+
+			"turn health checks off, or remove routes", need, max(best, 0), where)}
 }

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestE2ECapacityAdmission runs an agent (and its real HAProxy) under a
+// 700-descriptor limit, without the dynamic range: room for about 60
+// routes with one health-checked backend each. Routes are added until the
+// leader refuses one with 507 naming the need and the limit; every route it
+// acknowledged is applied (HAProxy serves the whole table, nothing held
+// back), and a delete is still admitted. Before admission, writes went on
+// being acknowledged until a reload failed and the applied index stopped.
+func TestE2ECapacityAdmission(t *testing.T) {
+	requireHAProxy(t)
+	dir := t.TempDir()
+	a := &testAgent{t: t, dir: dir, name: "e2e", apiPort: freePort(t), fdLimit: 700,
+		env: []string{"DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS=off"}}
+	a.args = []string{"agent", "--dev", "--data-dir", dir, "--node-name", a.name,
+		"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--log-level", "debug"}
+	t.Cleanup(func() {
+		a.stop()
+		stopHAProxyIn(filepath.Join(dir, "haproxy"))
+		if t.Failed() {
+			t.Logf("agent logs:\n%s", a.logs.String())
+		}
+	})
+	a.start()
+	a.waitReady()
+	be := startBackend(t, "cap")
+
+	var added []int
+	var refusal string
+	for i := 0; i < 200 && refusal == ""; i++ {
+		port := freePort(t)
+		code, body := a.request("PUT", fmt.Sprintf("/v1/routes/%d", port), bearer(), map[string]any{
+			"name": fmt.Sprintf("r%d", i), "backends": []map[string]any{{"address": "127.0.0.1", "port": be.port()}}})
+		switch code {
+		case 200:
+			added = append(added, port)
+		case 507:
+			refusal = string(body)
+		default:
+			t.Fatalf("route %d: %d %s", i, code, body)
+		}
+	}
+	if refusal == "" {
+		t.Fatalf("200 routes admitted under a 700-descriptor limit")
+	}
+	t.Logf("%d routes admitted, then: %s", len(added), refusal)
+	for _, want := range []string{"file descriptors", "listeners and health checks", "LimitNOFILE"} {
+		if !strings.Contains(refusal, want) {
+			t.Errorf("507 does not say %q: %s", want, refusal)
+		}
+	}
+	if len(added) < 20 {
+		t.Fatalf("only %d routes admitted: the capacity is computed far too low", len(added))
+	}
+
+	// Everything acknowledged is applied: the whole table, nothing held back.
+	var st struct {
+		State   struct{ Index uint64 } `json:"state"`
+		HAProxy struct {
+			AppliedIndex uint64            `json:"applied_index"`
+			FailedPorts  []json.RawMessage `json:"failed_ports"`
+		} `json:"haproxy"`
+	}
+	poll(t, 30*time.Second, "every admitted route applied", func() bool {
+		code, body := a.request("GET", "/v1/status", bearer(), nil)
+		return code == 200 && json.Unmarshal(body, &st) == nil && st.HAProxy.AppliedIndex >= st.State.Index && len(st.HAProxy.FailedPorts) == 0
+	})
+	for _, p := range []int{added[0], added[len(added)-1]} {
+		if got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", p)); err != nil || got != "cap" {
+			t.Fatalf("admitted route %d not served: %q %v", p, got, err)
+		}
+	}
+	// A delete frees room and is never refused.
+	if code, body := a.request("DELETE", fmt.Sprintf("/v1/routes/%d", added[0]), bearer(), nil); code != 200 {
+		t.Fatalf("delete at capacity: %d %s", code, body)
+	}
+}
