@@ -580,3 +580,33 @@ func BenchmarkPlanRuntime10k(b *testing.B) {
 		}
 	}
 }
+
+// TestPlanRuntimeNoInjection: values that escaped the route table's
+// validation never reach a runtime API command line, where ";" separates
+// commands and a newline ends the request.
+func TestPlanRuntimeNoInjection(t *testing.T) {
+	s := dynSettings()
+	served := map[int]bool{}
+	for p := 31000; p <= 31099; p++ {
+		served[p] = true
+	}
+	_, lay, _ := render(s, nil, nil, nil)
+	for _, fe := range []Frontend{
+		{Port: 31001, Name: "x", Servers: []Server{{"10.0.0.1;del server dyn_roundrobin_0/s", 80}}},
+		{Port: 31002, Name: "x", Servers: []Server{{"10.0.0.1\nshutdown frontend fe_dynamic", 80}}},
+		{Port: 31003, Name: "x", Servers: []Server{{"10.0.0.1", 0}, {"10.0.0.1", 70000}}},
+		{Port: 31004, Name: "x;y", Servers: []Server{{"10.0.0.1", 80}}},
+		{Port: 31005, Name: "x", Balance: "roundrobin;del map", Servers: []Server{{"10.0.0.1", 80}}},
+		{Port: 31006, Name: "x", ProxyProtocol: "v3", Servers: []Server{{"10.0.0.1", 80}}},
+	} {
+		p, ok := planRuntime(s, []Frontend{}, lay, []Frontend{fe}, served)
+		for _, c := range p.cmds {
+			if strings.ContainsAny(c, ";\n") || strings.Contains(c, "shutdown frontend") {
+				t.Errorf("%+v: command %q", fe, c)
+			}
+		}
+		if ok && len(p.cmds) > 0 && strings.Contains(strings.Join(p.cmds, "|"), "add server") {
+			t.Errorf("%+v: invalid server planned: %q", fe, p.cmds)
+		}
+	}
+}
