@@ -165,6 +165,10 @@ type Manager struct {
 	latestGen uint64
 	marked    bool
 
+	// stopping are old workers the memory budget stopped, by PID, with
+	// when; only the run loop uses it.
+	stopping map[int]time.Time
+
 	// crashAfterInstall, set by tests, runs between installing a new
 	// haproxy.cfg and reloading; true makes apply stop there, as an agent
 	// killed at that moment would.

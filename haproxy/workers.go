@@ -10,7 +10,12 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
+
+// stopGrace is how long an old worker stopped by the budget may take to
+// exit before it is killed.
+const stopGrace = 10 * time.Second
 
 // Old workers: after a reload the previous worker keeps serving the
 // connections it holds until they close, hard-stop-after fires or
@@ -104,19 +109,43 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 	}
 	// Oldest first: the worker that survived the most reloads.
 	slices.SortFunc(olds, func(a, b old) int { return b.reloads - a.reloads })
-	var total uint64
+	// Workers stopped earlier may take a while to exit (freeing a large
+	// table under load): they still hold memory, but are not stopped or
+	// counted again; one that ignores SIGTERM for stopGrace is killed.
+	var total, pending uint64
+	live := olds[:0:0]
+	seen := map[int]bool{}
 	for _, o := range olds {
+		seen[o.pid] = true
 		total += o.rss
+		if at, ok := m.stopping[o.pid]; ok {
+			pending += o.rss
+			if time.Since(at) > stopGrace {
+				_ = syscall.Kill(o.pid, syscall.SIGKILL)
+			}
+			continue
+		}
+		live = append(live, o)
 	}
-	var stopped, closed uint64
+	for pid := range m.stopping {
+		if !seen[pid] {
+			delete(m.stopping, pid)
+		}
+	}
+	var stopped, closed, justStopped uint64
 	budget := m.cfg.OldWorkersMaxBytes
-	for budget > 0 && total > budget && len(olds) > 0 {
-		o := olds[0]
-		olds = olds[1:]
+	for budget > 0 && total-pending > budget && len(live) > 0 {
+		o := live[0]
+		live = live[1:]
 		if err := syscall.Kill(o.pid, syscall.SIGTERM); err != nil {
 			continue
 		}
-		total -= o.rss
+		if m.stopping == nil {
+			m.stopping = map[int]time.Time{}
+		}
+		m.stopping[o.pid] = time.Now()
+		pending += o.rss
+		justStopped += o.rss
 		stopped++
 		if o.conns > 0 {
 			closed += uint64(o.conns)
@@ -125,20 +154,24 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 			"pid", o.pid, "reloads_survived", o.reloads, "connections_closed", max(o.conns, 0),
 			"resident_mb", o.rss>>20, "budget_mb", budget>>20)
 	}
+	// Reported: the old workers alive after this round, including those
+	// stopped earlier that have not exited yet.
+	count := len(olds) - int(stopped)
+	total -= justStopped
 	conns := 0
-	for _, o := range olds {
+	for _, o := range live {
 		conns += max(o.conns, 0)
 	}
 	m.update(func(s *Status) {
 		s.Workers.WorkerRSS = cur
-		s.Workers.OldWorkers = len(olds)
+		s.Workers.OldWorkers = count
 		s.Workers.OldWorkerConns = conns
 		s.Workers.OldWorkersRSS = total
 		s.Workers.OldWorkersStopped += stopped
 		s.Workers.OldWorkerConnsClosed += closed
 	})
 	if m.metrics != nil {
-		m.metrics.oldWorkers.Set(float64(len(olds)))
+		m.metrics.oldWorkers.Set(float64(count))
 		m.metrics.oldWorkerConns.Set(float64(conns))
 		m.metrics.oldWorkersRSS.Set(float64(total))
 		m.metrics.workerRSS.Set(float64(cur))
