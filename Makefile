@@ -31,13 +31,19 @@ run: haproxy build ## Build and start one dev agent on 127.0.0.1:9000 (data in .
 	./$(BIN) agent --dev
 
 .PHONY: test
-test: test-deps ## Vet, then run every test with the race detector (root for namespace tests)
+test: test-deps k8s-testbin ## Vet, then run every test with the race detector (root for namespace tests)
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 .PHONY: test-deps
 test-deps: ## Install what the full test suite needs from Debian's packages, when missing (root)
 	@scripts/test-deps.sh
+
+.PHONY: k8s-testbin
+k8s-testbin: ## Build kube-apiserver and etcd for the controller's integration tests (cached outside the repo)
+	@scripts/k8s-testbin.sh >/dev/null || { \
+		if [ "$$DRAWBRIDGE_TEST_FULL" = 1 ]; then exit 1; fi; \
+		echo "kube-apiserver and etcd could not be built: the Kubernetes integration tests will skip"; }
 
 .PHONY: bench
 bench: build ## Run the benchmarks and print the figures
