@@ -41,6 +41,7 @@ func newRootCmd() *cobra.Command {
 		newKeygenCmd(),
 		newRaftCmd(),
 		newSnapshotCmd(),
+		newControllerCmd(),
 		newVersionCmd(),
 	)
 	return root
