@@ -39,6 +39,7 @@ func newRootCmd() *cobra.Command {
 		newMembersCmd(),
 		newLeaveCmd(),
 		newKeygenCmd(),
+		newTLSCmd(),
 		newRaftCmd(),
 		newSnapshotCmd(),
 		newControllerCmd(),
