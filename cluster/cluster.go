@@ -2,9 +2,13 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +29,9 @@ type Cluster struct {
 	// election adds one entry to the log, not one per read.
 	readTerm atomic.Uint64
 	barrier  chan struct{}
+	// leaderCertChecked is set once ForwardTLS is in use: https
+	// forwards then prove the leader's name.
+	leaderCertChecked atomic.Bool
 }
 
 // NewCluster returns the facade over node and members.
@@ -60,12 +67,51 @@ func (c *Cluster) LeaderAPI() (string, bool, error) {
 	if err := c.node.checkLeader(); errors.Is(err, ErrNoLeader) || errors.Is(err, ErrShutdown) {
 		return "", false, err
 	}
-	_, id := c.node.raft.LeaderWithID()
+	addr, id := c.node.raft.LeaderWithID()
 	m, ok := c.member(string(id))
 	if !ok || m.Meta.APIURL == "" {
 		return "", false, fmt.Errorf("%w: the leader %s is not visible in gossip yet", ErrNoLeader, id)
 	}
+	u, err := url.Parse(m.Meta.APIURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+		return "", false, fmt.Errorf("%w: the leader %s announces an unusable API address %q", ErrNoLeader, id, m.Meta.APIURL)
+	}
+	if !(u.Scheme == "https" && c.leaderCertChecked.Load()) {
+		// Gossip alone vouches for this address: send a client's
+		// request there only when it is on the host raft knows the
+		// leader at (raft's address is bound to the leader's
+		// certificate when raft runs TLS).
+		raftHost, _, _ := net.SplitHostPort(string(addr))
+		if u.Hostname() != raftHost {
+			return "", false, fmt.Errorf("%w: the leader %s announces its API at %s, not on its raft host %s; not forwarding there (serve the API over TLS with a certificate from the cluster CA to forward across hosts)", ErrNoLeader, id, u.Host, raftHost)
+		}
+	}
 	return m.Meta.APIURL, false, nil
+}
+
+// ForwardTLS returns the TLS configuration a follower forwards requests to
+// the leader's HTTPS API with: the server's certificate must chain to pool
+// (the cluster CA) and name the node raft names leader at the moment of the
+// handshake, so a client's token only ever reaches the leader itself. Host
+// names are not checked: the node name is the identity. Once it is in use,
+// LeaderAPI hands out https addresses on any host.
+func (c *Cluster) ForwardTLS(pool *x509.CertPool) *tls.Config {
+	c.leaderCertChecked.Store(true)
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// The chain and the name are checked in VerifyConnection.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, id := c.node.raft.LeaderWithID()
+			if id == "" {
+				return ErrNoLeader
+			}
+			if err := VerifyPeerIdentity(cs, pool, string(id)); err != nil {
+				return fmt.Errorf("the leader's API: %w", err)
+			}
+			return nil
+		},
+	}
 }
 
 // VerifyLeader confirms with a quorum that this node still leads and that

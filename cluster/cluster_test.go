@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +26,11 @@ type testMember struct {
 	gossip  string
 	raft    string
 	stopped bool
+	// api is the API URL the member gossips; a test may change it.
+	api atomic.Value
 }
+
+func (m *testMember) apiURL() string { return m.api.Load().(string) }
 
 type memberOpts struct {
 	role   string
@@ -71,8 +76,9 @@ func startMember(t *testing.T, name string, o memberOpts, join []string) *testMe
 		t.Fatal(err)
 	}
 	m := &testMember{name: name, node: n, fsm: f, gossip: freeUDPTCPAddr(t), raft: cfg.BindAddr}
+	m.api.Store("http://" + freeAddr(t))
 	meta := func() Meta {
-		return Meta{Role: o.role, RaftAddr: gossipRaft, APIURL: "http://api-" + name, Bootstrapped: n.HasState(),
+		return Meta{Role: o.role, RaftAddr: gossipRaft, APIURL: m.apiURL(), Bootstrapped: n.HasState(),
 			Applied: f.State().Index, Healthy: true}
 	}
 	m.members, err = NewMembership(GossipConfig{
@@ -184,7 +190,7 @@ func TestBootstrapExpectFormsOneClusterAndReplicates(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: LeaderAPI: %v", m.name, err)
 		}
-		if self != (m == l) || (!self && url != "http://api-"+l.name) {
+		if self != (m == l) || (!self && url != l.apiURL()) {
 			t.Errorf("%s: LeaderAPI = %q self=%v, leader is %s", m.name, url, self, l.name)
 		}
 	}

@@ -3,9 +3,13 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -360,5 +364,118 @@ func TestLeaderReplicatesOnlyToTheNamedServer(t *testing.T) {
 	}
 	if err := n1.VerifyPeer(ctx, "n2", c2.BindAddr); err != nil {
 		t.Errorf("VerifyPeer of n2: %v", err)
+	}
+}
+
+// tokenSink is an HTTPS server that records every token sent to it.
+type tokenSink struct {
+	srv    *httptest.Server
+	mu     sync.Mutex
+	tokens []string
+}
+
+func newTokenSink(t *testing.T, ca *tlsTestCA, name string) *tokenSink {
+	s := &tokenSink{}
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.tokens = append(s.tokens, r.Header.Get("Authorization"))
+		s.mu.Unlock()
+	}))
+	if ca != nil {
+		certPEM, keyPEM := ca.issue(t, name)
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+		s.srv.StartTLS()
+	} else {
+		s.srv.Start()
+	}
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *tokenSink) got() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.tokens...)
+}
+
+// TestForwardingReachesOnlyTheLeader: a follower forwards a client's token
+// only to the node raft names leader. A gossip member that points the
+// leader's API address at its own server (with a valid certificate for
+// another name, or none) never receives the token.
+func TestForwardingReachesOnlyTheLeader(t *testing.T) {
+	ca := newTLSTestCA(t, "cluster CA")
+	ms := secureThree(t, ca)
+	l := leaderOf(ms...)
+	var f *testMember
+	for _, m := range ms {
+		if m != l {
+			f = m
+			break
+		}
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: f.cluster.ForwardTLS(pool)}}
+	forward := func() error {
+		base, self, err := f.cluster.LeaderAPI()
+		if err != nil {
+			return err
+		}
+		if self {
+			t.Fatal("the follower thinks it leads")
+		}
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/routes", nil)
+		req.Header.Set("Authorization", "Bearer client-secret-token")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
+	pointLeaderAt := func(url string) {
+		l.api.Store(url)
+		eventually(t, 5*time.Second, "the follower to see the leader's new API address", func() bool {
+			got, _, err := f.cluster.LeaderAPI()
+			return (err == nil && got == url) || (err != nil && strings.Contains(err.Error(), "not forwarding"))
+		})
+	}
+
+	// The real leader, with its own certificate, receives the request.
+	real := newTokenSink(t, ca, l.name)
+	pointLeaderAt(real.srv.URL)
+	if err := forward(); err != nil {
+		t.Fatalf("forward to the real leader: %v", err)
+	}
+	if len(real.got()) != 1 {
+		t.Fatalf("the leader got %d requests, want 1", len(real.got()))
+	}
+
+	// A forged leader: gossip points the leader's API at a server with a
+	// valid certificate from the cluster CA, for another name.
+	forged := newTokenSink(t, ca, "mallory")
+	pointLeaderAt(forged.srv.URL)
+	if err := forward(); err == nil || !strings.Contains(err.Error(), "identity") {
+		t.Errorf("forward to a server with another node's certificate: %v", err)
+	}
+	// A server with a certificate from another CA naming the leader.
+	otherCA := newTokenSink(t, newTLSTestCA(t, "other CA"), l.name)
+	pointLeaderAt(otherCA.srv.URL)
+	if err := forward(); err == nil {
+		t.Error("forward to a server with another CA's certificate succeeded")
+	}
+	// Plain HTTP on another host: gossip alone vouches for it.
+	pointLeaderAt("http://192.0.2.10:9000")
+	if err := forward(); err == nil || !strings.Contains(err.Error(), "not forwarding") {
+		t.Errorf("forward to plain HTTP on another host: %v", err)
+	}
+	for _, s := range []*tokenSink{forged, otherCA} {
+		if got := s.got(); len(got) != 0 {
+			t.Errorf("a forged leader received %d requests: %q", len(got), got)
+		}
 	}
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,7 +88,16 @@ type Member struct {
 	Addr   string `json:"addr"`
 	Status string `json:"status"` // alive, suspect, dead, left
 	Meta   Meta   `json:"meta"`
+	// gone is when the member was first seen dead or left (zero: alive).
+	gone time.Time
 }
+
+// DefaultReapAfter is how long failed and departed members are remembered.
+const DefaultReapAfter = 72 * time.Hour
+
+// ErrMetaTooLarge means this node's gossip metadata does not fit in
+// memberlist's limit even with its free-text fields emptied.
+var ErrMetaTooLarge = errors.New("gossip metadata too large")
 
 // Alive reports whether the member is reachable (alive or only suspected).
 func (m Member) Alive() bool { return m.Status == "alive" || m.Status == "suspect" }
@@ -103,6 +114,14 @@ type GossipConfig struct {
 	// Label is stamped on every packet; nodes with another label are ignored,
 	// so two clusters on one network never mix.
 	Label string
+	// AllowedCIDRs, when set, limits gossip to peers whose source address
+	// is in one of these networks (memberlist's CIDRsAllowed); packets
+	// from anywhere else are dropped before they are decrypted.
+	AllowedCIDRs []string
+	// ReapAfter is how long a member that failed or left is remembered
+	// (default 72h, as Consul's reconnect_timeout). Forgotten members are
+	// no longer contacted and no longer counted.
+	ReapAfter time.Duration
 	// Failure detection (defaults: memberlist's LAN profile).
 	ProbeInterval  time.Duration
 	ProbeTimeout   time.Duration
@@ -132,9 +151,13 @@ type Membership struct {
 	log  *slog.Logger
 	meta func() Meta
 
+	reapAfter time.Duration
+
 	mu       sync.Mutex
 	leaving  bool
 	lastMeta []byte
+	// metaErr is the last metadata that did not fit, reported once.
+	metaErr string
 	changed  chan struct{}
 	// nodes is our own copy of the member list, kept by the event
 	// delegate: memberlist's Members() hands out pointers whose fields its
@@ -148,8 +171,19 @@ func NewMembership(cfg GossipConfig, meta func() Meta, logger *slog.Logger) (*Me
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Membership{log: logger.With("component", "gossip"), meta: meta, changed: make(chan struct{}), nodes: map[string]Member{}}
+	m := &Membership{log: logger.With("component", "gossip"), meta: meta, changed: make(chan struct{}), nodes: map[string]Member{},
+		reapAfter: cfg.ReapAfter}
+	if m.reapAfter <= 0 {
+		m.reapAfter = DefaultReapAfter
+	}
 	mc := memberlist.DefaultLANConfig()
+	if len(cfg.AllowedCIDRs) > 0 {
+		nets, err := memberlist.ParseCIDRs(cfg.AllowedCIDRs)
+		if err != nil {
+			return nil, fmt.Errorf("gossip allowed CIDRs: %w", err)
+		}
+		mc.CIDRsAllowed = nets
+	}
 	mc.Name = cfg.NodeName
 	host, port, err := splitHostPort(cfg.BindAddr)
 	if err != nil {
@@ -181,10 +215,20 @@ func NewMembership(cfg GossipConfig, meta func() Meta, logger *slog.Logger) (*Me
 	mc.Delegate = &metaDelegate{m: m}
 	mc.Events = &eventDelegate{m: m}
 	mc.Logger = log.New(&stdlogWriter{logger: m.log}, "", 0)
-	m.lastMeta = m.encodeMeta()
+	first, err := m.encodeMeta()
+	if err != nil {
+		return nil, err
+	}
+	m.lastMeta = first
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	if len(mc.CIDRsAllowed) > 0 && !slices.ContainsFunc(ml.Members(), func(n *memberlist.Node) bool { return n.Name == cfg.NodeName }) {
+		// memberlist refuses its own node when its address is outside
+		// the allowed networks, and would run without a local node.
+		ml.Shutdown()
+		return nil, fmt.Errorf("gossip.allowed_cidrs %v must include this node's own gossip address", cfg.AllowedCIDRs)
 	}
 	m.ml = ml
 	return m, nil
@@ -205,14 +249,14 @@ func splitHostPort(addr string) (string, int, error) {
 	return h, port, nil
 }
 
-// maxHeldBackMeta is how many held-back ports a node names in gossip;
-// metaLimit is memberlist's limit on node metadata.
-const (
-	maxHeldBackMeta = 8
-	metaLimit       = 512
-)
+// maxHeldBackMeta is how many held-back ports a node names in gossip.
+const maxHeldBackMeta = 8
 
-func (m *Membership) encodeMeta() []byte {
+// encodeMeta encodes this node's metadata within memberlist's limit. The
+// free-text fields (the last HAProxy error, held-back ports, the last
+// failover's reason) are shortened, then dropped, to fit; what still does
+// not fit is an error, never a silent loss of the node's role.
+func (m *Membership) encodeMeta() ([]byte, error) {
 	md := m.meta()
 	m.mu.Lock()
 	md.Leaving = m.leaving
@@ -226,17 +270,21 @@ func (m *Membership) encodeMeta() []byte {
 	if len(md.HeldBack) > maxHeldBackMeta {
 		md.HeldBack = md.HeldBack[:maxHeldBackMeta]
 	}
-	b, _ := json.Marshal(md)
-	// Never exceed memberlist's limit (a node whose meta is too long would
-	// publish none): shed the texts first.
-	if len(b) > metaLimit {
-		md.Error, md.HeldBack = "", nil
-		if md.FIP != nil {
-			md.FIP.LastWhy = ""
-		}
-		b, _ = json.Marshal(md)
+	b, err := json.Marshal(md)
+	if err != nil {
+		return nil, fmt.Errorf("encode gossip metadata: %w", err)
 	}
-	return b
+	if len(b) <= memberlist.MetaMaxSize {
+		return b, nil
+	}
+	md.Error, md.HeldBack = "(error too long for gossip; see this node's status)", nil
+	if md.FIP != nil {
+		md.FIP.LastWhy = ""
+	}
+	if b, err = json.Marshal(md); err == nil && len(b) <= memberlist.MetaMaxSize {
+		return b, nil
+	}
+	return nil, fmt.Errorf("%w: %d bytes encoded, memberlist allows %d (shorten the node name, API address or raft address)", ErrMetaTooLarge, len(b), memberlist.MetaMaxSize)
 }
 
 func (m *Membership) notify() {
@@ -278,8 +326,20 @@ func (m *Membership) Join(ctx context.Context, addrs []string) error {
 
 // Refresh re-reads this node's metadata and gossips it when it changed.
 func (m *Membership) Refresh() {
-	b := m.encodeMeta()
+	b, err := m.encodeMeta()
+	if err != nil {
+		// Keep gossiping the last metadata that fit; say so once.
+		m.mu.Lock()
+		first := m.metaErr != err.Error()
+		m.metaErr = err.Error()
+		m.mu.Unlock()
+		if first {
+			m.log.Error("gossip metadata not updated", "err", err)
+		}
+		return
+	}
 	m.mu.Lock()
+	m.metaErr = ""
 	same := string(b) == string(m.lastMeta)
 	if !same {
 		m.lastMeta = b
@@ -322,6 +382,7 @@ func (m *Membership) RunReconnect(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
+		m.reap(time.Now())
 		var dead []string
 		for _, mem := range m.Members() {
 			if mem.Status == "dead" && mem.Addr != "" {
@@ -336,6 +397,26 @@ func (m *Membership) RunReconnect(ctx context.Context, interval time.Duration) {
 		} else if err != nil {
 			m.log.Debug("dead members still unreachable", "err", err)
 		}
+	}
+}
+
+// reap forgets members that have been dead or gone for longer than
+// ReapAfter.
+func (m *Membership) reap(now time.Time) {
+	m.mu.Lock()
+	var reaped []string
+	for name, mem := range m.nodes {
+		if !mem.gone.IsZero() && now.Sub(mem.gone) > m.reapAfter {
+			delete(m.nodes, name)
+			reaped = append(reaped, name)
+		}
+	}
+	m.mu.Unlock()
+	for _, name := range reaped {
+		m.log.Info("forgot a member gone for longer than gossip.reap_after", "member", name, "reap_after", m.reapAfter)
+	}
+	if len(reaped) > 0 {
+		m.notify()
 	}
 }
 
@@ -376,6 +457,12 @@ func (m *Membership) record(n *memberlist.Node, left bool) {
 		}
 	}
 	m.mu.Lock()
+	if left {
+		mem.gone = time.Now()
+		if prev, ok := m.nodes[n.Name]; ok && !prev.gone.IsZero() {
+			mem.gone = prev.gone
+		}
+	}
 	m.nodes[n.Name] = mem
 	m.mu.Unlock()
 	m.notify()
