@@ -158,7 +158,7 @@ type Membership struct {
 	lastMeta []byte
 	// metaErr is the last metadata that did not fit, reported once.
 	metaErr string
-	changed  chan struct{}
+	changed chan struct{}
 	// nodes is our own copy of the member list, kept by the event
 	// delegate: memberlist's Members() hands out pointers whose fields its
 	// goroutines keep writing, so reading them would race.
