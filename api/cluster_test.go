@@ -352,6 +352,17 @@ func TestForwardRefused(t *testing.T) {
 			wantStatus: 413, wantMsg: "larger than 65536 bytes",
 		},
 		{
+			name:   "invalid route is refused before forwarding",
+			method: http.MethodPut, path: "/v1/routes/8443", hdr: bearer(testToken), body: `{"name":"Not A Name!"}`,
+			wantStatus: 400, wantMsg: "name",
+		},
+		{
+			name:   "invalid hook is refused before forwarding",
+			method: http.MethodPost, path: hookPath, hdr: legacy(testToken),
+			body:       `{"name":"demo","frontend-port":8080,"backend-port":8081,"dst-ip":"not-an-ip","action":"add"}`,
+			wantStatus: 400, wantMsg: "dst-ip",
+		},
+		{
 			name:   "bad wait is refused before forwarding",
 			method: http.MethodPut, path: "/v1/routes/8443?wait=forever", hdr: bearer(testToken), body: `{"name":"web"}`,
 			wantStatus: 400, wantMsg: `wait must be "applied"`,

@@ -90,13 +90,17 @@ func NewForwardClient(tlsConfig *tls.Config) *http.Client {
 }
 
 // writeEndpoint wraps a mutating handler: it checks ?wait=applied, and on a
-// node that is not the leader forwards the request (body read within
-// maxBody) instead of running h. It runs after authentication, so nothing
-// unauthenticated is ever forwarded.
+// node that is not the leader validates the request (see validateHere) and
+// forwards it (body read within maxBody) instead of running h. It runs
+// after authentication, so nothing unauthenticated or invalid is ever
+// forwarded.
 func (s *Server) writeEndpoint(maxBody int64, h handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		wait, err := parseWait(r)
 		if err != nil {
+			return err
+		}
+		if err := s.validateHere(w, r, maxBody, h); err != nil {
 			return err
 		}
 		hold := s.holdUntil()

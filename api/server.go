@@ -334,6 +334,10 @@ func (s *Server) currentState() *fsm.State {
 // successful commit then waits for it to be applied everywhere: 504 if that
 // takes too long.
 func (s *Server) commit(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	if ctx.Value(validateOnlyKey{}) != nil {
+		// Capacity admission is the leader's call, on its own view.
+		return fsm.Result{}, errValidated
+	}
 	if err := s.admit(cmd); err != nil {
 		return fsm.Result{}, err
 	}
