@@ -254,6 +254,9 @@ type Deps struct {
 	// Admitter refuses, before the log, a write whose table no node could
 	// run (capacity admission); nil admits everything.
 	Admitter Admitter
+	// Peers removes raft voters (POST /v1/raft/remove-peer). nil: the
+	// endpoint answers 501.
+	Peers PeerRemover
 	// ForwardClient carries requests forwarded to the leader; cmd/ gives it
 	// the TLS configuration peers' APIs need. nil means NewForwardClient(nil).
 	// Each forwarded request carries its own deadline, so the client needs

@@ -46,6 +46,7 @@ type Server struct {
 	waiter      AppliedWaiter      // nil: wait for this node's HAProxy
 	cluster     ClusterSource      // nil: a cluster of one
 	admitter    Admitter           // nil: every write fits
+	peers       PeerRemover        // nil: membership is not changed here
 	client      *http.Client       // forwards to the leader
 	log         *slog.Logger
 	now         func() time.Time
@@ -85,6 +86,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		waiter:      deps.AppliedWaiter,
 		cluster:     deps.Cluster,
 		admitter:    deps.Admitter,
+		peers:       deps.Peers,
 		client:      deps.ForwardClient,
 		log:         deps.Logger,
 		now:         deps.Now,
@@ -155,6 +157,7 @@ func (s *Server) routes() {
 	s.handle("POST /v1/snapshot", "snapshot_restore", token, s.writeEndpoint(snapshot, s.handleSnapshotRestore))
 	s.handle("GET /v1/status", "status", token, s.handleStatus)
 	s.handle("GET /v1/cluster", "cluster", token, s.handleCluster)
+	s.handle("POST /v1/raft/remove-peer", "raft_remove_peer", token, s.writeEndpoint(body, s.handleRemovePeer))
 
 	s.handle("GET /healthz", "healthz", public, s.handleHealthz)
 	s.handle("GET /readyz", "readyz", public, s.handleReadyz)

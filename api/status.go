@@ -23,6 +23,9 @@ type Status struct {
 	Raft            RaftStatus    `json:"raft"`
 	State           StateStatus   `json:"state"`
 	HAProxy         HAProxyStatus `json:"haproxy"`
+	// Warnings are conditions an operator must act on, such as a cluster
+	// running without gossip encryption or raft mutual TLS.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // RaftStatus is this node's raft view. It comes from the StatusSource alone:

@@ -57,6 +57,9 @@ var defaults = map[string]any{
 	"gossip.probe_timeout":                "100ms",
 	"gossip.suspicion_mult":               2,
 	"gossip.gossip_interval":              "100ms",
+	"gossip.allowed_cidrs":                []string{},
+	"gossip.reap_after":                   "72h",
+	"cluster.insecure":                    false,
 	"haproxy.bin":                         "haproxy",
 	"haproxy.dir":                         "",
 	"haproxy.bind_address":                "",
@@ -183,6 +186,9 @@ func loadConfig(configFile string, flags *pflag.FlagSet) (*agent.Config, error) 
 	c.Fill()
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	if err := c.CheckTrust(); err != nil {
+		return nil, &exitError{code: 2, err: err}
 	}
 	return &c, nil
 }

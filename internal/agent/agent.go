@@ -248,6 +248,8 @@ func (a *Agent) start(ctx context.Context) error {
 		ProbeTimeout:   cfg.Gossip.ProbeTimeout,
 		SuspicionMult:  cfg.Gossip.SuspicionMult,
 		GossipInterval: cfg.Gossip.GossipInterval,
+		AllowedCIDRs:   cfg.Gossip.AllowedCIDRs,
+		ReapAfter:      cfg.Gossip.ReapAfter,
 	}, a.info.meta, logger)
 	if err != nil {
 		return err
@@ -255,6 +257,16 @@ func (a *Agent) start(ctx context.Context) error {
 	a.members = members
 	a.clus = cluster.NewCluster(node, members, logger)
 	a.info.cluster = a.clus
+	if a.raftTLS != nil && cfg.API.ForwardCAFile == "" {
+		// Forward only to the leader's own certificate (HTTPS), or to
+		// its raft host (plain HTTP): never to an address gossip alone
+		// vouches for.
+		pool, err := tlsutil.CAPool(cfg.Raft.TLSCAFile)
+		if err != nil {
+			return fmt.Errorf("raft.tls_ca_file: %w", err)
+		}
+		a.forward = api.NewForwardClient(a.clus.ForwardTLS(pool))
+	}
 
 	// 5. The floating-IP owner (its loop starts with the others in 7).
 	owner, err := newFloatingIPOwner(cfg, a.info, members, logger, a.reg)
@@ -289,6 +301,7 @@ func (a *Agent) start(ctx context.Context) error {
 		AppliedWaiter: a.info,
 		Cluster:       a.info,
 		Admitter:      a.info,
+		Peers:         peerRemover{node},
 		ForwardClient: a.forward,
 	})
 	if err != nil {
@@ -331,6 +344,9 @@ func (a *Agent) start(ctx context.Context) error {
 	scheme := "http"
 	if cfg.API.TLSCertFile != "" {
 		scheme = "https"
+	}
+	for _, w := range cfg.TrustWarnings() {
+		logger.Warn(w)
 	}
 	logger.Info("drawbridge agent running", "version", a.version, "role", cfg.Role,
 		"api", scheme+"://"+ln.Addr().String(), "raft", cfg.Raft.Addr, "gossip", cfg.Gossip.Addr,

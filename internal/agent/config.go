@@ -49,7 +49,9 @@ type Config struct {
 	Leases  LeasesConfig  `mapstructure:"leases"`
 	// FloatingIP configures the public address that moves between edge nodes.
 	FloatingIP FloatingIPConfig `mapstructure:"floating_ip"`
-	Log        LogConfig        `mapstructure:"log"`
+	// Cluster is cluster-wide trust (see CheckTrust).
+	Cluster ClusterConfig `mapstructure:"cluster"`
+	Log     LogConfig     `mapstructure:"log"`
 }
 
 // APIConfig configures the HTTP API (webhook, REST, metrics).
@@ -106,6 +108,20 @@ type GossipConfig struct {
 	ProbeTimeout   time.Duration `mapstructure:"probe_timeout"`
 	SuspicionMult  int           `mapstructure:"suspicion_mult"`
 	GossipInterval time.Duration `mapstructure:"gossip_interval"`
+	// AllowedCIDRs limits gossip to peers in these networks (memberlist's
+	// CIDRsAllowed); it must include this node's own gossip address.
+	AllowedCIDRs []string `mapstructure:"allowed_cidrs"`
+	// ReapAfter is how long failed and departed members are remembered
+	// (default 72h).
+	ReapAfter time.Duration `mapstructure:"reap_after"`
+}
+
+// ClusterConfig is cluster-wide trust.
+type ClusterConfig struct {
+	// Insecure lets the agent run outside --dev without gossip encryption
+	// or raft mutual TLS: for a lab on a private network only. The agent
+	// says so at start and in every /v1/status.
+	Insecure bool `mapstructure:"insecure"`
 }
 
 // HAProxyConfig configures the managed HAProxy.
@@ -255,6 +271,43 @@ func isUnspecified(h string) bool {
 	return err == nil && a.IsUnspecified()
 }
 
+// CheckTrust refuses, outside --dev and without cluster.insecure, a node
+// whose cluster ports would admit strangers: gossip must be encrypted and
+// raft must run mutual TLS. The error is one line naming the missing
+// setting and how to create it.
+func (c *Config) CheckTrust() error {
+	if c.Dev || c.Cluster.Insecure {
+		return nil
+	}
+	const lab = "; or set cluster.insecure: true (DRAWBRIDGE_CLUSTER_INSECURE=true) for a lab on a private network"
+	if c.Gossip.Key == "" && c.Gossip.KeyFile == "" {
+		return errors.New("gossip encryption is off: set gossip.key_file (create a key with `drawbridge keygen > gossip.key`)" + lab)
+	}
+	if c.Raft.TLSCAFile == "" {
+		return fmt.Errorf("raft mutual TLS is off: set raft.tls_ca_file, raft.tls_cert_file and raft.tls_key_file (create them with `drawbridge tls ca create` and `drawbridge tls cert create --node %s`)%s", c.NodeName, lab)
+	}
+	return nil
+}
+
+// TrustWarnings lists what this node runs without (empty under --dev,
+// which only listens on loopback).
+func (c *Config) TrustWarnings() []string {
+	if c.Dev {
+		return nil
+	}
+	var w []string
+	if c.Gossip.Key == "" && c.Gossip.KeyFile == "" {
+		w = append(w, "INSECURE: gossip is not encrypted: anyone who reaches "+c.Gossip.Addr+" can join the membership and forge member state")
+	}
+	if c.Raft.TLSCAFile == "" {
+		w = append(w, "INSECURE: raft runs without mutual TLS: anyone who reaches "+c.Raft.Addr+" can vote and rewrite the route table")
+	}
+	if c.API.TLSCertFile == "" {
+		w = append(w, "the API is plain HTTP: tokens cross the network in clear")
+	}
+	return w
+}
+
 // Validate reports the first configuration error in words an operator can act on.
 func (c *Config) Validate() error {
 	var errs []error
@@ -310,6 +363,14 @@ func (c *Config) Validate() error {
 	}
 	if c.HAProxy.OldWorkersMaxMB < 0 {
 		errs = append(errs, errors.New("haproxy.old_workers_max_mb must not be negative (0 = no budget)"))
+	}
+	if c.Gossip.ReapAfter < 0 {
+		errs = append(errs, errors.New("gossip.reap_after must not be negative"))
+	}
+	for _, cidr := range c.Gossip.AllowedCIDRs {
+		if _, err := netip.ParsePrefix(cidr); err != nil {
+			errs = append(errs, fmt.Errorf("gossip.allowed_cidrs: %q is not a network like 10.0.0.0/8", cidr))
+		}
 	}
 	if (c.API.TLSCertFile == "") != (c.API.TLSKeyFile == "") {
 		errs = append(errs, errors.New("api.tls_cert_file and api.tls_key_file must be set together"))

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -118,6 +120,7 @@ func (s *nodeInfo) Status() api.Status {
 			CommitIndex:  rs.CommitIndex,
 			AppliedIndex: rs.AppliedIndex,
 		},
+		Warnings: s.cfg.TrustWarnings(),
 	}
 	if s.proxy == nil {
 		return st
@@ -300,4 +303,21 @@ func (s *nodeInfo) Admit(current, next *fsm.State) error {
 			"(one per route, one more per backend with health checks on), and the most any edge node has for them is %d "+
 			"(%s, after what HAProxy and its connections keep); raise LimitNOFILE on the nodes, "+
 			"turn health checks off, or remove routes", need, max(best, 0), where)}
+}
+
+// peerRemover serves POST /v1/raft/remove-peer with the raft node.
+type peerRemover struct{ node *cluster.Node }
+
+// RemovePeer implements api.PeerRemover.
+func (p peerRemover) RemovePeer(name string) error {
+	err := p.node.RemovePeer(name)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, cluster.ErrNotVoter):
+		return &api.Error{Status: http.StatusNotFound, Message: err.Error()}
+	case errors.Is(err, cluster.ErrNotLeader), errors.Is(err, cluster.ErrNoLeader), errors.Is(err, cluster.ErrShutdown), errors.Is(err, cluster.ErrCommitTimeout):
+		return err
+	}
+	return &api.Error{Status: http.StatusConflict, Message: err.Error()}
 }
