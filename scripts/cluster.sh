@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Start three drawbridge nodes on this machine for trying clustering:
-#   edge-1  API 127.0.0.1:9000  raft :9001  gossip :9002  frontends on 127.0.1.1
-#   edge-2  API 127.0.0.1:9010  raft :9011  gossip :9012  frontends on 127.0.1.2
-#   edge-3  API 127.0.0.1:9020  raft :9021  gossip :9022  frontends on 127.0.1.3
-# Data lives in ./drawbridge-cluster. Ctrl-C stops the agents; their HAProxies
-# keep serving (as in production) until `make cluster-stop`.
+#   edge-1  API https://127.0.0.1:9000  raft :9001  gossip :9002  frontends on 127.0.1.1
+#   edge-2  API https://127.0.0.1:9010  raft :9011  gossip :9012  frontends on 127.0.1.2
+#   edge-3  API https://127.0.0.1:9020  raft :9021  gossip :9022  frontends on 127.0.1.3
+# It runs secured as in production: a cluster CA and one certificate per
+# node (drawbridge tls), raft mutual TLS, an encrypted gossip, HTTPS for the
+# API. Data and credentials live in ./drawbridge-cluster (tls/, gossip.key).
+# Ctrl-C stops the agents; their HAProxies keep serving (as in production)
+# until `make cluster-stop`.
 set -euo pipefail
 BIN=${BIN:-bin/drawbridge}
 DIR=${DIR:-drawbridge-cluster}
+# BASE moves the nine ports (BASE..BASE+22) when 9000 is taken.
+BASE=${BASE:-9000}
 mkdir -p "$DIR"
 
 if [ "${1:-}" = "stop" ]; then
@@ -30,6 +35,11 @@ if [ -z "${DRAWBRIDGE_API_TOKEN:-}" ]; then
 fi
 export DRAWBRIDGE_API_TOKEN
 [ -s "$DIR/gossip.key" ] || { "$BIN" keygen > "$DIR/gossip.key"; chmod 600 "$DIR/gossip.key"; }
+TLS="$DIR/tls"
+[ -s "$TLS/ca.pem" ] || "$BIN" tls ca create --dir "$TLS" >/dev/null
+for n in 1 2 3; do
+	[ -s "$TLS/edge-$n.pem" ] || "$BIN" tls cert create --ca-dir "$TLS" --node "edge-$n" --ip 127.0.0.1 >/dev/null
+done
 
 pids=()
 cleanup() {
@@ -40,19 +50,24 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 for n in 1 2 3; do
-	base=$((9000 + (n - 1) * 10))
+	base=$((BASE + (n - 1) * 10))
 	args=(agent --node-name "edge-$n" --data-dir "$DIR/edge-$n"
 		--api-addr "127.0.0.1:$base" --raft-addr "127.0.0.1:$((base + 1))" --gossip-addr "127.0.0.1:$((base + 2))"
 		--haproxy-bind-address "127.0.1.$n" --bootstrap-expect 3)
-	[ "$n" = 1 ] || args+=(--join 127.0.0.1:9002)
-	DRAWBRIDGE_GOSSIP_KEY_FILE="$DIR/gossip.key" "$BIN" "${args[@]}" 2>&1 | sed -u "s/^/[edge-$n] /" &
+	[ "$n" = 1 ] || args+=(--join "127.0.0.1:$((BASE + 2))")
+	DRAWBRIDGE_GOSSIP_KEY_FILE="$DIR/gossip.key" \
+		DRAWBRIDGE_RAFT_TLS_CA_FILE="$TLS/ca.pem" \
+		DRAWBRIDGE_RAFT_TLS_CERT_FILE="$TLS/edge-$n.pem" DRAWBRIDGE_RAFT_TLS_KEY_FILE="$TLS/edge-$n-key.pem" \
+		DRAWBRIDGE_API_TLS_CERT_FILE="$TLS/edge-$n.pem" DRAWBRIDGE_API_TLS_KEY_FILE="$TLS/edge-$n-key.pem" \
+		"$BIN" "${args[@]}" 2>&1 | sed -u "s/^/[edge-$n] /" &
 	pids+=($!)
 done
 
 cat <<MSG
 three nodes starting; API token: export DRAWBRIDGE_API_TOKEN=$DRAWBRIDGE_API_TOKEN
-try:   $BIN members
-       curl -H "X-Funkypenguin-Token: \$DRAWBRIDGE_API_TOKEN" -d '{"name":"demo","frontend-port":8080,"backend-port":8081,"dst-ip":"127.0.0.1","action":"add"}' http://127.0.0.1:9010/hooks/update-haproxy
+the API is HTTPS with certificates from $TLS/ca.pem:
+try:   $BIN members --addr https://127.0.0.1:$BASE --ca-file $TLS/ca.pem
+       curl --cacert $TLS/ca.pem -H "X-Funkypenguin-Token: \$DRAWBRIDGE_API_TOKEN" -d '{"name":"demo","frontend-port":8080,"backend-port":8081,"dst-ip":"127.0.0.1","action":"add"}' https://127.0.0.1:$((BASE + 10))/hooks/update-haproxy
 Ctrl-C stops the agents.
 MSG
 wait

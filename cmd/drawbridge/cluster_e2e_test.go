@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // fastClusterEnv shortens raft and gossip timings for multi-process tests.
@@ -45,6 +47,11 @@ func startLocalCluster(t testing.TB, n int) *localCluster {
 	for i := 0; i < n; i++ {
 		c.gossip = append(c.gossip, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	}
+	var names []string
+	for i := 0; i < n; i++ {
+		names = append(names, fmt.Sprintf("edge-%d", i+1))
+	}
+	creds := testenv.ClusterCredentials(t, t.TempDir(), names...)
 	for i := 0; i < n; i++ {
 		a := &testAgent{t: t, dir: t.TempDir(), name: fmt.Sprintf("edge-%d", i+1), apiPort: freePort(t)}
 		a.args = []string{"agent",
@@ -62,7 +69,7 @@ func startLocalCluster(t testing.TB, n int) *localCluster {
 				a.args = append(a.args, "--join", g)
 			}
 		}
-		a.env = fastClusterEnv
+		a.env = append(append([]string(nil), fastClusterEnv...), creds[a.name]...)
 		c.agents = append(c.agents, a)
 		t.Cleanup(func() {
 			a.stop()

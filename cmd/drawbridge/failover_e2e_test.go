@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/internal/netns"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // Floating-IP failover in network namespaces: two edge nodes (edge-a,
@@ -173,6 +174,11 @@ func fipStartLab(t *testing.T) *fipLab {
 			}
 		}
 	})
+	var names []string
+	for _, n := range l.nodes() {
+		names = append(names, n.name)
+	}
+	creds := testenv.ClusterCredentials(t, t.TempDir(), names...)
 	for _, n := range l.nodes() {
 		n.args = []string{"agent",
 			"--node-name", n.name,
@@ -189,7 +195,7 @@ func fipStartLab(t *testing.T) *fipLab {
 				n.args = append(n.args, "--join", net.JoinHostPort(o.host.IP, strconv.Itoa(fipGossipPort)))
 			}
 		}
-		n.env = append([]string(nil), fipEnv...)
+		n.env = append(append([]string(nil), fipEnv...), creds[n.name]...)
 		if n.witness {
 			n.args = append(n.args, "--witness")
 		} else {

@@ -71,6 +71,8 @@ type nsNode struct {
 	host *netns.Host
 	dir  string
 	args []string
+	// creds turn on gossip encryption and raft mutual TLS.
+	creds []string
 	agentProc
 }
 
@@ -79,7 +81,7 @@ func (n *nsNode) String() string { return n.name + "(" + n.host.IP + ")" }
 // start runs the agent inside its namespace.
 func (n *nsNode) start(t testing.TB) {
 	t.Helper()
-	n.launch(t, n.host.Command(context.Background(), binPath, n.args...), nsFastEnv)
+	n.launch(t, n.host.Command(context.Background(), binPath, n.args...), append(append([]string(nil), nsFastEnv...), n.creds...))
 }
 
 // stop sends SIGTERM, then SIGKILL when the agent has not exited after 5 s,
@@ -166,7 +168,13 @@ func nsStartLab(t *testing.T, specs ...nsSpec) *nsLab {
 			}
 		}
 	})
+	var names []string
 	for _, n := range l.nodes {
+		names = append(names, n.name)
+	}
+	creds := testenv.ClusterCredentials(t, t.TempDir(), names...)
+	for _, n := range l.nodes {
+		n.creds = creds[n.name]
 		n.args = []string{"agent",
 			"--node-name", n.name,
 			"--data-dir", n.dir,

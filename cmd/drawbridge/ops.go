@@ -125,7 +125,7 @@ It is what SIGTERM (systemctl stop drawbridge) does.`,
 }
 
 func newRaftCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "raft", Short: "Inspect and repair a node's raft state (offline)"}
+	cmd := &cobra.Command{Use: "raft", Short: "Inspect and repair raft membership (peers and recover offline, remove-peer online)"}
 	var dataDir string
 	peers := &cobra.Command{
 		Use:   "peers",
@@ -193,7 +193,40 @@ instead. Never run it on more than one side of a partition.`,
 	for _, c := range []*cobra.Command{peers, recover} {
 		c.Flags().StringVar(&dataDir, "data-dir", "/var/lib/drawbridge", "the stopped agent's data directory")
 	}
-	cmd.AddCommand(peers, recover)
+	cmd.AddCommand(peers, recover, newRemovePeerCmd())
+	return cmd
+}
+
+// newRemovePeerCmd is `drawbridge raft remove-peer NAME`: online, through
+// the leader (any node forwards it there).
+func newRemovePeerCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "remove-peer NAME",
+		Short: "Remove a voter that is gone for good from the raft configuration (online, through the leader)",
+		Long: `remove-peer removes a raft voter that will not come back: a failed node keeps
+its vote (so that losing it does not also lose the quorum that removing it
+needs), and gossip alone never removes a voter. A node that stops gracefully
+removes itself. Any node's API takes the request and forwards it to the
+leader; the leader cannot remove itself (stop it first: it hands leadership
+over).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Removed string `json:"removed"`
+			}
+			if err := c.do(cmd.Context(), "POST", "/v1/raft/remove-peer", map[string]string{"name": args[0]}, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s from the raft voters\n", out.Removed)
+			return nil
+		},
+	}
+	cf.register(cmd)
 	return cmd
 }
 

@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	crand "crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -12,14 +15,40 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/pki"
+	"github.com/drawbridge-lb/drawbridge/internal/tlsutil"
 )
 
 // startCluster starts three agents on loopback with default raft timings,
-// frontends bound to 127.0.1.1-3, formed by bootstrap-expect.
-func startCluster(bin string) ([]*agent, error) {
+// frontends bound to 127.0.1.1-3, formed by bootstrap-expect. secure runs
+// the shipped setup: a CA and node certificates, raft mutual TLS, gossip
+// encryption and the API over HTTPS (the bench's clients trust the CA);
+// otherwise the cluster runs with cluster.insecure and plain HTTP.
+func startCluster(bin string, secure bool) ([]*agent, error) {
 	var gossip []string
 	for i := 0; i < 3; i++ {
 		gossip = append(gossip, fmt.Sprintf("127.0.0.1:%d", freePort()))
+	}
+	names := []string{"edge-1", "edge-2", "edge-3"}
+	var creds map[string]pki.NodeCreds
+	gossipKey := make([]byte, 32)
+	if secure {
+		dir, err := os.MkdirTemp("", "drawbridge-bench-tls-")
+		if err != nil {
+			return nil, err
+		}
+		if creds, err = pki.CreateCluster(dir, nil, names...); err != nil {
+			return nil, err
+		}
+		pool, err := tlsutil.CAPool(creds[names[0]].CAFile)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := crand.Read(gossipKey); err != nil {
+			return nil, err
+		}
+		http.DefaultTransport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	var agents []*agent
 	for i := 0; i < 3; i++ {
@@ -27,8 +56,15 @@ func startCluster(bin string) ([]*agent, error) {
 		if err != nil {
 			return nil, err
 		}
-		a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort()),
+		a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort()), https: secure,
 			env: []string{"DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS=" + dynamicRange}}
+		if secure {
+			c := creds[names[i]]
+			a.env = append(append(a.env, c.Env()...), "DRAWBRIDGE_GOSSIP_KEY="+base64.StdEncoding.EncodeToString(gossipKey),
+				"DRAWBRIDGE_API_TLS_CERT_FILE="+c.CertFile, "DRAWBRIDGE_API_TLS_KEY_FILE="+c.KeyFile)
+		} else {
+			a.env = append(a.env, "DRAWBRIDGE_CLUSTER_INSECURE=true")
+		}
 		a.args = []string{"agent", "--node-name", fmt.Sprintf("edge-%d", i+1), "--data-dir", dir,
 			"--api-addr", a.api, "--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort()),
 			"--gossip-addr", gossip[i], "--bootstrap-expect", "3",
@@ -57,7 +93,7 @@ func startCluster(bin string) ([]*agent, error) {
 func (a *agent) running() bool { return a.cmd.ProcessState == nil }
 
 func (a *agent) isLeader() bool {
-	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req, _ := http.NewRequest("GET", a.url()+"/v1/status", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -86,7 +122,7 @@ func leaderOf(agents []*agent) *agent {
 func (a *agent) put(client *http.Client, port, backendPort int) bool {
 	body, _ := json.Marshal(map[string]any{"name": "r" + strconv.Itoa(port),
 		"backends": []map[string]any{{"address": "10.99.0.1", "port": backendPort}}})
-	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://%s/v1/routes/%d", a.api, port), bytes.NewReader(body))
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("%s/v1/routes/%d", a.url(), port), bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := client.Do(req)
 	if err != nil {
@@ -96,23 +132,66 @@ func (a *agent) put(client *http.Client, port, backendPort int) bool {
 	return resp.StatusCode == 200
 }
 
-func runCluster(bin string) error {
+// clusterFigures are one run's results, for the TLS on/off comparison.
+type clusterFigures struct {
+	writes float64
+	// live is webhook -> live on all three HAProxies, p50 and p99, per path.
+	live map[string][2]time.Duration
+}
+
+// runClusters runs the three-node benchmark once per TLS setting asked
+// (both: plain first, then TLS, one after the other on the same machine)
+// and prints the cost of TLS when both ran.
+func runClusters(bin, which string) error {
+	figs := map[bool]clusterFigures{}
+	for _, secure := range []bool{false, true} {
+		if (which == "on" && !secure) || (which == "off" && secure) {
+			continue
+		}
+		f, err := runCluster(bin, secure)
+		if err != nil {
+			return err
+		}
+		figs[secure] = f
+	}
+	off, okOff := figs[false]
+	on, okOn := figs[true]
+	if !okOff || !okOn {
+		return nil
+	}
+	fmt.Printf("\ncost of TLS (raft mutual TLS + gossip encryption + HTTPS API, against none; same binary, one run after the other):\n")
+	fmt.Printf("  committed writes/s, 64 clients      off %6.0f   on %6.0f   (%+.1f%%)\n", off.writes, on.writes, 100*(on.writes-off.writes)/off.writes)
+	for _, path := range []benchPath{oldPath(), newPath()} {
+		a, b := off.live[path.name], on.live[path.name]
+		fmt.Printf("  webhook -> live on all 3, %-8s p50 off %s  on %s   p99 off %s  on %s\n", path.name+":", ms(a[0]), ms(b[0]), ms(a[1]), ms(b[1]))
+	}
+	return nil
+}
+
+func runCluster(bin string, secure bool) (clusterFigures, error) {
+	figs := clusterFigures{live: map[string][2]time.Duration{}}
 	bport, stopBackend := startBackend()
 	defer stopBackend()
-	agents, err := startCluster(bin)
+	agents, err := startCluster(bin, secure)
 	if err != nil {
-		return err
+		return figs, err
 	}
 	defer func() {
 		for _, a := range agents {
 			a.stop()
 		}
 	}()
-	fmt.Printf("\ndrawbridge three-node benchmark (3 agents + 3 HAProxies on loopback, default raft timings, fsync on)\n")
+	setting := "TLS off: cluster.insecure, plain HTTP"
+	if secure {
+		setting = "TLS on: raft mutual TLS, gossip encryption, HTTPS API"
+	}
+	fmt.Printf("\ndrawbridge three-node benchmark (3 agents + 3 HAProxies on loopback, default raft timings, fsync on; %s)\n", setting)
 
 	// Sustained writes: 64 clients, random nodes (followers forward), 5 s.
 	ports := freePorts(200)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	var ok, failed atomic.Int64
 	stop := time.Now().Add(5 * time.Second)
 	var wg sync.WaitGroup
@@ -134,29 +213,33 @@ func runCluster(bin string) error {
 	start := time.Now()
 	wg.Wait()
 	elapsed := time.Since(start)
+	figs.writes = float64(ok.Load()) / elapsed.Seconds()
 	fmt.Printf("sustained writes, 64 clients to random nodes: %.0f committed writes/s (%d ok, %d failed in %v)\n",
-		float64(ok.Load())/elapsed.Seconds(), ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
+		figs.writes, ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
 
 	// Webhook -> live on all three HAProxies, posted to random nodes, on
 	// each path.
 	for _, path := range []benchPath{oldPath(), newPath()} {
 		fmt.Printf("-- %s\n", path.label)
-		if err := clusterLive(agents, path, bport); err != nil {
-			return err
+		p50, p99, err := clusterLive(agents, path, bport)
+		if err != nil {
+			return figs, err
 		}
+		figs.live[path.name] = [2]time.Duration{p50, p99}
 		leader := leaderOf(agents)
 		if leader == nil {
-			return fmt.Errorf("no leader")
+			return figs, fmt.Errorf("no leader")
 		}
 		if err := breakdown(leader, agents, path, bport, 20); err != nil {
-			return err
+			return figs, err
 		}
 	}
-	return clusterKill(bin, agents, ports)
+	return figs, clusterKill(bin, agents, ports)
 }
 
-// clusterLive times webhook -> live on all three HAProxies.
-func clusterLive(agents []*agent, path benchPath, bport int) error {
+// clusterLive times webhook -> live on all three HAProxies; it returns the
+// p50 and p99.
+func clusterLive(agents []*agent, path benchPath, bport int) (time.Duration, time.Duration, error) {
 	var lat []time.Duration
 	var reloads0 uint64
 	for _, a := range agents {
@@ -167,14 +250,14 @@ func clusterLive(agents []*agent, path benchPath, bport int) error {
 		t0 := time.Now()
 		code, err := a.hook(fmt.Sprintf("%s-live-%d", path.name, i), port, bport)
 		if err != nil || code != 200 {
-			return fmt.Errorf("add %d: %d %v", i, code, err)
+			return 0, 0, fmt.Errorf("add %d: %d %v", i, code, err)
 		}
 		for n := 1; n <= 3; n++ {
 			host := fmt.Sprintf("127.0.1.%d", n)
 			deadline := time.Now().Add(10 * time.Second)
 			for !liveAt(host, port) {
 				if time.Now().After(deadline) {
-					return fmt.Errorf("add %d never went live on %s", i, host)
+					return 0, 0, fmt.Errorf("add %d never went live on %s", i, host)
 				}
 				time.Sleep(2 * time.Millisecond)
 			}
@@ -187,7 +270,7 @@ func clusterLive(agents []*agent, path benchPath, bport int) error {
 	}
 	fmt.Printf("webhook -> route live on all three HAProxies, 50 sequential adds: p50 %s  p99 %s  max %s  (%d HAProxy reloads on the three nodes)\n",
 		ms(pct(lat, .5)), ms(pct(lat, .99)), ms(slices.Max(lat)), reloads-reloads0)
-	return nil
+	return pct(lat, .5), pct(lat, .99), nil
 }
 
 // clusterKill times leader kill -9 -> first committed write, three times.

@@ -40,6 +40,7 @@ func main() {
 	conc := flag.Int("concurrent", 500, "adds in the concurrent run")
 	clients := flag.Int("clients", 32, "concurrent clients")
 	mode := flag.String("mode", "all", "single, cluster, all (single and cluster), scale or longlived")
+	tlsMode := flag.String("tls", "both", "three-node runs: off, on, or both (the cost of TLS, one after the other)")
 	flag.StringVar(&dynamicRange, "dynamic", dynamicRange, "haproxy.dynamic_ports of the agents (the new path's ports)")
 	sizes := flag.String("sizes", "1000,5000,10000", "route counts of -mode scale")
 	flag.Parse()
@@ -65,7 +66,7 @@ func main() {
 		}
 	}
 	if *mode == "cluster" || *mode == "all" {
-		if err := runCluster(*bin); err != nil {
+		if err := runClusters(*bin, *tlsMode); err != nil {
 			fmt.Fprintln(os.Stderr, "bench cluster:", err)
 			os.Exit(1)
 		}
@@ -73,12 +74,14 @@ func main() {
 }
 
 type agent struct {
-	dir  string
-	api  string
-	args []string
-	env  []string
-	cmd  *exec.Cmd
-	logs syncBuffer
+	dir string
+	api string
+	// https serves the API over TLS (the secure cluster run).
+	https bool
+	args  []string
+	env   []string
+	cmd   *exec.Cmd
+	logs  syncBuffer
 }
 
 // syncBuffer is a bytes.Buffer the agent's output goroutines and the bench
@@ -107,6 +110,14 @@ func (s *syncBuffer) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.b.Reset()
+}
+
+// url is the agent's API base URL.
+func (a *agent) url() string {
+	if a.https {
+		return "https://" + a.api
+	}
+	return "http://" + a.api
 }
 
 func freePort() int {
@@ -150,7 +161,7 @@ func (a *agent) launch(bin string) error {
 func (a *agent) waitReady() error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + a.api + "/readyz")
+		resp, err := http.Get(a.url() + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 && a.leader() != "" {
@@ -184,7 +195,7 @@ func (a *agent) hookQuery(name string, fport, bport int, query string) (int, err
 	body, _ := json.Marshal(map[string]any{
 		"name": name, "frontend-port": fport, "backend-port": bport, "dst-ip": "127.0.0.1", "action": "add",
 	})
-	req, _ := http.NewRequest("POST", "http://"+a.api+"/hooks/update-haproxy"+query, bytes.NewReader(body))
+	req, _ := http.NewRequest("POST", a.url()+"/hooks/update-haproxy"+query, bytes.NewReader(body))
 	req.Header.Set("X-Funkypenguin-Token", token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -197,7 +208,7 @@ func (a *agent) hookQuery(name string, fport, bport int, query string) (int, err
 
 // statusText returns /v1/status as text, for error reports.
 func (a *agent) statusText() string {
-	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req, _ := http.NewRequest("GET", a.url()+"/v1/status", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -210,7 +221,7 @@ func (a *agent) statusText() string {
 
 // leader returns the raft leader the agent knows, "" when none.
 func (a *agent) leader() string {
-	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req, _ := http.NewRequest("GET", a.url()+"/v1/status", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -227,7 +238,7 @@ func (a *agent) leader() string {
 }
 
 func (a *agent) reloads() uint64 {
-	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req, _ := http.NewRequest("GET", a.url()+"/v1/status", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

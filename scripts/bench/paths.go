@@ -122,7 +122,7 @@ var statusClient = &http.Client{Timeout: 5 * time.Second}
 
 func (a *agent) status() (nodeStatus, error) {
 	var st nodeStatus
-	req, _ := http.NewRequest("GET", "http://"+a.api+"/v1/status", nil)
+	req, _ := http.NewRequest("GET", a.url()+"/v1/status", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := statusClient.Do(req)
 	if err != nil {
@@ -137,7 +137,7 @@ func (a *agent) status() (nodeStatus, error) {
 // counters) from /metrics.
 func (a *agent) metricSums(names ...string) map[string][2]float64 {
 	out := map[string][2]float64{}
-	req, _ := http.NewRequest("GET", "http://"+a.api+"/metrics", nil)
+	req, _ := http.NewRequest("GET", a.url()+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := statusClient.Do(req)
 	if err != nil {

@@ -173,7 +173,7 @@ func putRoute(client *http.Client, a *agent, port int, second bool, bport int) e
 		backends = append(backends, map[string]any{"address": "127.0.0.2", "port": bport})
 	}
 	body, _ := json.Marshal(map[string]any{"name": "s" + strconv.Itoa(port), "health_check": false, "backends": backends})
-	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://%s/v1/routes/%d", a.api, port), bytes.NewReader(body))
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("%s/v1/routes/%d", a.url(), port), bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := client.Do(req)
 	if err != nil {
@@ -189,7 +189,7 @@ func putRoute(client *http.Client, a *agent, port int, second bool, bport int) e
 }
 
 func deleteRoute(client *http.Client, a *agent, port int) error {
-	req, _ := http.NewRequest("DELETE", fmt.Sprintf("http://%s/v1/routes/%d", a.api, port), nil)
+	req, _ := http.NewRequest("DELETE", fmt.Sprintf("%s/v1/routes/%d", a.url(), port), nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := client.Do(req)
 	if err != nil {
