@@ -63,19 +63,25 @@ type agentConfig struct {
 	BootstrapExpect int      `yaml:"bootstrap_expect"`
 	Join            []string `yaml:"join"`
 	API             struct {
-		Addr      string `yaml:"addr"`
-		TokenFile string `yaml:"token_file"`
-		Advertise string `yaml:"advertise"`
+		Addr        string `yaml:"addr"`
+		TokenFile   string `yaml:"token_file"`
+		Advertise   string `yaml:"advertise"`
+		TLSCertFile string `yaml:"tls_cert_file"`
+		TLSKeyFile  string `yaml:"tls_key_file"`
 	} `yaml:"api"`
 	Raft struct {
-		Addr      string `yaml:"addr"`
-		Advertise string `yaml:"advertise"`
+		Addr        string `yaml:"addr"`
+		Advertise   string `yaml:"advertise"`
+		TLSCAFile   string `yaml:"tls_ca_file"`
+		TLSCertFile string `yaml:"tls_cert_file"`
+		TLSKeyFile  string `yaml:"tls_key_file"`
 	} `yaml:"raft"`
 	Gossip struct {
-		Addr      string `yaml:"addr"`
-		Advertise string `yaml:"advertise"`
-		KeyFile   string `yaml:"key_file"`
-		Label     string `yaml:"label"`
+		Addr         string   `yaml:"addr"`
+		Advertise    string   `yaml:"advertise"`
+		KeyFile      string   `yaml:"key_file"`
+		Label        string   `yaml:"label"`
+		AllowedCIDRs []string `yaml:"allowed_cidrs"`
 	} `yaml:"gossip"`
 	HAProxy struct {
 		BindAddress *string `yaml:"bind_address"`
@@ -254,6 +260,26 @@ func TestCloudInit(t *testing.T) {
 			}
 			if cfg.Gossip.Label != "drawbridge" {
 				t.Errorf("gossip.label = %q, want the cluster name", cfg.Gossip.Label)
+			}
+			// Secure by default: raft mutual TLS, the API over TLS with the
+			// same node certificate, gossip from the VPC only.
+			const tlsDir = "/etc/drawbridge/tls/"
+			if cfg.Raft.TLSCAFile != tlsDir+"ca.pem" || cfg.Raft.TLSCertFile != tlsDir+"node.pem" || cfg.Raft.TLSKeyFile != tlsDir+"node-key.pem" {
+				t.Errorf("raft TLS files %q %q %q", cfg.Raft.TLSCAFile, cfg.Raft.TLSCertFile, cfg.Raft.TLSKeyFile)
+			}
+			if cfg.API.TLSCertFile != cfg.Raft.TLSCertFile || cfg.API.TLSKeyFile != cfg.Raft.TLSKeyFile {
+				t.Errorf("api TLS files %q %q, want the node certificate", cfg.API.TLSCertFile, cfg.API.TLSKeyFile)
+			}
+			if !slices.Equal(cfg.Gossip.AllowedCIDRs, []string{fakeVPCRange}) {
+				t.Errorf("gossip.allowed_cidrs = %q, want the VPC", cfg.Gossip.AllowedCIDRs)
+			}
+			for path, want := range map[string]string{tlsDir + "ca.pem": fakeCACert, tlsDir + "node.pem": fakeNodeCert, tlsDir + "node-key.pem": fakeNodeKey} {
+				if got := string(cc.file(t, path).data(t)); got != want {
+					t.Errorf("%s = %q, want %q", path, got, want)
+				}
+			}
+			if mode := cc.file(t, tlsDir+"node-key.pem").Permissions; mode != "0600" {
+				t.Errorf("node key mode %q, want 0600 (firstboot gives it to the drawbridge group)", mode)
 			}
 			if cfg.HAProxy.BindAddress == nil || *cfg.HAProxy.BindAddress != "" {
 				t.Error(`haproxy.bind_address must be "" (every address): the reserved IP arrives on the anchor IP`)
@@ -492,7 +518,7 @@ func TestPeersScript(t *testing.T) {
 		if want := []string{"10.118.0.3:9002", "10.118.0.4:9002"}; !slices.Equal(cfg.Join, want) {
 			t.Errorf("join = %q, want %q", cfg.Join, want)
 		}
-		if cfg.API.Addr != ":9000" || cfg.API.Advertise != "http://10.118.0.2:9000" {
+		if cfg.API.Addr != ":9000" || cfg.API.Advertise != "https://10.118.0.2:9000" {
 			t.Errorf("api addr %q advertise %q", cfg.API.Addr, cfg.API.Advertise)
 		}
 		if cfg.Raft.Addr != "10.118.0.2:9001" || cfg.Raft.Advertise != "10.118.0.2:9001" ||

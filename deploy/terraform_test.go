@@ -146,7 +146,7 @@ func TestTerraformReferences(t *testing.T) {
 
 func TestTerraformProvidersPinned(t *testing.T) {
 	c := loadTerraform(t)
-	want := map[string]string{"digitalocean": "digitalocean/digitalocean", "random": "hashicorp/random"}
+	want := map[string]string{"digitalocean": "digitalocean/digitalocean", "random": "hashicorp/random", "tls": "hashicorp/tls"}
 	found := map[string]bool{}
 	for _, b := range c.others {
 		if b.Type != "terraform" {

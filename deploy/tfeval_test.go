@@ -225,7 +225,32 @@ func (e *evalEnv) resourceValues() map[string]cty.Value {
 		"random_id": cty.ObjectVal(map[string]cty.Value{"gossip_key": cty.ObjectVal(map[string]cty.Value{
 			"b64_std": cty.StringVal(fakeGossipKey),
 		})}),
+		"tls_self_signed_cert": cty.ObjectVal(map[string]cty.Value{"ca": cty.ObjectVal(map[string]cty.Value{
+			"cert_pem": cty.StringVal(fakeCACert),
+		})}),
+		// Keyed by every node name the configuration could have.
+		"tls_locally_signed_cert": cty.ObjectVal(map[string]cty.Value{"node": cty.MapVal(fakeNodeTLS("cert_pem", fakeNodeCert))}),
+		"tls_private_key":         cty.ObjectVal(map[string]cty.Value{"node": cty.MapVal(fakeNodeTLS("private_key_pem", fakeNodeKey))}),
 	}
+}
+
+// Stand-ins for the PEM blocks the tls provider makes.
+const (
+	fakeCACert   = "-----BEGIN CERTIFICATE-----\nFAKE CA\n-----END CERTIFICATE-----\n"
+	fakeNodeCert = "-----BEGIN CERTIFICATE-----\nFAKE NODE\n-----END CERTIFICATE-----\n"
+	fakeNodeKey  = "-----BEGIN EC PRIVATE KEY-----\nFAKE KEY FOR TESTS\n-----END EC PRIVATE KEY-----\n"
+)
+
+// fakeNodeTLS maps node names (with any var.name the tests use) to an
+// object with attr.
+func fakeNodeTLS(attr, value string) map[string]cty.Value {
+	out := map[string]cty.Value{}
+	for _, prefix := range []string{"drawbridge", "edge", "test", "prod", "lb"} {
+		for _, n := range []string{"-edge-1", "-edge-2", "-edge-3", "-edge-4", "-edge-5", "-witness"} {
+			out[prefix+n] = cty.ObjectVal(map[string]cty.Value{attr: cty.StringVal(value)})
+		}
+	}
+	return out
 }
 
 // eval evaluates expr with everything it refers to.
@@ -308,6 +333,7 @@ func (e *evalEnv) functions(t *testing.T) map[string]function.Function {
 		"max":          stdlib.MaxFunc,
 		"merge":        stdlib.MergeFunc,
 		"min":          stdlib.MinFunc,
+		"range":        stdlib.RangeFunc,
 		"regex":        stdlib.RegexFunc,
 		"startswith":   startsWithFunc,
 		"tostring":     toStringFunc,

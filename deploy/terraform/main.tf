@@ -31,8 +31,12 @@ locals {
     var.route_port_range.to < 65535 ? ["${var.route_port_range.to + 1}-65535"] : [],
   )
 
-  # Template variables every node shares; each node adds its name, role and
-  # floating-IP priority.
+  # Every node's name: its identity in the cluster and in its certificate.
+  edge_names = [for i in range(var.edge_count) : "${var.name}-edge-${i + 1}"]
+  node_names = concat(local.edge_names, var.witness ? ["${var.name}-witness"] : [])
+
+  # Template variables every node shares; each node adds its name, role,
+  # floating-IP priority and certificate.
   node_common = {
     server_count     = local.server_count
     cluster_tag      = local.cluster_tag
@@ -43,6 +47,8 @@ locals {
     gossip_port      = local.gossip_port
     api_token        = random_password.api_token.result
     gossip_key       = random_id.gossip_key.b64_std
+    tls_ca_cert      = tls_self_signed_cert.ca.cert_pem
+    vpc_ip_range     = digitalocean_vpc.this.ip_range
     do_token         = var.do_token
     reserved_ip      = digitalocean_reserved_ip.this.ip_address
     deny_ports       = local.deny_ports
@@ -71,6 +77,61 @@ resource "random_password" "api_token" {
 # `drawbridge keygen` prints).
 resource "random_id" "gossip_key" {
   byte_length = 32
+}
+
+# Cluster trust (see "Security" in the top-level README): one CA per
+# cluster and one certificate per node whose common name is the node's name.
+# Raft runs mutual TLS and accepts a node only under the name its certificate
+# proves; a follower forwards a client's token only to the API that proves
+# the leader's name. The same certificate serves the node's HTTPS API and
+# names the reserved IP, so sidecars and the CLI verify it with the CA
+# (terraform output -raw ca_cert). The private keys are in the Terraform
+# state, beside the API token and the gossip key: keep the state private.
+resource "tls_private_key" "ca" {
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "ca" {
+  private_key_pem       = tls_private_key.ca.private_key_pem
+  is_ca_certificate     = true
+  validity_period_hours = 5 * 365 * 24
+  allowed_uses          = ["cert_signing", "crl_signing", "digital_signature"]
+
+  subject {
+    common_name  = "${var.name} drawbridge cluster CA"
+    organization = "drawbridge"
+  }
+}
+
+resource "tls_private_key" "node" {
+  for_each    = toset(local.node_names)
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_cert_request" "node" {
+  for_each        = toset(local.node_names)
+  private_key_pem = tls_private_key.node[each.key].private_key_pem
+  dns_names       = [each.key, "localhost"]
+  ip_addresses    = ["127.0.0.1", digitalocean_reserved_ip.this.ip_address]
+
+  subject {
+    common_name  = each.key
+    organization = "drawbridge"
+  }
+}
+
+# Node certificates live as long as the CA: the droplets ignore later
+# changes of their user data, so a renewal is a file swap on the node
+# (drawbridge tls cert create; the agent reloads both TLS pairs), see README.md.
+resource "tls_locally_signed_cert" "node" {
+  for_each              = toset(local.node_names)
+  cert_request_pem      = tls_cert_request.node[each.key].cert_request_pem
+  ca_private_key_pem    = tls_private_key.ca.private_key_pem
+  ca_cert_pem           = tls_self_signed_cert.ca.cert_pem
+  validity_period_hours = 5 * 365 * 24
+  allowed_uses          = ["digital_signature", "key_encipherment", "server_auth", "client_auth"]
 }
 
 # The reserved IP is created unassigned, and Terraform never assigns it: the
@@ -103,10 +164,12 @@ resource "digitalocean_droplet" "edge" {
   graceful_shutdown = true # the agent gets SIGTERM and hands the IP over
 
   user_data = templatefile("${path.module}/cloud-init.yaml.tftpl", merge(local.node_common, {
-    node_name = "${var.name}-edge-${count.index + 1}"
+    node_name = local.edge_names[count.index]
     role      = "edge"
     # Higher wins when no healthy node holds the IP: edge-1, then edge-2, ...
     priority = 100 - count.index
+    tls_cert = tls_locally_signed_cert.node[local.edge_names[count.index]].cert_pem
+    tls_key  = tls_private_key.node[local.edge_names[count.index]].private_key_pem
   }))
 
   lifecycle {
@@ -133,6 +196,8 @@ resource "digitalocean_droplet" "witness" {
     node_name = "${var.name}-witness"
     role      = "witness"
     priority  = 0
+    tls_cert  = tls_locally_signed_cert.node["${var.name}-witness"].cert_pem
+    tls_key   = tls_private_key.node["${var.name}-witness"].private_key_pem
   }))
 
   lifecycle {

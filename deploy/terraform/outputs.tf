@@ -4,13 +4,18 @@ output "reserved_ip" {
 }
 
 output "api_url" {
-  description = "Base URL of the drawbridge API through the reserved IP (for DRAWBRIDGE_ADDR and the CLI's --addr)."
-  value       = "http://${digitalocean_reserved_ip.this.ip_address}:${local.api_port}"
+  description = "Base URL of the drawbridge API through the reserved IP, over TLS (for DRAWBRIDGE_ADDR and the CLI's --addr, with --ca-file and the ca_cert output)."
+  value       = "https://${digitalocean_reserved_ip.this.ip_address}:${local.api_port}"
 }
 
 output "webhook_url" {
-  description = "The recipe-compatible webhook the sidecars post to."
-  value       = "http://${digitalocean_reserved_ip.this.ip_address}:${local.api_port}/hooks/update-haproxy"
+  description = "The recipe-compatible webhook the sidecars post to, over TLS (verify it with the ca_cert output)."
+  value       = "https://${digitalocean_reserved_ip.this.ip_address}:${local.api_port}/hooks/update-haproxy"
+}
+
+output "ca_cert" {
+  description = "The cluster CA certificate (PEM, public): clients verify the API with it (terraform output -raw ca_cert > drawbridge-ca.pem)."
+  value       = tls_self_signed_cert.ca.cert_pem
 }
 
 output "nodes" {

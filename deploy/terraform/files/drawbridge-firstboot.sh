@@ -33,7 +33,7 @@ fi
 log() { echo "drawbridge-firstboot: $*" >&2; }
 
 config=/etc/drawbridge/drawbridge.yaml
-secrets=(/etc/drawbridge/token /etc/drawbridge/gossip.key /etc/drawbridge/do-token)
+secrets=(/etc/drawbridge/token /etc/drawbridge/gossip.key /etc/drawbridge/do-token /etc/drawbridge/tls/node-key.pem)
 export DEBIAN_FRONTEND=noninteractive
 
 log "downloading the drawbridge package"
