@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
@@ -308,9 +309,12 @@ func TestMetaStaysUnderMemberlistLimit(t *testing.T) {
 			FIP: &FIPMeta{Eligible: true, Holding: true, Epoch: 1 << 40, Priority: 100, LastAt: 1 << 50,
 				LastFrom: "edge-node-with-a-long-name-2", LastMS: 123456, LastWhy: strings.Repeat("w", 200)}}
 	}}
-	b := m.encodeMeta()
-	if len(b) > metaLimit {
-		t.Fatalf("meta is %d bytes, over memberlist's %d", len(b), metaLimit)
+	b, err := m.encodeMeta()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		t.Fatalf("meta is %d bytes, over memberlist's %d", len(b), memberlist.MetaMaxSize)
 	}
 	if !strings.Contains(string(b), `"hn":500`) || !strings.Contains(string(b), `"u":3`) {
 		t.Fatalf("meta lost the counts: %s", b)
