@@ -29,13 +29,14 @@ func secureThree(t *testing.T, ca *tlsTestCA) []*testMember {
 	return startThree(t, memberOpts{ca: ca, key: make([]byte, 32), label: "test"})
 }
 
-// tlsTimings relaxes fastConfig's 50ms timings: a first TLS handshake
-// under the race detector on a busy machine can take longer than a 50ms
-// leader lease, and the leader would step down mid-test.
+// tlsTimings relaxes fastConfig's 50ms timings to raft's defaults: a
+// first TLS handshake under the race detector on a busy machine can take
+// longer than a short leader lease, and the leader would step down
+// mid-test.
 func tlsTimings(c Config) Config {
-	c.HeartbeatTimeout = 300 * time.Millisecond
-	c.ElectionTimeout = 300 * time.Millisecond
-	c.LeaderLeaseTimeout = 300 * time.Millisecond
+	c.HeartbeatTimeout = time.Second
+	c.ElectionTimeout = time.Second
+	c.LeaderLeaseTimeout = 500 * time.Millisecond
 	return c
 }
 
@@ -347,7 +348,7 @@ func TestLeaderReplicatesOnlyToTheNamedServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	applyOrFatal(t, n1, register(8080, "web", "10.0.0.1", 30080))
-	watch := time.Now().Add(40 * c1.HeartbeatTimeout)
+	watch := time.Now().Add(3 * time.Second) // observation window: many heartbeats
 	for time.Now().Before(watch) {
 		if malFSM.State().Len() != 0 || mal.raft.LastIndex() != 0 {
 			t.Fatal("mallory received the log of n3")
