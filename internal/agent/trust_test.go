@@ -2,13 +2,18 @@ package agent
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drawbridge-lb/drawbridge/cluster"
+	"github.com/drawbridge-lb/drawbridge/cluster/floatingip"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -114,5 +119,109 @@ func TestFloatingIPViewCountsOnlyVoters(t *testing.T) {
 	view.voters = func() map[string]raft.Server { return nil }
 	if _, total := view.Census(); total != 4 {
 		t.Errorf("census without voters counts %d, want every member (4)", total)
+	}
+}
+
+// TestFloatingIPHolderIgnoresUnprovenMembers runs the floating-IP owner
+// loop (exec provider, a script that records its calls) with the agent's
+// view, then lets gossip members that are not raft voters attack it: first
+// by claiming the address with a newer epoch and a higher priority, then by
+// dying, which would make the holder see itself in a minority of a census
+// counting everything gossip saw. The holder keeps the address. The control
+// run, with the view counting every gossip member (as before voters were
+// required), shows the same attack makes it release.
+func TestFloatingIPHolderIgnoresUnprovenMembers(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		votersOnly  bool
+		wantRelease bool
+	}{
+		{"voters only", true, false},
+		{"control: every gossip member counts", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			calls := filepath.Join(dir, "calls")
+			script := filepath.Join(dir, "move-ip")
+			if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$1 $2 $3\" >> "+calls+"\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			prov, err := floatingip.New(floatingip.Config{Provider: floatingip.ProviderExec, Address: "192.0.2.10", NodeName: "edge-1",
+				ExecCommand: script, ExecTimeout: 5 * time.Second, Logger: testenv.Logger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var owner *floatingip.Owner
+			var ownerReady atomic.Bool
+			self, err := cluster.NewMembership(cluster.GossipConfig{NodeName: "edge-1", BindAddr: testenv.FreeAddr(t),
+				ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond, SuspicionMult: 2, GossipInterval: 20 * time.Millisecond},
+				func() cluster.Meta {
+					m := cluster.Meta{Role: roleEdge, Healthy: true}
+					if ownerReady.Load() {
+						m.FIP = fipMeta(owner.Claim())
+					}
+					return m
+				}, testenv.Logger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer self.Shutdown()
+			view := &fipView{self: "edge-1", members: self, voters: func() map[string]raft.Server {
+				if !tc.votersOnly {
+					return nil
+				}
+				return map[string]raft.Server{"edge-1": {ID: "edge-1", Suffrage: raft.Voter}}
+			}}
+			owner = floatingip.NewOwner(floatingip.OwnerConfig{NodeName: "edge-1", Address: "192.0.2.10", Priority: 1,
+				HoldDown: 200 * time.Millisecond, StartupWait: 100 * time.Millisecond, MinorityClaimAfter: 500 * time.Millisecond,
+				Interval: 20 * time.Millisecond},
+				prov, view, func() bool { return true }, self.Refresh, testenv.Logger(t), prometheus.NewRegistry())
+			ownerReady.Store(true)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go owner.Run(ctx)
+			testenv.Eventually(t, 10*time.Second, "edge-1 to hold the address", func() bool { return owner.Claim().Holding })
+
+			selfAddr := ""
+			for _, m := range self.Members() {
+				selfAddr = m.Addr
+			}
+			var fakes []*cluster.Membership
+			for _, name := range []string{"mallory-1", "mallory-2", "mallory-3"} {
+				m, err := cluster.NewMembership(cluster.GossipConfig{NodeName: name, BindAddr: testenv.FreeAddr(t),
+					ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond, SuspicionMult: 2, GossipInterval: 20 * time.Millisecond},
+					func() cluster.Meta {
+						return cluster.Meta{Role: roleEdge, Healthy: true, Index: 1 << 60, Applied: 1 << 60,
+							FIP: &cluster.FIPMeta{Eligible: true, Holding: true, Epoch: 1 << 60, Priority: 1000}}
+					}, testenv.Logger(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				jctx, jcancel := context.WithTimeout(context.Background(), 5*time.Second)
+				err = m.Join(jctx, []string{selfAddr})
+				jcancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				fakes = append(fakes, m)
+			}
+			testenv.Eventually(t, 5*time.Second, "the fake members in gossip", func() bool { return len(self.Members()) == 4 })
+			// They die (no goodbye): a census of everything gossip saw
+			// would now count 1 alive of 4.
+			time.Sleep(time.Second) // observation window: newer claims in gossip
+			for _, f := range fakes {
+				f.Shutdown()
+			}
+			deadline := time.Now().Add(3 * time.Second) // observation window: suspicion, death, minority wait
+			released := false
+			for time.Now().Before(deadline) && !released {
+				released = !owner.Claim().Holding
+				time.Sleep(20 * time.Millisecond)
+			}
+			if released != tc.wantRelease {
+				b, _ := os.ReadFile(calls)
+				t.Fatalf("released = %v, want %v; provider calls:\n%s", released, tc.wantRelease, b)
+			}
+		})
 	}
 }
