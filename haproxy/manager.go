@@ -166,7 +166,7 @@ type Manager struct {
 	marked    bool
 
 	// stopping are old workers the memory budget stopped, by PID, with
-	// when; only the run loop uses it.
+	// when; only runWorkers uses it.
 	stopping map[int]time.Time
 
 	// crashAfterInstall, set by tests, runs between installing a new
@@ -273,9 +273,10 @@ func (m *Manager) start(ctx context.Context) error {
 
 	loopCtx, cancel := context.WithCancel(context.Background())
 	m.cancel, m.done = cancel, make(chan struct{})
-	filesDone := make(chan struct{})
+	filesDone, workersDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(filesDone); m.runFiles(loopCtx) }()
-	go func() { m.run(loopCtx); <-filesDone; close(m.done) }()
+	go func() { defer close(workersDone); m.runWorkers(loopCtx) }()
+	go func() { m.run(loopCtx); <-filesDone; <-workersDone; close(m.done) }()
 	return nil
 }
 
@@ -534,7 +535,6 @@ func (m *Manager) run(ctx context.Context) {
 		case <-timer.C:
 		case <-health.C:
 			m.checkHealth(ctx)
-			m.checkWorkers(ctx)
 		case <-retry.C:
 			m.opMu.Lock()
 			sub, again := m.desired, m.retry

@@ -70,9 +70,14 @@ func procRSS(pid int) uint64 {
 	return 0
 }
 
+// workerQueryTimeout bounds asking one worker for its connections.
+const workerQueryTimeout = 500 * time.Millisecond
+
 // workerConns asks worker pid, through the master CLI, how many
 // connections it holds (-1 when it does not answer).
 func workerConns(ctx context.Context, sock string, pid int) int {
+	ctx, cancel := context.WithTimeout(ctx, workerQueryTimeout)
+	defer cancel()
 	out, err := masterCommand(ctx, sock, "@!"+strconv.Itoa(pid)+" show info")
 	if err != nil {
 		return -1
@@ -85,6 +90,26 @@ func workerConns(ctx context.Context, sock string, pid int) int {
 		}
 	}
 	return -1
+}
+
+// runWorkers measures the workers every HealthInterval, apart from the
+// apply loop: asking a slow old worker must never delay a change.
+func (m *Manager) runWorkers(ctx context.Context) {
+	tick := time.NewTicker(m.cfg.HealthInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			m.mu.Lock()
+			stopped := m.stopped
+			m.mu.Unlock()
+			if !stopped {
+				m.checkWorkers(ctx)
+			}
+		}
+	}
 }
 
 // checkWorkers measures the workers and stops the oldest old workers while
