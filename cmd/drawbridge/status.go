@@ -62,6 +62,9 @@ func printStatus(w io.Writer, st api.Status) error {
 		fmt.Fprintf(tw, "served\tindex %d, except %d route(s) held back (below): index %d is not applied\n",
 			h.ServedIndex, len(h.FailedPorts), h.ServedIndex)
 	}
+	for _, warn := range st.Warnings {
+		fmt.Fprintf(tw, "WARNING\t%s\n", warn)
+	}
 	if st.UnknownCommands > 0 {
 		fmt.Fprintf(tw, "UPGRADE\tthis node skipped %d log entries written by a newer drawbridge: its route table may differ from the cluster's; upgrade drawbridge on it\n",
 			st.UnknownCommands)

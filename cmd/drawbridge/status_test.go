@@ -34,3 +34,16 @@ func TestPrintStatusSaysUpgradeAndHeldBack(t *testing.T) {
 		t.Errorf("members table does not say upgrade / held back:\n%s", b.String())
 	}
 }
+
+// `drawbridge status` repeats the agent's trust warnings (a cluster run
+// with cluster.insecure).
+func TestPrintStatusShowsTrustWarnings(t *testing.T) {
+	var b bytes.Buffer
+	st := api.Status{Node: "edge-1", Warnings: []string{"INSECURE: raft runs without mutual TLS: anyone who reaches :9001 can vote"}}
+	if err := printStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "WARNING  INSECURE: raft runs without mutual TLS") {
+		t.Errorf("status output lacks the warning:\n%s", b.String())
+	}
+}

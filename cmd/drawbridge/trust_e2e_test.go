@@ -161,6 +161,17 @@ func TestSecureClusterRefusesIntruders(t *testing.T) {
 		if !strings.Contains(leader.logs.String(), "did not prove its name") {
 			t.Error("the leader did not say why the intruder is not a voter")
 		}
+		// cluster.insecure says so at start and in every status.
+		code, body := intruder.tryRequest("GET", "/v1/status", bearer(), nil)
+		var st struct {
+			Warnings []string `json:"warnings"`
+		}
+		if code != 200 || json.Unmarshal(body, &st) != nil || !strings.Contains(strings.Join(st.Warnings, "\n"), "INSECURE: raft runs without mutual TLS") {
+			t.Errorf("the insecure node's status: %d %s", code, body)
+		}
+		if !strings.Contains(intruder.logs.String(), "INSECURE") {
+			t.Error("the insecure node did not warn at start")
+		}
 	})
 
 	t.Run("unauthenticated raft message: refused, table unchanged", func(t *testing.T) {
