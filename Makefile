@@ -35,6 +35,10 @@ test: test-deps k8s-testbin ## Vet, then run every test with the race detector (
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+.PHONY: test-short
+test-short: ## The inner loop: unit and in-process tests, no end-to-end processes (-short)
+	$(GO) test -short -count=1 ./...
+
 .PHONY: test-deps
 test-deps: ## Install what the full test suite needs from Debian's packages, when missing (root)
 	@scripts/test-deps.sh
@@ -64,7 +68,7 @@ fuzz: ## Fuzz the renderer for a minute
 
 .PHONY: chaos
 chaos: ## Kill the leader of a 3-node cluster under load, 10 runs, each history checked with porcupine
-	DRAWBRIDGE_CHAOS_RUNS=$${DRAWBRIDGE_CHAOS_RUNS:-10} $(GO) test -count=1 -timeout 30m -run 'TestE2EClusterLeaderKillLinearizable' -v ./cmd/drawbridge
+	DRAWBRIDGE_CHAOS_RUNS=$${DRAWBRIDGE_CHAOS_RUNS:-10} $(GO) test -count=1 -timeout 30m -run 'TestE2EClusterLeaderKillLinearizable' -v ./internal/e2e
 
 .PHONY: lint
 lint: ## gofmt, go vet and shellcheck

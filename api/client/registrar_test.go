@@ -70,15 +70,6 @@ func newTestRegistrar(t *testing.T, cfg RegistrarConfig, members ...string) (*Re
 	return r, logs
 }
 
-func waitDone(t *testing.T, done <-chan struct{}, within time.Duration, what string) {
-	t.Helper()
-	select {
-	case <-done:
-	case <-time.After(within):
-		t.Fatalf("%s did not finish within %v", what, within)
-	}
-}
-
 func TestRegistrarRenewsAndDeregisters(t *testing.T) {
 	api := clienttest.New(t, regToken)
 	const interval = 50 * time.Millisecond
@@ -116,7 +107,7 @@ func TestRegistrarRenewsAndDeregisters(t *testing.T) {
 	}
 
 	cancel()
-	waitDone(t, done, 5*time.Second, "run after cancel")
+	testenv.WaitClosed(t, done, 5*time.Second, "run after cancel")
 	dels := api.Requests("DELETE")
 	if len(dels) != 1 {
 		t.Fatalf("%d deregistrations, want 1", len(dels))
@@ -143,7 +134,7 @@ func TestRegistrarDeregistersIPv6(t *testing.T) {
 	cancel, done := startRegistrar(t, r)
 	testenv.Eventually(t, 5*time.Second, "registration", func() bool { return api.Count("POST") >= 1 })
 	cancel()
-	waitDone(t, done, 5*time.Second, "run after cancel")
+	testenv.WaitClosed(t, done, 5*time.Second, "run after cancel")
 	dels := api.Requests("DELETE")
 	if len(dels) != 1 || dels[0].HostPort != "[2001:db8::5]:30808" {
 		t.Fatalf("deregistrations %+v, want one of [2001:db8::5]:30808", dels)
@@ -177,7 +168,7 @@ func TestRegistrarFailsOverToNextMember(t *testing.T) {
 		t.Errorf("no \"switched member\" line to %s", b.Srv.URL)
 	}
 	cancel()
-	waitDone(t, done, 5*time.Second, "run after cancel")
+	testenv.WaitClosed(t, done, 5*time.Second, "run after cancel")
 	if b.Count("DELETE") != 1 || b.HasBackend("10.0.0.5:30808") {
 		t.Errorf("want the backend deregistered on the member that answered")
 	}
@@ -206,7 +197,7 @@ func TestRegistrarBacksOffOn503(t *testing.T) {
 	cancel, done := startRegistrar(t, r)
 	testenv.Eventually(t, 5*time.Second, "registration after the 503s", func() bool { return api.Count("POST") > failures+1 })
 	cancel()
-	waitDone(t, done, 5*time.Second, "run after cancel")
+	testenv.WaitClosed(t, done, 5*time.Second, "run after cancel")
 
 	mu.Lock()
 	defer mu.Unlock()
@@ -265,7 +256,7 @@ func TestRegistrarConflictIsNotFailedOver(t *testing.T) {
 	cancel, done := startRegistrar(t, r)
 	testenv.Eventually(t, 5*time.Second, "two refused registrations", func() bool { return a.Count("POST") >= 2 })
 	cancel()
-	waitDone(t, done, 5*time.Second, "run after cancel")
+	testenv.WaitClosed(t, done, 5*time.Second, "run after cancel")
 	if n := b.Count("POST"); n != 0 {
 		t.Errorf("a 409 was retried on another member (%d requests)", n)
 	}
@@ -319,7 +310,7 @@ func TestRegistrarDeregisterTriesEachMember(t *testing.T) {
 	cancel, done := startRegistrar(t, r)
 	testenv.Eventually(t, 5*time.Second, "registration", func() bool { return a.Count("POST") >= 1 })
 	cancel()
-	waitDone(t, done, 5*time.Second, "run after cancel")
+	testenv.WaitClosed(t, done, 5*time.Second, "run after cancel")
 	if a.Count("DELETE") != 1 || b.Count("DELETE") != 1 {
 		t.Errorf("deregistrations: %d on the first member, %d on the second; want one each",
 			a.Count("DELETE"), b.Count("DELETE"))
@@ -339,7 +330,7 @@ func TestRegistrarDeregisterIsBounded(t *testing.T) {
 	cancel, done := startRegistrar(t, r)
 	testenv.Eventually(t, 5*time.Second, "registration", func() bool { return api.Count("POST") >= 1 })
 	cancel()
-	waitDone(t, done, 5*time.Second, "run after cancel")
+	testenv.WaitClosed(t, done, 5*time.Second, "run after cancel")
 	if api.Count("DELETE") < 2 {
 		t.Errorf("%d deregistration attempts, want retries within the budget", api.Count("DELETE"))
 	}

@@ -3,35 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/drawbridge-lb/drawbridge/api/client"
 	"github.com/drawbridge-lb/drawbridge/api/client/clienttest"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // regToken is an obviously fake token for the register tests.
 const regToken = "example-register-token-not-a-secret"
-
-// waitDone fails the test when done is not closed within within.
-func waitDone(t *testing.T, done <-chan struct{}, within time.Duration, what string) {
-	t.Helper()
-	select {
-	case <-done:
-	case <-time.After(within):
-		t.Fatalf("%s did not finish within %v", what, within)
-	}
-}
 
 // clearRegisterEnv blanks every variable `register` reads, so the host's
 // environment cannot leak into a test.
@@ -246,128 +231,5 @@ func TestRegisterLegacyRecipeEnv(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("stderr:\n%s", stderr)
-	}
-}
-
-// devRoute reads the route on port from a dev agent: its backends, or ok
-// false when there is none.
-func devRoute(t *testing.T, a *testAgent, port int) (backends []struct {
-	Address   string    `json:"address"`
-	Port      int       `json:"port"`
-	ExpiresAt time.Time `json:"expires_at"`
-}, ok bool) {
-	t.Helper()
-	code, body := a.request("GET", fmt.Sprintf("/v1/routes/%d", port), bearer(), nil)
-	if code == http.StatusNotFound {
-		return nil, false
-	}
-	if code != http.StatusOK {
-		t.Fatalf("get route %d: %d %s", port, code, body)
-	}
-	var r struct {
-		Backends []struct {
-			Address   string    `json:"address"`
-			Port      int       `json:"port"`
-			ExpiresAt time.Time `json:"expires_at"`
-		} `json:"backends"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		t.Fatalf("decode route %s: %v", body, err)
-	}
-	return r.Backends, true
-}
-
-// TestRegisterDevAgent runs the registrar against a real agent and HAProxy:
-// the route it creates carries traffic, the backend has a lease, and
-// cancelling deregisters it (and so removes the implicit route).
-func TestRegisterDevAgent(t *testing.T) {
-	requireHAProxy(t)
-	a := startDevAgent(t)
-	be := startBackend(t, "registered")
-	fport := freePort(t)
-	c, err := client.New(client.Config{Members: []string{a.url("")}, Token: testToken})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := client.NewRegistrar(client.RegistrarConfig{
-		Interval: 200 * time.Millisecond, TTL: 600 * time.Millisecond,
-		FrontendPort: fport, Name: "unifi-adoption", Address: "127.0.0.1", BackendPort: be.port(), Owner: "unifi-5d8f7",
-	}, c, testenv.Logger(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := r.Run(ctx); err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-
-	addr := fmt.Sprintf("127.0.0.1:%d", fport)
-	poll(t, 10*time.Second, "registered route live through HAProxy", func() bool {
-		got, err := dialRead(addr)
-		return err == nil && got == "registered"
-	})
-	backends, ok := devRoute(t, a, fport)
-	if !ok || len(backends) != 1 || backends[0].Port != be.port() || backends[0].ExpiresAt.IsZero() {
-		t.Fatalf("route %d backends %+v, want one backend with a lease", fport, backends)
-	}
-	cancel()
-	waitDone(t, done, 15*time.Second, "run after cancel")
-	if _, ok := devRoute(t, a, fport); ok {
-		t.Errorf("route %d still exists after deregistering its only backend", fport)
-	}
-}
-
-// TestRegisterBinarySIGTERM runs `drawbridge register` as a process against a
-// real agent: SIGTERM deregisters and exits 0 well within the 30 s a pod gets.
-func TestRegisterBinarySIGTERM(t *testing.T) {
-	requireHAProxy(t)
-	if out, err := exec.Command(binPath, "register", "--help").CombinedOutput(); err != nil {
-		t.Fatalf("drawbridge register --help: %v: %s", err, out)
-	}
-	a := startDevAgent(t)
-	be := startBackend(t, "sidecar")
-	fport := freePort(t)
-	cmd := exec.Command(binPath, "register")
-	cmd.Env = append(os.Environ(),
-		"REPEAT_INTERVAL=1", "TTL=5s",
-		fmt.Sprintf("FRONTEND_PORT=%d", fport), fmt.Sprintf("BACKEND_PORT=%d", be.port()),
-		"NAME=sidecar", "DST_IP=127.0.0.1",
-		"WEBHOOK="+a.url("/hooks/update-haproxy"), "WEBHOOK_TOKEN="+testToken,
-		"DRAWBRIDGE_API_TOKEN=", "WEBHOOKS=")
-	logs := &testenv.Buffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("register logs:\n%s", logs)
-		}
-	})
-	poll(t, 10*time.Second, "sidecar route live", func() bool {
-		got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", fport))
-		return err == nil && got == "sidecar"
-	})
-	start := time.Now()
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("register exited with %v after SIGTERM, want 0", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("register did not exit within 20s of SIGTERM")
-	}
-	t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
-	if _, ok := devRoute(t, a, fport); ok {
-		t.Errorf("route %d still exists after SIGTERM", fport)
-	}
-	if strings.Contains(logs.String(), testToken) {
-		t.Error("the token leaked into the logs")
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/drawbridge-lb/drawbridge/api/client"
 	"github.com/drawbridge-lb/drawbridge/fsm"
 )
 
@@ -26,18 +27,13 @@ func newRouteCmd() *cobra.Command {
 	return cmd
 }
 
-type routeList struct {
-	Index  uint64      `json:"index"`
-	Routes []fsm.Route `json:"routes"`
-}
-
 func newRouteLsCmd(cf *clientFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "ls",
 		Short: "List routes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var list routeList
+			var list client.RouteList
 			if printed, err := cf.call(cmd, "GET", "/v1/routes", nil, &list); err != nil || printed {
 				return err
 			}

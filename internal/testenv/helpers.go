@@ -73,3 +73,14 @@ func (w *tbWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// WaitClosed fails tb when done is not closed within timeout; what names
+// what should have finished.
+func WaitClosed(tb testing.TB, done <-chan struct{}, timeout time.Duration, what string) {
+	tb.Helper()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		tb.Fatalf("%s did not finish within %v", what, timeout)
+	}
+}

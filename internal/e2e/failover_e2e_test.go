@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -74,7 +74,7 @@ func (n *fipNode) String() string { return n.name + "(" + n.host.IP + ")" }
 
 func (n *fipNode) start(t testing.TB) {
 	t.Helper()
-	n.launch(t, n.host.Command(context.Background(), binPath, n.args...), n.env)
+	n.launch(t, n.host.Command(context.Background(), timingBinPath, n.args...), n.env)
 }
 
 func (n *fipNode) haproxyDir() string { return filepath.Join(n.dir, "haproxy") }

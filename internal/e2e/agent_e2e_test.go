@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"encoding/json"
@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/api/client"
 )
 
 // TestE2EWebhookLifecycle walks the recipe's sidecar flow through a real
@@ -67,7 +69,7 @@ func TestE2EWebhookLifecycle(t *testing.T) {
 		t.Errorf("wrong token: want 403, got %d %s", code, body)
 	}
 	code, body = a.request("GET", "/v1/routes", bearer(), nil)
-	var list routeList
+	var list client.RouteList
 	if code != 200 || json.Unmarshal(body, &list) != nil || len(list.Routes) != 1 {
 		t.Fatalf("routes after refused posts: %d %s", code, body)
 	}

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"encoding/json"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/api/client"
 )
 
 func TestE2ESnapshotSaveRestore(t *testing.T) {
@@ -26,7 +28,7 @@ func TestE2ESnapshotSaveRestore(t *testing.T) {
 		t.Fatalf("save: %v\n%s", err, out)
 	}
 	_, before := a.request("GET", "/v1/routes", bearer(), nil)
-	var list routeList
+	var list client.RouteList
 	json.Unmarshal(before, &list)
 	// Lose one route, then restore.
 	if code, body := a.request("DELETE", fmt.Sprintf("/v1/routes/%d", list.Routes[0].Port), bearer(), nil); code != 200 {
@@ -36,7 +38,7 @@ func TestE2ESnapshotSaveRestore(t *testing.T) {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
 	_, after := a.request("GET", "/v1/routes", bearer(), nil)
-	var restored routeList
+	var restored client.RouteList
 	json.Unmarshal(after, &restored)
 	if len(restored.Routes) != 2 {
 		t.Fatalf("after restore: %s", after)

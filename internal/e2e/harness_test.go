@@ -1,9 +1,10 @@
-package main
+package e2e
 
 import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -25,19 +26,41 @@ import (
 // testToken is an obviously fake token used only by tests.
 const testToken = "test-token-not-a-secret-0000"
 
+// binPath is drawbridge built with the race detector, so the real wiring of
+// every component is race-checked under the tests' load: a race the agent
+// reports fails the test that ran it (see agentProc.launch).
 var binPath string
 
+// timingBinPath is drawbridge built without it, for the tests that assert
+// failover timings (failover_e2e_test.go): the detector slows the agent
+// several times over, which changes gossip's timing, not our logic.
+var timingBinPath string
+
+// raceReport starts every report of the race detector.
+const raceReport = "WARNING: DATA RACE"
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("end-to-end tests skipped in -short mode")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "drawbridge-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binPath = filepath.Join(dir, "drawbridge")
-	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build drawbridge: %v\n%s", err, out)
-		os.Exit(1)
+	binPath = filepath.Join(dir, "drawbridge-race")
+	timingBinPath = filepath.Join(dir, "drawbridge")
+	for _, b := range []struct {
+		path  string
+		flags []string
+	}{{binPath, []string{"-race"}}, {timingBinPath, nil}} {
+		args := append(append([]string{"build"}, b.flags...), "-o", b.path, "github.com/drawbridge-lb/drawbridge/cmd/drawbridge")
+		if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "go %s: %v\n%s", strings.Join(args, " "), err, out)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -89,6 +112,12 @@ func (p *agentProc) launch(t testing.TB, cmd *exec.Cmd, env []string) {
 	defer p.mu.Unlock()
 	if p.logs == nil {
 		p.logs = &testenv.Buffer{}
+		logs := p.logs
+		t.Cleanup(func() {
+			if strings.Contains(logs.String(), raceReport) {
+				t.Errorf("the race detector reported a data race in %s:\n%s", cmd.Args[0], logs)
+			}
+		})
 	} else {
 		fmt.Fprintf(p.logs, "---- restarted at %s ----\n", time.Now().Format("15:04:05.000"))
 	}
