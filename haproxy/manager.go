@@ -619,7 +619,10 @@ func (m *Manager) apply(ctx context.Context, sub *submission) {
 	}
 	err := m.applyFull(ctx, sub.index, kept, failed)
 	var rejected *rejectedError
-	if !errors.As(err, &rejected) || ctx.Err() != nil {
+	var invalid *ValidationError
+	if !errors.As(err, &rejected) || ctx.Err() != nil || !(errors.As(err, &invalid) || errors.Is(err, errReloadFailed)) {
+		// Only a configuration HAProxy refused can be narrowed down; a
+		// master that died or did not answer is the health check's.
 		return
 	}
 	// The check or reload failed. Frontends the live worker already serves
@@ -1101,7 +1104,7 @@ func (m *Manager) reload(ctx context.Context) error {
 		case err != nil:
 			last = err
 		case p.Failed > before.Failed:
-			return fmt.Errorf("reload haproxy: master reported a failed reload (failed: %d)", p.Failed)
+			return fmt.Errorf("reload haproxy: %w (failed: %d)", errReloadFailed, p.Failed)
 		case p.Reloads > before.Reloads && p.hasNewWorker():
 			m.update(func(s *Status) { s.MasterPID, s.Version = p.MasterPID, p.Version })
 			return nil
@@ -1114,9 +1117,19 @@ func (m *Manager) reload(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("reload haproxy: %w", ctx.Err())
 		}
+		if err != nil && !processAlive(before.MasterPID) {
+			// A master re-executing keeps its PID; one that is gone died,
+			// and waiting out the timeout would only keep the health check
+			// from noticing and restarting it.
+			return fmt.Errorf("reload haproxy: master %d died: %w", before.MasterPID, last)
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// errReloadFailed is HAProxy's master saying a reload failed: the new
+// configuration could not start (in 2.6 it says no more than that).
+var errReloadFailed = errors.New("master reported a failed reload")
 
 // checkHealth restarts the master from the last installed configuration
 // when it has died.
@@ -1138,6 +1151,7 @@ func (m *Manager) checkHealth(ctx context.Context) {
 		return
 	}
 	m.retry = true // re-check held-back ports and fallbacks against the desired routes
+	m.reloadHeld = nil // a fresh master: try everything again
 	m.metrics.setRunning(true)
 	m.update(func(s *Status) {
 		s.Running, s.MasterPID, s.Version, s.Adopted = true, p.MasterPID, p.Version, false
