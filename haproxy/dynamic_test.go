@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 func TestParsePortRange(t *testing.T) {
@@ -378,7 +380,7 @@ func TestManagerDynamicRoutesWithoutReload(t *testing.T) {
 
 	// The files catch up: haproxy.cfg and the map hold the runtime-built
 	// route, and the state file matches them.
-	eventually(t, 10*time.Second, "files to catch up", func() bool {
+	testenv.Eventually(t, 10*time.Second, "files to catch up", func() bool {
 		mp, _ := os.ReadFile(filepath.Join(dir, "dynamic.map"))
 		_, err := os.Stat(filepath.Join(dir, "runtime.pending"))
 		return strings.Contains(string(mp), strconv.Itoa(p3+minFreeIdle+1)+" dyn_first_") && os.IsNotExist(err)
@@ -412,7 +414,7 @@ func TestManagerDynamicStateSurvives(t *testing.T) {
 	m := startManager(t, cfg)
 	one, two := echoBackend(t, "one"), echoBackend(t, "two")
 	in1, in2, in3 := r.First, r.First+1, r.First+2
-	out := freePort(t)
+	out := testenv.FreePort(t)
 	fes := []Frontend{route(in1, "a", one), route(in2, "b", two)}
 	m.Submit(1, fes)
 	waitApplied(t, m, 1)
@@ -442,7 +444,7 @@ func TestManagerDynamicStateSurvives(t *testing.T) {
 	m.Submit(3, fes)
 	waitApplied(t, m, 3)
 	pending := filepath.Join(dir, "runtime.pending")
-	eventually(t, 10*time.Second, "files to catch up", func() bool {
+	testenv.Eventually(t, 10*time.Second, "files to catch up", func() bool {
 		_, err := os.Stat(pending)
 		return os.IsNotExist(err)
 	})
@@ -450,7 +452,7 @@ func TestManagerDynamicStateSurvives(t *testing.T) {
 	for _, p := range append([]int{pid}, childrenOf(pid)...) {
 		_ = syscall.Kill(p, syscall.SIGKILL)
 	}
-	eventually(t, 10*time.Second, "master restart", func() bool {
+	testenv.Eventually(t, 10*time.Second, "master restart", func() bool {
 		st := m.Status()
 		return st.Running && st.Restarts >= 1 && st.MasterPID != pid
 	})
@@ -524,7 +526,7 @@ func TestManagerDynamicRangeHole(t *testing.T) {
 		t.Fatalf("route beside the hole: %q, %v", got, err)
 	}
 	squatter.Close()
-	eventually(t, 10*time.Second, "the held-back route to come up", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the held-back route to come up", func() bool {
 		return len(m.Status().FailedPorts) == 0
 	})
 	waitApplied(t, m, 1)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,17 +30,6 @@ func checkConfig(tb testing.TB, cfg []byte) error {
 		tb.Fatal(err)
 	}
 	return Validate(context.Background(), haproxyBin(tb), path)
-}
-
-// freePort returns a TCP port that was free a moment ago.
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	l, err := net.Listen("tcp4", "0.0.0.0:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // echoBackend listens on 127.0.0.1 and greets every connection with reply.
@@ -79,25 +67,6 @@ func dialRead(port int) (string, error) {
 	return strings.TrimSpace(line), err
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(tb testing.TB, d time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-type tbWriter struct{ tb testing.TB }
-
-func (w tbWriter) Write(p []byte) (int, error) {
-	w.tb.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
 // testConfig returns a Manager config for dir with short timings and a
 // MaxConn that fits the test machine's file descriptor limit.
 func testConfig(tb testing.TB, dir string) Config {
@@ -110,7 +79,7 @@ func testConfig(tb testing.TB, dir string) Config {
 		},
 		RetryInterval:  200 * time.Millisecond,
 		HealthInterval: 100 * time.Millisecond,
-		Logger:         slog.New(slog.NewTextHandler(tbWriter{tb}, nil)),
+		Logger:         testenv.Logger(tb),
 	}
 }
 
@@ -158,5 +127,5 @@ func route(port int, name string, backends ...int) Frontend {
 // waitServed waits until index is live except for routes held back.
 func waitServed(tb testing.TB, m *Manager, index uint64) {
 	tb.Helper()
-	eventually(tb, 15*time.Second, fmt.Sprintf("index %d served", index), func() bool { return m.Status().ServedIndex >= index })
+	testenv.Eventually(tb, 15*time.Second, fmt.Sprintf("index %d served", index), func() bool { return m.Status().ServedIndex >= index })
 }

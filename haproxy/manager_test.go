@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
@@ -54,7 +56,7 @@ func TestManagerEndToEnd(t *testing.T) {
 	}
 
 	backend := echoBackend(t, "hello from backend")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "web", backend)})
 	waitApplied(t, m, 1)
 	got, err := dialRead(port)
@@ -105,7 +107,7 @@ func TestManagerEndToEnd(t *testing.T) {
 func TestManagerCoalescesBursts(t *testing.T) {
 	m := startManager(t, testConfig(t, t.TempDir()))
 	backend := echoBackend(t, "burst")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	for i := 1; i <= 200; i++ {
 		m.Submit(uint64(i), []Frontend{route(port, fmt.Sprintf("r-%d", i), backend)})
 	}
@@ -164,7 +166,7 @@ func (d *dialer) halt() { close(d.stop); d.wg.Wait() }
 func TestManagerAdoptKeepsTraffic(t *testing.T) {
 	dir := t.TempDir()
 	backend := echoBackend(t, "adopted")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	fes := []Frontend{route(port, "web", backend)}
 
 	m1 := startManager(t, testConfig(t, dir))
@@ -197,7 +199,7 @@ func TestManagerAdoptKeepsTraffic(t *testing.T) {
 		t.Fatalf("adopted manager reloaded an identical config: %+v", st)
 	}
 	// A real change through the adopted master.
-	other := freePort(t)
+	other := testenv.FreePort(t)
 	m2.Submit(3, append(fes, route(other, "other", backend)))
 	waitApplied(t, m2, 3)
 	if st := m2.Status(); st.Reloads != 1 || st.MasterPID != pid {
@@ -217,7 +219,7 @@ func TestManagerAdoptKeepsTraffic(t *testing.T) {
 func TestManagerHoldsBackTakenPort(t *testing.T) {
 	m := startManager(t, testConfig(t, t.TempDir()))
 	backend := echoBackend(t, "held")
-	free, taken := freePort(t), freePort(t)
+	free, taken := testenv.FreePort(t), testenv.FreePort(t)
 	squatter, err := net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(taken))
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +242,7 @@ func TestManagerHoldsBackTakenPort(t *testing.T) {
 	}
 
 	squatter.Close()
-	eventually(t, 10*time.Second, "held-back frontend to come up", func() bool {
+	testenv.Eventually(t, 10*time.Second, "held-back frontend to come up", func() bool {
 		return len(m.Status().FailedPorts) == 0
 	})
 	waitApplied(t, m, 1)
@@ -252,7 +254,7 @@ func TestManagerHoldsBackTakenPort(t *testing.T) {
 func TestManagerRestartsDeadMaster(t *testing.T) {
 	m := startManager(t, testConfig(t, t.TempDir()))
 	backend := echoBackend(t, "reborn")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "web", backend)})
 	waitApplied(t, m, 1)
 
@@ -266,7 +268,7 @@ func TestManagerRestartsDeadMaster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 10*time.Second, "master restart", func() bool {
+	testenv.Eventually(t, 10*time.Second, "master restart", func() bool {
 		st := m.Status()
 		return st.Running && st.Restarts >= 1 && st.MasterPID != pid
 	})
@@ -295,13 +297,13 @@ func TestManagerNeverLoadsRejectedConfig(t *testing.T) {
 	cfg.Registerer = reg
 	m := startManager(t, cfg)
 	backend := echoBackend(t, "safe")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "good", backend)})
 	waitApplied(t, m, 1)
 	before, _ := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
 
 	m.Submit(2, []Frontend{route(port, "poison", backend)})
-	eventually(t, 5*time.Second, "validation failure", func() bool {
+	testenv.Eventually(t, 5*time.Second, "validation failure", func() bool {
 		return strings.Contains(m.Status().LastError, "poisoned route")
 	})
 	st := m.Status()
@@ -340,7 +342,7 @@ func TestManagerStopHAProxy(t *testing.T) {
 func BenchmarkApply(b *testing.B) {
 	m := startManager(b, testConfig(b, b.TempDir()))
 	backend := echoBackend(b, "bench")
-	port := freePort(b)
+	port := testenv.FreePort(b)
 	var total time.Duration
 	i := uint64(0)
 	for b.Loop() {
@@ -361,7 +363,7 @@ func TestManagerReloadFailureRestoresLastGood(t *testing.T) {
 	cfg.Registerer = reg
 	m := startManager(t, cfg)
 	backend := echoBackend(t, "still here")
-	port, taken := freePort(t), freePort(t)
+	port, taken := testenv.FreePort(t), testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "web", backend)})
 	waitApplied(t, m, 1)
 	before, _ := os.ReadFile(m.cfgPath)
@@ -376,7 +378,7 @@ func TestManagerReloadFailureRestoresLastGood(t *testing.T) {
 	m.opMu.Unlock()
 
 	m.Submit(2, []Frontend{route(port, "web", backend), route(taken, "raced", backend)})
-	eventually(t, 15*time.Second, "reload failure", func() bool {
+	testenv.Eventually(t, 15*time.Second, "reload failure", func() bool {
 		return strings.Contains(m.Status().LastError, "failed reload")
 	})
 	st := m.Status()
@@ -413,12 +415,12 @@ func TestManagerBoundsHungCheck(t *testing.T) {
 	cfg.CheckTimeout = 2 * time.Second
 	m := startManager(t, cfg)
 	backend := echoBackend(t, "not hung")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "good", backend)})
 	waitApplied(t, m, 1)
 
 	m.Submit(2, []Frontend{route(port, "hang", backend)})
-	eventually(t, 10*time.Second, "the hung check to be killed", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the hung check to be killed", func() bool {
 		return strings.Contains(m.Status().LastError, "no answer in time")
 	})
 	if st := m.Status(); st.AppliedIndex != 1 {
@@ -439,7 +441,7 @@ func TestManagerBoundsHungCheck(t *testing.T) {
 func TestManagerAdoptAfterCrashBeforeReload(t *testing.T) {
 	dir := t.TempDir()
 	backend := echoBackend(t, "proven")
-	port, added := freePort(t), freePort(t)
+	port, added := testenv.FreePort(t), testenv.FreePort(t)
 	one := []Frontend{route(port, "web", backend)}
 	two := append(slices.Clone(one), route(added, "added", backend))
 
@@ -506,7 +508,7 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 	cfg.Registerer = reg
 	m := startManager(t, cfg)
 	a, b, c := echoBackend(t, "a"), echoBackend(t, "b"), echoBackend(t, "c")
-	keep, drop := freePort(t), freePort(t)
+	keep, drop := testenv.FreePort(t), testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(keep, "keep", a), route(drop, "drop", a)})
 	waitApplied(t, m, 1)
 
@@ -515,7 +517,7 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 	two := []Frontend{route(keep, "keep", b)}
 	added := map[int]bool{}
 	for len(added) < 500 {
-		p := freePort(t)
+		p := testenv.FreePort(t)
 		if p == keep || p == drop || added[p] {
 			continue
 		}
@@ -575,7 +577,7 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 func TestListeningPortsOwnsOnlyHAProxysListeners(t *testing.T) {
 	m := startManager(t, testConfig(t, t.TempDir()))
 	backend := echoBackend(t, "own")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "web", backend)})
 	waitApplied(t, m, 1)
 	squatter, err := net.Listen("tcp4", "127.0.0.1:0")

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 func TestPlanServerChanges(t *testing.T) {
@@ -81,7 +83,7 @@ func TestManagerServerChangesWithoutReload(t *testing.T) {
 
 	one := echoBackend(t, "one")
 	two := echoBackend(t, "two")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "web", one)})
 	waitApplied(t, m, 1)
 	reloads := m.Status().Reloads
@@ -128,7 +130,7 @@ func TestManagerServerChangesWithoutReload(t *testing.T) {
 	// The file on disk catches up with what runs, for the next reload or
 	// restart, without holding the change back.
 	var data []byte
-	eventually(t, 10*time.Second, "haproxy.cfg to match the running servers", func() bool {
+	testenv.Eventually(t, 10*time.Second, "haproxy.cfg to match the running servers", func() bool {
 		data, err = os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
 		return err == nil && strings.Contains(string(data), itoa(two)) && !strings.Contains(string(data), ":"+itoa(one)+"\n") &&
 			m.Status().ConfigHash == Hash(data)

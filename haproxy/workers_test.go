@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // holdBackend greets each connection and keeps it open until the peer
@@ -70,17 +72,17 @@ func TestManagerOldWorkers(t *testing.T) {
 			cfg.Registerer = reg
 			m := startManager(t, cfg)
 			hold := holdBackend(t)
-			port := freePort(t)
+			port := testenv.FreePort(t)
 			fes := []Frontend{route(port, "devices", hold)}
 			m.Submit(1, fes)
 			waitApplied(t, m, 1)
 			conns := []net.Conn{longLived(t, port), longLived(t, port)}
 
-			other := freePort(t)
+			other := testenv.FreePort(t)
 			m.Submit(2, append(fes, route(other, "more", hold)))
 			waitApplied(t, m, 2)
 			if tc.budget == 0 {
-				eventually(t, 10*time.Second, "the old worker to be reported", func() bool {
+				testenv.Eventually(t, 10*time.Second, "the old worker to be reported", func() bool {
 					w := m.Status().Workers
 					return w.OldWorkers == 1 && w.OldWorkerConns == 2 && w.OldWorkersRSS > 0 && w.WorkerRSS > 0
 				})
@@ -95,7 +97,7 @@ func TestManagerOldWorkers(t *testing.T) {
 				}
 				return
 			}
-			eventually(t, 10*time.Second, "the old worker to be stopped", func() bool {
+			testenv.Eventually(t, 10*time.Second, "the old worker to be stopped", func() bool {
 				w := m.Status().Workers
 				return w.OldWorkersStopped == 1 && w.OldWorkerConnsClosed == 2 && w.OldWorkers == 0
 			})

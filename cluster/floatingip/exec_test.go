@@ -202,7 +202,7 @@ sleep 300
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the script's child to die", func() bool { return !processAlive(pid) })
+	testenv.Eventually(t, 5*time.Second, "the script's child to die", func() bool { return !processAlive(pid) })
 	mustHeld(t, e, false)
 }
 
@@ -285,18 +285,6 @@ func mustHeld(t *testing.T, p Provider, want bool) {
 	}
 	if got != want {
 		t.Fatalf("Held = %v, want %v", got, want)
-	}
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // fakeView is a settable cluster view: the owner logic is what is tested.
@@ -135,17 +137,6 @@ func (o *testOwner) run(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // settle runs enough decision rounds for the owner to act on its view.
 func settle(o *testOwner) {
 	for i := 0; i < 5; i++ {
@@ -202,7 +193,7 @@ func TestOwnerTakesOverFromFailedHolder(t *testing.T) {
 	o := newTestOwner("edge-b", 0, Peer{Name: "edge-a", Alive: true, Eligible: true, Holding: true, Epoch: 3})
 	o.run(t)
 	o.view.set(Peer{Name: "edge-a", Alive: false, Eligible: true, Holding: true, Epoch: 3})
-	eventually(t, "takeover", func() bool { return o.Claim().Holding })
+	testenv.EventuallyEvery(t, 5*time.Second, 2*time.Millisecond, "takeover", func() bool { return o.Claim().Holding })
 	c := o.Claim()
 	if c.Epoch != 4 || c.Last.From != "edge-a" || c.Last.Reason != "holder edge-a failed" {
 		t.Errorf("claim after takeover: %+v %+v", c, c.Last)
@@ -212,10 +203,10 @@ func TestOwnerTakesOverFromFailedHolder(t *testing.T) {
 func TestOwnerUnhealthyHolderHandsOver(t *testing.T) {
 	o := newTestOwner("edge-a", 0, Peer{Name: "edge-b", Alive: true, Eligible: true})
 	o.run(t)
-	eventually(t, "claim", func() bool { return o.Claim().Holding })
+	testenv.EventuallyEvery(t, 5*time.Second, 2*time.Millisecond, "claim", func() bool { return o.Claim().Holding })
 	o.healthy.set(false)
 	o.Poke()
-	eventually(t, "release", func() bool { return !o.Claim().Holding })
+	testenv.EventuallyEvery(t, 5*time.Second, 2*time.Millisecond, "release", func() bool { return !o.Claim().Holding })
 	if c := o.Claim(); c.Eligible {
 		t.Error("an unhealthy node publishes itself eligible")
 	}
@@ -280,18 +271,18 @@ func TestOwnerVerifyNoticesLostAddress(t *testing.T) {
 	o.prov.held = true // held from before a crash: the oldest claim
 	o.run(t)
 	// It starts as holder (epoch 0), sees edge-b's newer claim, releases.
-	eventually(t, "release to the newer holder", func() bool {
+	testenv.EventuallyEvery(t, 5*time.Second, 2*time.Millisecond, "release to the newer holder", func() bool {
 		_, r := o.prov.counts()
 		return r == 1 && !o.Claim().Holding
 	})
 	// A cloud provider moves the address away: verify notices.
 	o2 := newTestOwner("edge-z", 0)
 	o2.run(t)
-	eventually(t, "claim", func() bool { return o2.Claim().Holding })
+	testenv.EventuallyEvery(t, 5*time.Second, 2*time.Millisecond, "claim", func() bool { return o2.Claim().Holding })
 	o2.prov.mu.Lock()
 	o2.prov.held = false
 	o2.prov.mu.Unlock()
-	eventually(t, "verify drops the claim", func() bool { return !o2.Claim().Holding })
+	testenv.EventuallyEvery(t, 5*time.Second, 2*time.Millisecond, "verify drops the claim", func() bool { return !o2.Claim().Holding })
 }
 
 func TestOwnerRetriesFailedClaim(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/drawbridge-lb/drawbridge/internal/netns"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // nsDeps aims a vip provider at the network namespace named ns: a netlink
@@ -158,7 +159,7 @@ func TestVIPClaimAnnounceRelease(t *testing.T) {
 	mustHeld(t, v, true)
 
 	// Announcements reach the peer: garpCount of them, from a's MAC, spaced.
-	waitFor(t, 5*time.Second, "gratuitous ARP on the peer", func() bool { return len(capture.get()) >= garpCount })
+	testenv.Eventually(t, 5*time.Second, "gratuitous ARP on the peer", func() bool { return len(capture.get()) >= garpCount })
 	seen := capture.get()
 	for i, s := range seen {
 		if !strings.EqualFold(s.hw.String(), a.MAC) {
@@ -229,7 +230,7 @@ func TestVIPPeerLearnsNewHolder(t *testing.T) {
 	if err := vc.Claim(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*time.Second, "the peer's neighbour entry to follow the VIP", func() bool {
+	testenv.Eventually(t, 3*time.Second, "the peer's neighbour entry to follow the VIP", func() bool {
 		return strings.EqualFold(neighMAC(b, vipStr), c.MAC)
 	})
 }

@@ -40,12 +40,19 @@ const PollInterval = 10 * time.Millisecond
 // the failure.
 func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
+	EventuallyEvery(tb, timeout, PollInterval, what, cond)
+}
+
+// EventuallyEvery is [Eventually] checking every interval: shorter for a
+// condition that holds only for a moment, longer for an expensive one.
+func EventuallyEvery(tb testing.TB, timeout, interval time.Duration, what string, cond func() bool) {
+	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
-		time.Sleep(PollInterval)
+		time.Sleep(interval)
 	}
 }
 
