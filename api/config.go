@@ -257,7 +257,7 @@ type Deps struct {
 	// Peers removes raft voters (POST /v1/raft/remove-peer). nil: the
 	// endpoint answers 501.
 	Peers PeerRemover
-	// ForwardClient carries requests forwarded to the leader; cmd/ gives it
+	// ForwardClient carries requests forwarded to the leader; the agent gives it
 	// the TLS configuration peers' APIs need. nil means NewForwardClient(nil).
 	// Each forwarded request carries its own deadline, so the client needs
 	// no overall Timeout.

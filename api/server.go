@@ -10,7 +10,7 @@
 //
 // The package knows nothing of raft or HAProxy: it defines the small
 // interfaces it needs (Applier, StateReader, StatusSource, and for a cluster
-// Leader, ConsistencyChecker, AppliedWaiter, ClusterSource), and cmd/ adapts
+// Leader, ConsistencyChecker, AppliedWaiter, ClusterSource), and internal/agent adapts
 // the real components to them, so handlers are tested against fakes.
 //
 // Input is allow-listed before it is proposed: ports are whole numbers in
