@@ -324,6 +324,9 @@ func TestRaftRefusesUnauthenticatedAndMisnamedMessages(t *testing.T) {
 	pollUntil(t, 5*time.Second, "raft to see the control message", func() bool {
 		return ft.follower.raft.CurrentTerm() > term
 	})
+	// Stop the leader first: its heartbeats in the new term must not reach
+	// the follower while the follower's store closes.
+	ft.leader.Shutdown()
 }
 
 // TestLeaderReplicatesOnlyToTheNamedServer: a server added at an address
