@@ -363,14 +363,6 @@ func (n *Node) handlePeerRequest(peer string, req peerRequest) error {
 			return errors.New("the leader cannot remove itself this way")
 		}
 		n.log.Info("removing voter at its own request", "member", peer)
-		// Gossip may still show the member alive for a moment; the
-		// reconciler must not add it straight back.
-		n.mu.Lock()
-		if n.departed == nil {
-			n.departed = map[string]bool{}
-		}
-		n.departed[peer] = true
-		n.mu.Unlock()
 		return n.RemovePeer(peer)
 	}
 	return fmt.Errorf("unknown request %q", req.Op)
@@ -411,6 +403,15 @@ func (n *Node) RemovePeer(name string) error {
 	if name == n.cfg.NodeID {
 		return errors.New("the leader cannot remove itself: stop it (it hands leadership over) or remove it from another node once another leads")
 	}
+	// Gossip may still show the member alive for a while (a graceful
+	// leave, a node just killed): the reconciler must not add it straight
+	// back. It may join again once gossip has seen it gone.
+	n.mu.Lock()
+	if n.departed == nil {
+		n.departed = map[string]bool{}
+	}
+	n.departed[name] = true
+	n.mu.Unlock()
 	return n.translateOrNil(n.raft.RemoveServer(raft.ServerID(name), 0, n.cfg.ApplyTimeout).Error())
 }
 

@@ -47,8 +47,12 @@ type proof struct {
 	at  time.Time
 }
 
-// proofRetry is how long an identity check's failure is remembered.
-const proofRetry = 10 * time.Second
+// proofRetry is how long an identity check's failure is remembered;
+// proofKeep how long a success is.
+const (
+	proofRetry = 10 * time.Second
+	proofKeep  = time.Minute
+)
 
 // NewReconciler returns a reconciler. expect is --bootstrap-expect (0 = off).
 func NewReconciler(node *Node, members *Membership, expect int, logger *slog.Logger) *Reconciler {
@@ -182,7 +186,7 @@ func (r *Reconciler) proven(m Member) bool {
 		return true
 	}
 	k := proofKey{m.Name, m.Meta.RaftAddr}
-	if p, ok := r.proofs[k]; ok && (p.err == nil || time.Since(p.at) < proofRetry) {
+	if p, ok := r.proofs[k]; ok && ((p.err == nil && time.Since(p.at) < proofKeep) || (p.err != nil && time.Since(p.at) < proofRetry)) {
 		return p.err == nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
