@@ -35,6 +35,9 @@
 //     way, so no old worker is left holding long-lived connections and the
 //     cost does not grow with the table. The files catch up in the
 //     background (files.go). Any error falls back to a reload.
+//   - Old workers (left by reloads, serving their long-lived connections)
+//     are measured every HealthInterval in a loop of their own; above
+//     Config.OldWorkersMaxBytes the oldest are stopped first (workers.go).
 //   - MaxConn 0 (the default) leaves maxconn out so HAProxy sizes it from its
 //     file-descriptor limit; a fixed value needs about two descriptors per
 //     connection plus one per listener and server, and a reload that does
