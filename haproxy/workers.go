@@ -117,6 +117,11 @@ func (m *Manager) runWorkers(ctx context.Context) {
 func (m *Manager) checkWorkers(ctx context.Context) {
 	p, err := showProc(ctx, m.sockPath)
 	if err != nil {
+		// The master CLI does not answer while the master re-executes for
+		// a reload, which under a stream of reloads is most of the time:
+		// measure from /proc instead (the newest child is the current
+		// worker), report only, and stop nothing on that guess.
+		m.workersFromProc()
 		return
 	}
 	type old struct {
@@ -203,4 +208,60 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 		m.metrics.oldWorkersStopped.Add(float64(stopped))
 		m.metrics.oldWorkerConnsClosed.Add(float64(closed))
 	}
+}
+
+// workersFromProc reports the workers from the master's children in /proc:
+// the newest is taken for the current worker, the others for old ones.
+// Connections keep their last measured value.
+func (m *Manager) workersFromProc() {
+	m.mu.Lock()
+	master := m.status.MasterPID
+	m.mu.Unlock()
+	kids := childrenOf(master)
+	if len(kids) == 0 {
+		return
+	}
+	newest, newestStart := 0, uint64(0)
+	for _, pid := range kids {
+		if st := procStart(pid); st >= newestStart {
+			newest, newestStart = pid, st
+		}
+	}
+	var cur, old uint64
+	n := 0
+	for _, pid := range kids {
+		if pid == newest {
+			cur = procRSS(pid)
+			continue
+		}
+		old += procRSS(pid)
+		n++
+	}
+	m.update(func(s *Status) {
+		s.Workers.WorkerRSS, s.Workers.OldWorkers, s.Workers.OldWorkersRSS = cur, n, old
+	})
+	if m.metrics != nil {
+		m.metrics.oldWorkers.Set(float64(n))
+		m.metrics.oldWorkersRSS.Set(float64(old))
+		m.metrics.workerRSS.Set(float64(cur))
+	}
+}
+
+// procStart returns the start time of pid in clock ticks since boot (0
+// when unknown).
+func procStart(pid int) uint64 {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0
+	}
+	v, _ := strconv.ParseUint(f[19], 10, 64) // field 22: starttime
+	return v
 }

@@ -103,6 +103,10 @@ var devDefaults = map[string]any{
 	"gossip.addr":          "127.0.0.1:9002",
 	"raft.bootstrap":       true,
 	"haproxy.bind_address": "127.0.0.1",
+
+	// Dev agents share 127.0.0.1: with a range each, several on one
+	// machine (tests, demos) would bind the same ports. Set it to try it.
+	"haproxy.dynamic_ports": "off",
 }
 
 // flagKeys maps agent flags to config keys.
