@@ -69,6 +69,9 @@ type MemberStatus struct {
 	// UnknownCommands counts log entries it skipped (written by a newer
 	// drawbridge): it needs an upgrade.
 	UnknownCommands uint64 `json:"unknown_commands,omitempty"`
+	// RouteCapacity is the file descriptors the member has for routes'
+	// listeners and health checks, as it publishes in gossip.
+	RouteCapacity int `json:"route_capacity,omitempty"`
 }
 
 // FloatingIPStatus is the floating IP and who holds it.

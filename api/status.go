@@ -64,6 +64,13 @@ type HAProxyStatus struct {
 	// ServedIndex is the latest state index HAProxy runs except for the
 	// routes held back in FailedPorts.
 	ServedIndex uint64 `json:"served_index"`
+	// DescriptorLimit is the node's file-descriptor limit; RouteCapacity
+	// what it leaves for routes' listeners and health checks (after HAProxy
+	// itself and its connections); RouteNeeds what this node's table needs
+	// of it. The leader admits no write that fits no edge node.
+	DescriptorLimit int `json:"descriptor_limit,omitempty"`
+	RouteCapacity   int `json:"route_capacity,omitempty"`
+	RouteNeeds      int `json:"route_needs,omitempty"`
 	// ConfigHash identifies the rendered config HAProxy runs.
 	ConfigHash   string    `json:"config_hash,omitempty"`
 	Reloads      uint64    `json:"reloads"`

@@ -65,6 +65,10 @@ func printStatus(w io.Writer, st api.Status) error {
 	for _, warn := range st.Warnings {
 		fmt.Fprintf(tw, "WARNING\t%s\n", warn)
 	}
+	if h.RouteCapacity != 0 {
+		fmt.Fprintf(tw, "capacity\t%d of %d file descriptors for routes' listeners and health checks in use (limit %d)\n",
+			h.RouteNeeds, h.RouteCapacity, h.DescriptorLimit)
+	}
 	if st.UnknownCommands > 0 {
 		fmt.Fprintf(tw, "UPGRADE\tthis node skipped %d log entries written by a newer drawbridge: its route table may differ from the cluster's; upgrade drawbridge on it\n",
 			st.UnknownCommands)

@@ -127,16 +127,19 @@ func (s *nodeInfo) Status() api.Status {
 	}
 	hs := s.proxy.Status()
 	st.HAProxy = api.HAProxyStatus{
-		Running:      hs.Running,
-		MasterPID:    hs.MasterPID,
-		Adopted:      hs.Adopted,
-		AppliedIndex: hs.AppliedIndex,
-		ServedIndex:  hs.ServedIndex,
-		ConfigHash:   hs.ConfigHash,
-		Reloads:      hs.Reloads,
-		LastReloadAt: hs.LastReloadAt,
-		LastError:    hs.LastError,
-		LastErrorAt:  hs.LastErrorAt,
+		Running:         hs.Running,
+		MasterPID:       hs.MasterPID,
+		Adopted:         hs.Adopted,
+		AppliedIndex:    hs.AppliedIndex,
+		ServedIndex:     hs.ServedIndex,
+		DescriptorLimit: s.fdLimit,
+		RouteCapacity:   s.routeCapacity(),
+		RouteNeeds:      s.needs(s.table.State()),
+		ConfigHash:      hs.ConfigHash,
+		Reloads:         hs.Reloads,
+		LastReloadAt:    hs.LastReloadAt,
+		LastError:       hs.LastError,
+		LastErrorAt:     hs.LastErrorAt,
 
 		DynamicPorts:   hs.DynamicPorts.String(),
 		RuntimeUpdates: hs.RuntimeUpdates,
@@ -225,6 +228,7 @@ func (s *nodeInfo) Cluster() api.ClusterStatus {
 			Held:            m.Meta.Held,
 			HeldBack:        m.Meta.HeldBack,
 			UnknownCommands: m.Meta.Unknown,
+			RouteCapacity:   m.Meta.FD,
 		})
 	}
 	// Voters gossip has never seen (or has forgotten) still count for quorum.

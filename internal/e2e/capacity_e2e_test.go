@@ -69,14 +69,21 @@ func TestE2ECapacityAdmission(t *testing.T) {
 	var st struct {
 		State   struct{ Index uint64 } `json:"state"`
 		HAProxy struct {
-			AppliedIndex uint64            `json:"applied_index"`
-			FailedPorts  []json.RawMessage `json:"failed_ports"`
+			AppliedIndex  uint64            `json:"applied_index"`
+			FailedPorts   []json.RawMessage `json:"failed_ports"`
+			RouteCapacity int               `json:"route_capacity"`
+			RouteNeeds    int               `json:"route_needs"`
+			FDLimit       int               `json:"descriptor_limit"`
 		} `json:"haproxy"`
 	}
 	poll(t, 30*time.Second, "every admitted route applied", func() bool {
 		code, body := a.request("GET", "/v1/status", bearer(), nil)
 		return code == 200 && json.Unmarshal(body, &st) == nil && st.HAProxy.AppliedIndex >= st.State.Index && len(st.HAProxy.FailedPorts) == 0
 	})
+	if st.HAProxy.FDLimit != 700 || st.HAProxy.RouteNeeds != 2*len(added) || st.HAProxy.RouteCapacity < st.HAProxy.RouteNeeds {
+		t.Errorf("status capacity: limit %d, %d of %d for routes; want limit 700 and %d needed",
+			st.HAProxy.FDLimit, st.HAProxy.RouteNeeds, st.HAProxy.RouteCapacity, 2*len(added))
+	}
 	for _, p := range []int{added[0], added[len(added)-1]} {
 		if got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", p)); err != nil || got != "cap" {
 			t.Fatalf("admitted route %d not served: %q %v", p, got, err)
