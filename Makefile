@@ -85,7 +85,7 @@ clean: ## Remove build output and the dev data directory
 	rm -rf bin dist drawbridge-data drawbridge-cluster
 
 .PHONY: cluster
-cluster: haproxy build ## Start three local nodes (API 9000/9010/9020, frontends on 127.0.1.1-3)
+cluster: haproxy build ## Start three local nodes secured with a CA, node certificates and a gossip key (HTTPS API 9000/9010/9020, frontends on 127.0.1.1-3)
 	./scripts/cluster.sh
 
 .PHONY: cluster-stop
