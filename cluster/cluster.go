@@ -67,7 +67,7 @@ func (c *Cluster) LeaderAPI() (string, bool, error) {
 	if err := c.node.checkLeader(); errors.Is(err, ErrNoLeader) || errors.Is(err, ErrShutdown) {
 		return "", false, err
 	}
-	addr, id := c.node.raft.LeaderWithID()
+	addr, id := c.node.Leader()
 	m, ok := c.member(string(id))
 	if !ok || m.Meta.APIURL == "" {
 		return "", false, fmt.Errorf("%w: the leader %s is not visible in gossip yet", ErrNoLeader, id)
@@ -102,7 +102,7 @@ func (c *Cluster) ForwardTLS(pool *x509.CertPool) *tls.Config {
 		// The chain and the name are checked in VerifyConnection.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, id := c.node.raft.LeaderWithID()
+			_, id := c.node.Leader()
 			if id == "" {
 				return ErrNoLeader
 			}
@@ -121,11 +121,11 @@ func (c *Cluster) VerifyLeader(ctx context.Context) error {
 	if err := c.termCommitted(ctx); err != nil {
 		return err
 	}
-	commit := c.node.raft.CommitIndex()
-	if err := c.wait(ctx, "verify leadership", c.node.raft.VerifyLeader()); err != nil {
+	commit := c.node.CommitIndex()
+	if err := c.wait(ctx, "verify leadership", c.node.verifyLeader()); err != nil {
 		return err
 	}
-	for c.node.raft.AppliedIndex() < commit {
+	for c.node.AppliedIndex() < commit {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: apply up to index %d: %v", ErrCommitTimeout, commit, ctx.Err())
@@ -141,7 +141,7 @@ func (c *Cluster) VerifyLeader(ctx context.Context) error {
 // own term commits (Raft §5.4.2, §8): until then its commit index can miss a
 // write its predecessor acknowledged, and a read served on it would be stale.
 func (c *Cluster) termCommitted(ctx context.Context) error {
-	term := c.node.raft.CurrentTerm()
+	term := c.node.CurrentTerm()
 	if c.readTerm.Load() == term {
 		return nil
 	}
@@ -158,7 +158,7 @@ func (c *Cluster) termCommitted(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
-	if err := c.wait(ctx, "commit an entry of the new term", c.node.raft.Barrier(timeout)); err != nil {
+	if err := c.wait(ctx, "commit an entry of the new term", c.node.barrier(timeout)); err != nil {
 		return err
 	}
 	// The barrier ran in term or a later one; a later term only costs
@@ -231,11 +231,11 @@ func (c *Cluster) WaitApplied(ctx context.Context, index uint64) ([]Lag, error) 
 // Voters returns the raft configuration's servers by ID.
 func (c *Cluster) Voters() map[string]raft.Server {
 	out := map[string]raft.Server{}
-	fut := c.node.raft.GetConfiguration()
-	if fut.Error() != nil {
+	servers, err := c.node.Servers()
+	if err != nil {
 		return out
 	}
-	for _, s := range fut.Configuration().Servers {
+	for _, s := range servers {
 		out[string(s.ID)] = s
 	}
 	return out
@@ -249,11 +249,11 @@ func (c *Cluster) Voters() map[string]raft.Server {
 func (c *Cluster) Leave(timeout time.Duration) {
 	if c.node.IsLeader() && len(c.Voters()) > 1 {
 		c.log.Info("transferring leadership before leaving")
-		if err := c.node.raft.LeadershipTransfer().Error(); err != nil {
+		if err := c.node.transferLeadership(); err != nil {
 			c.log.Warn("leadership transfer", "err", err)
 		}
 	}
-	if _, voter := c.Voters()[c.node.cfg.NodeID]; voter && c.node.Secure() && len(c.Voters()) > 1 {
+	if _, voter := c.Voters()[c.node.ID()]; voter && c.node.Secure() && len(c.Voters()) > 1 {
 		c.members.MarkLeaving()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		var err error
@@ -268,7 +268,7 @@ func (c *Cluster) Leave(timeout time.Duration) {
 		}
 		cancel()
 		if err != nil {
-			c.log.Warn("could not ask the leader to remove this node from the voters; remove it with `drawbridge raft remove-peer "+c.node.cfg.NodeID+"`", "err", err)
+			c.log.Warn("could not ask the leader to remove this node from the voters; remove it with `drawbridge raft remove-peer "+c.node.ID()+"`", "err", err)
 		} else {
 			c.log.Info("the leader removed this node from the voters")
 		}

@@ -142,7 +142,7 @@ func (r *LeaseReaper) sweep(ctx context.Context, leaderSince time.Time) int {
 			"expired", expired, "total", total, "max_fraction", r.cfg.MaxFraction)
 		return 0
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.node.cfg.ApplyTimeout)
+	ctx, cancel := context.WithTimeout(ctx, r.node.ApplyTimeout())
 	defer cancel()
 	res, err := r.node.Apply(ctx, &fsm.ExpireLeases{Now: now})
 	if err == nil {

@@ -82,12 +82,26 @@ type FIPMeta struct {
 	LastWhy  string `json:"lw,omitempty"`
 }
 
+// MemberStatus is what gossip says of a member.
+type MemberStatus string
+
+// Member statuses. memberlist reports a member as it joins, updates and
+// fails or leaves; a suspected member stays alive until declared dead.
+const (
+	// StatusAlive: the member answers gossip.
+	StatusAlive MemberStatus = "alive"
+	// StatusDead: gossip declared it failed (it did not say goodbye).
+	StatusDead MemberStatus = "dead"
+	// StatusLeft: it left on purpose (its metadata said it was leaving).
+	StatusLeft MemberStatus = "left"
+)
+
 // Member is a node as gossip sees it.
 type Member struct {
-	Name   string `json:"name"`
-	Addr   string `json:"addr"`
-	Status string `json:"status"` // alive, suspect, dead, left
-	Meta   Meta   `json:"meta"`
+	Name   string       `json:"name"`
+	Addr   string       `json:"addr"`
+	Status MemberStatus `json:"status"`
+	Meta   Meta         `json:"meta"`
 	// gone is when the member was first seen dead or left (zero: alive).
 	gone time.Time
 }
@@ -99,8 +113,8 @@ const DefaultReapAfter = 72 * time.Hour
 // memberlist's limit even with its free-text fields emptied.
 var ErrMetaTooLarge = errors.New("gossip metadata too large")
 
-// Alive reports whether the member is reachable (alive or only suspected).
-func (m Member) Alive() bool { return m.Status == "alive" || m.Status == "suspect" }
+// Alive reports whether the member is reachable.
+func (m Member) Alive() bool { return m.Status == StatusAlive }
 
 // GossipConfig configures memberlist.
 type GossipConfig struct {
@@ -153,6 +167,9 @@ type Membership struct {
 
 	reapAfter time.Duration
 
+	// mu guards the fields below and nodes. It is never held while the
+	// metadata function runs (that function may take the floating-IP
+	// owner's lock; see the lock order in internal/agent/doc.go).
 	mu       sync.Mutex
 	leaving  bool
 	lastMeta []byte
@@ -385,7 +402,7 @@ func (m *Membership) RunReconnect(ctx context.Context, interval time.Duration) {
 		m.reap(time.Now())
 		var dead []string
 		for _, mem := range m.Members() {
-			if mem.Status == "dead" && mem.Addr != "" {
+			if mem.Status == StatusDead && mem.Addr != "" {
 				dead = append(dead, mem.Addr)
 			}
 		}
@@ -436,9 +453,27 @@ func (m *Membership) Members() []Member {
 	for i := range out {
 		if out[i].Name == local {
 			out[i].Meta = m.meta()
-			out[i].Status = "alive"
+			out[i].Status = StatusAlive
 		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Others lists the other nodes gossip knows, sorted by name. Unlike
+// Members it never calls the metadata function, so code that function calls
+// (the floating-IP owner's Claim and the eligibility it asks for) may use
+// it without taking its own locks again.
+func (m *Membership) Others() []Member {
+	local := m.ml.LocalNode().Name
+	m.mu.Lock()
+	out := make([]Member, 0, len(m.nodes))
+	for _, n := range m.nodes {
+		if n.Name != local {
+			out = append(out, n)
+		}
+	}
+	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
@@ -446,14 +481,14 @@ func (m *Membership) Members() []Member {
 // record copies a node's fields while memberlist holds its lock (event
 // delegates run under it).
 func (m *Membership) record(n *memberlist.Node, left bool) {
-	mem := Member{Name: n.Name, Addr: n.Address(), Status: "alive"}
+	mem := Member{Name: n.Name, Addr: n.Address(), Status: StatusAlive}
 	_ = json.Unmarshal(n.Meta, &mem.Meta)
 	if left {
 		// memberlist does not tell a graceful leave from a failure here
 		// (the node's State field is stale): the Leaving flag does.
-		mem.Status = "dead"
+		mem.Status = StatusDead
 		if mem.Meta.Leaving {
-			mem.Status = "left"
+			mem.Status = StatusLeft
 		}
 	}
 	m.mu.Lock()
@@ -525,7 +560,7 @@ func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
 
 func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	e.m.record(n, true)
-	if mem, _ := e.m.get(n.Name); mem.Status == "left" {
+	if mem, _ := e.m.get(n.Name); mem.Status == StatusLeft {
 		e.m.log.Info("member left", "member", n.Name)
 	} else {
 		e.m.log.Warn("member failed", "member", n.Name)

@@ -101,16 +101,16 @@ func (r *Reconciler) step() {
 	if !r.node.IsLeader() {
 		return
 	}
-	fut := r.node.raft.GetConfiguration()
-	if err := fut.Error(); err != nil {
+	servers, err := r.node.Servers()
+	if err != nil {
 		r.log.Warn("read raft configuration", "err", err)
 		return
 	}
 	voters := map[raft.ServerID]raft.Server{}
-	for _, s := range fut.Configuration().Servers {
+	for _, s := range servers {
 		voters[s.ID] = s
 	}
-	self := raft.ServerID(r.node.cfg.NodeID)
+	self := raft.ServerID(r.node.ID())
 	for _, m := range r.servers() {
 		id := raft.ServerID(m.Name)
 		cur, known := voters[id]
@@ -125,17 +125,17 @@ func (r *Reconciler) step() {
 				continue
 			}
 			r.log.Info("adding voter", "member", m.Name, "raft_addr", m.Meta.RaftAddr, "role", m.Meta.Role)
-			if err := r.node.raft.AddVoter(id, raft.ServerAddress(m.Meta.RaftAddr), 0, 10*time.Second).Error(); err != nil {
+			if err := r.node.addVoter(m.Name, m.Meta.RaftAddr, 10*time.Second); err != nil {
 				r.log.Warn("add voter", "member", m.Name, "err", err)
 			}
 			delete(r.reported, m.Name)
-		case m.Status == "left" && known && id != self && !r.node.Secure():
+		case m.Status == StatusLeft && known && id != self && !r.node.Secure():
 			r.log.Info("removing voter that left", "member", m.Name)
-			if err := r.node.raft.RemoveServer(id, 0, 10*time.Second).Error(); err != nil {
+			if err := r.node.removeServer(m.Name, 10*time.Second); err != nil {
 				r.log.Warn("remove voter", "member", m.Name, "err", err)
 			}
-		case (m.Status == "left" || m.Status == "dead") && known && !r.reported[m.Name]:
-			r.log.Warn("voter "+m.Status+"; keeping it in the configuration (run `drawbridge raft remove-peer "+m.Name+"` if it is gone for good)", "member", m.Name)
+		case (m.Status == StatusLeft || m.Status == StatusDead) && known && !r.reported[m.Name]:
+			r.log.Warn("voter "+string(m.Status)+"; keeping it in the configuration (run `drawbridge raft remove-peer "+m.Name+"` if it is gone for good)", "member", m.Name)
 			r.reported[m.Name] = true
 		}
 	}
@@ -154,7 +154,7 @@ func (r *Reconciler) maybeBootstrap() {
 			// A cluster exists: wait for its leader to add us.
 			return
 		}
-		if m.Name != r.node.cfg.NodeID && !r.proven(m) {
+		if m.Name != r.node.ID() && !r.proven(m) {
 			continue
 		}
 		alive = append(alive, m)
@@ -163,9 +163,9 @@ func (r *Reconciler) maybeBootstrap() {
 		return
 	}
 	sort.Slice(alive, func(i, j int) bool { return alive[i].Name < alive[j].Name })
-	conf := raft.Configuration{}
+	var servers []raft.Server
 	for _, m := range alive {
-		conf.Servers = append(conf.Servers, raft.Server{
+		servers = append(servers, raft.Server{
 			Suffrage: raft.Voter, ID: raft.ServerID(m.Name), Address: raft.ServerAddress(m.Meta.RaftAddr),
 		})
 	}
@@ -174,7 +174,7 @@ func (r *Reconciler) maybeBootstrap() {
 		names[i] = m.Name
 	}
 	r.log.Info("bootstrapping the cluster", "expect", r.expect, "voters", names)
-	if err := r.node.raft.BootstrapCluster(conf).Error(); err != nil && err != raft.ErrCantBootstrap {
+	if err := r.node.bootstrap(servers); err != nil && err != raft.ErrCantBootstrap {
 		r.log.Warn("bootstrap", "err", fmt.Sprint(err))
 	}
 }

@@ -113,6 +113,10 @@ type Owner struct {
 	log      *slog.Logger
 	metrics  *ownerMetrics
 
+	// mu guards the fields below. Claim holds it while it calls healthy,
+	// so healthy must not call back into Claim (through gossip's metadata):
+	// see the lock order in internal/agent/doc.go. view and publish are
+	// only called without it.
 	mu       sync.Mutex
 	claim    Claim
 	stopping bool

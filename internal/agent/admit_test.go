@@ -34,7 +34,7 @@ func TestAdmitAgainstTheLargestEdgeNode(t *testing.T) {
 	s := haproxy.Settings{MaxConn: 10}
 	// Route capacity 100 - 64 - 20 = 16 descriptors: 8 routes.
 	self := &nodeInfo{cfg: &Config{NodeName: "edge-1"}, settings: s, fdLimit: 100, proxy: &haproxy.Manager{}}
-	peer := func(name string, fd int, status string) cluster.Member {
+	peer := func(name string, fd int, status cluster.MemberStatus) cluster.Member {
 		return cluster.Member{Name: name, Status: status, Meta: cluster.Meta{Role: cluster.RoleEdge, FD: fd}}
 	}
 	eight, nine := table(t, 8), table(t, 9)

@@ -58,15 +58,17 @@
 // Gossip asks for this node's metadata (Membership.Refresh → nodeInfo.meta)
 // holding no lock of its own, and takes Membership.mu only after meta has
 // returned. meta reads the HAProxy manager's status, then calls Owner.Claim,
-// which holds Owner.mu while it asks nodeInfo.eligible, which takes the
-// HAProxy manager's status lock and then nodeInfo.mu, one after the other.
-// The owner asks gossip for its peers, and publishes, without holding
-// Owner.mu. So locks nest only as
+// which holds Owner.mu while it asks nodeInfo.eligible; eligible takes the
+// HAProxy manager's status lock and then nodeInfo.mu, one after the other,
+// and may look at the other members through Membership.Others (which takes
+// Membership.mu briefly and never calls meta). The owner asks gossip for its
+// peers, and publishes, without holding Owner.mu. So locks nest only as
 //
 //	Owner.mu → haproxy.Manager.mu
 //	Owner.mu → nodeInfo.mu
+//	Owner.mu → Membership.mu
 //
-// and nothing that holds one of them calls into gossip. Keep it so: a call
-// from under Owner.mu into Membership (or from under Membership.mu into
-// meta) would deadlock against a concurrent Refresh.
+// and nothing that holds one of them calls meta. Keep it so: Members (not
+// Others) from under Owner.mu, or meta from under Membership.mu, would
+// take Owner.mu again and deadlock.
 package agent

@@ -5,7 +5,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drawbridge-lb/drawbridge/api"
@@ -38,111 +37,12 @@ func newFloatingIPOwner(cfg *Config, info *nodeInfo, members *cluster.Membership
 	if err != nil {
 		return nil, err
 	}
-	view := &fipView{self: cfg.NodeName, members: members, voters: info.cluster.Voters}
 	return floatingip.NewOwner(floatingip.OwnerConfig{
 		NodeName: cfg.NodeName,
 		Address:  f.Address,
 		Priority: f.Priority,
 		HoldDown: f.HoldDown,
-	}, prov, view, info.eligible, members.Refresh, logger, reg), nil
-}
-
-// fipView shows the owner loop the other edge nodes through gossip. Only
-// raft voters count (the members whose names raft's configuration holds,
-// which with raft TLS each proved with its certificate): a gossip member
-// that is not one can neither claim the address away from the holder nor
-// swell the census.
-type fipView struct {
-	self    string
-	members *cluster.Membership
-	voters  func() map[string]raft.Server
-}
-
-// voterSet is the names of raft's voters, nil while this node knows no
-// configuration yet (before the cluster forms, gossip is all there is).
-func (v *fipView) voterSet() map[string]bool {
-	servers := v.voters()
-	if len(servers) == 0 {
-		return nil
-	}
-	out := make(map[string]bool, len(servers))
-	for id, s := range servers {
-		if s.Suffrage == raft.Voter {
-			out[id] = true
-		}
-	}
-	return out
-}
-
-// Peers implements floatingip.View.
-func (v *fipView) Peers() []floatingip.Peer {
-	var out []floatingip.Peer
-	voters := v.voterSet()
-	for _, m := range v.members.Members() {
-		if m.Name == v.self || m.Meta.Role != roleEdge || m.Meta.FIP == nil {
-			continue
-		}
-		if voters != nil && !voters[m.Name] {
-			continue
-		}
-		f := m.Meta.FIP
-		p := floatingip.Peer{
-			Name:     m.Name,
-			Alive:    m.Status == "alive" && !m.Meta.Leaving,
-			Eligible: f.Eligible,
-			Priority: f.Priority,
-			Holding:  f.Holding,
-			Epoch:    f.Epoch,
-		}
-		if f.LastAt != 0 {
-			p.Last = &floatingip.Failover{At: time.UnixMilli(f.LastAt), From: f.LastFrom, To: m.Name,
-				Duration: time.Duration(f.LastMS) * time.Millisecond, Reason: f.LastWhy}
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
-// Census implements floatingip.View: the raft voters, this node and
-// witnesses included, and how many of them gossip sees alive. Before this
-// node knows a raft configuration, every member gossip knows.
-func (v *fipView) Census() (alive, total int) {
-	if voters := v.voterSet(); voters != nil {
-		total = len(voters)
-		for _, m := range v.members.Members() {
-			if voters[m.Name] && (m.Status == "alive" || m.Name == v.self) {
-				alive++
-			}
-		}
-		if !voters[v.self] {
-			// Not a voter (yet): it still sees itself.
-			alive++
-			total++
-		}
-		return alive, total
-	}
-	for _, m := range v.members.Members() {
-		if m.Status == "left" {
-			continue
-		}
-		total++
-		if m.Status == "alive" || m.Name == v.self {
-			alive++
-		}
-	}
-	return alive, total
-}
-
-// Changed implements floatingip.View.
-func (v *fipView) Changed() <-chan struct{} { return v.members.Changed() }
-
-// fipMeta is this node's claim as gossip metadata.
-func fipMeta(c floatingip.Claim) *cluster.FIPMeta {
-	m := &cluster.FIPMeta{Eligible: c.Eligible, Holding: c.Holding, Epoch: c.Epoch, Priority: c.Priority}
-	if l := c.Last; l != nil {
-		m.LastAt, m.LastFrom, m.LastMS, m.LastWhy = l.At.UnixMilli(), l.From, l.Duration.Milliseconds(), l.Reason
-	}
-	return m
+	}, prov, cluster.NewFloatingIPView(cfg.NodeName, members, info.cluster.Voters), info.eligible, members.Refresh, logger, reg), nil
 }
 
 // floatingIPStatus reports who holds the address: the alive holder with the
@@ -156,7 +56,7 @@ func (s *nodeInfo) floatingIPStatus(members []cluster.Member) *api.FloatingIPSta
 	var best *cluster.FIPMeta
 	for _, m := range members {
 		fm := m.Meta.FIP
-		if fm == nil || !fm.Holding || m.Status != "alive" {
+		if fm == nil || !fm.Holding || m.Status != cluster.StatusAlive {
 			continue
 		}
 		if best == nil || fm.Epoch > best.Epoch {

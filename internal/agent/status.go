@@ -39,6 +39,8 @@ type nodeInfo struct {
 	needState *fsm.State // the table needFor was last computed for
 	needCount int
 
+	// mu guards behindSince. Taken under Owner.mu (Claim → eligible),
+	// never while calling out: see the lock order in doc.go.
 	mu          sync.Mutex
 	behindSince time.Time // when HAProxy fell behind the table (zero: current)
 }
@@ -86,10 +88,14 @@ func (s *nodeInfo) betterPeer() bool {
 		if s.cluster == nil {
 			return false
 		}
-		peers = s.cluster.Members().Members
+		// Not Members: it reads this node's metadata, which asks the
+		// floating-IP owner for its claim, whose lock the caller may
+		// hold (Owner.Claim → eligible → betterPeer; see the lock order
+		// in doc.go).
+		peers = s.cluster.Members().Others
 	}
 	for _, m := range peers() {
-		if m.Name == s.cfg.NodeName || m.Meta.Role != roleEdge || m.Status != "alive" || m.Meta.Leaving {
+		if m.Name == s.cfg.NodeName || m.Meta.Role != roleEdge || m.Status != cluster.StatusAlive || m.Meta.Leaving {
 			continue
 		}
 		if m.Meta.Healthy && m.Meta.Unknown == 0 {
@@ -187,7 +193,7 @@ func (s *nodeInfo) meta() cluster.Meta {
 		m.HeldBack = append(m.HeldBack, f.Port)
 	}
 	if s.owner != nil {
-		m.FIP = fipMeta(s.owner.Claim())
+		m.FIP = cluster.ClaimMeta(s.owner.Claim())
 	}
 	return m
 }
@@ -215,7 +221,7 @@ func (s *nodeInfo) Cluster() api.ClusterStatus {
 		st.Members = append(st.Members, api.MemberStatus{
 			Name:            m.Name,
 			Role:            m.Meta.Role,
-			Status:          m.Status,
+			Status:          string(m.Status),
 			Voter:           voter,
 			RaftAddr:        m.Meta.RaftAddr,
 			APIURL:          m.Meta.APIURL,

@@ -106,9 +106,9 @@ func TestFloatingIPViewCountsOnlyVoters(t *testing.T) {
 	}
 	testenv.Eventually(t, 5*time.Second, "the fake members in gossip", func() bool { return len(self.Members()) == 4 })
 
-	view := &fipView{self: "edge-1", members: self, voters: func() map[string]raft.Server {
+	view := cluster.NewFloatingIPView("edge-1", self, func() map[string]raft.Server {
 		return map[string]raft.Server{"edge-1": {ID: "edge-1", Suffrage: raft.Voter}}
-	}}
+	})
 	if peers := view.Peers(); len(peers) != 0 {
 		t.Errorf("non-voters are floating-IP peers: %+v", peers)
 	}
@@ -116,7 +116,7 @@ func TestFloatingIPViewCountsOnlyVoters(t *testing.T) {
 		t.Errorf("census = %d of %d, want 1 of 1 (the voters)", alive, total)
 	}
 	// Before a raft configuration is known, gossip is all there is.
-	view.voters = func() map[string]raft.Server { return nil }
+	view = cluster.NewFloatingIPView("edge-1", self, func() map[string]raft.Server { return nil })
 	if _, total := view.Census(); total != 4 {
 		t.Errorf("census without voters counts %d, want every member (4)", total)
 	}
@@ -158,7 +158,7 @@ func TestFloatingIPHolderIgnoresUnprovenMembers(t *testing.T) {
 				func() cluster.Meta {
 					m := cluster.Meta{Role: roleEdge, Healthy: true}
 					if ownerReady.Load() {
-						m.FIP = fipMeta(owner.Claim())
+						m.FIP = cluster.ClaimMeta(owner.Claim())
 					}
 					return m
 				}, testenv.Logger(t))
@@ -166,12 +166,12 @@ func TestFloatingIPHolderIgnoresUnprovenMembers(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer self.Shutdown()
-			view := &fipView{self: "edge-1", members: self, voters: func() map[string]raft.Server {
+			view := cluster.NewFloatingIPView("edge-1", self, func() map[string]raft.Server {
 				if !tc.votersOnly {
 					return nil
 				}
 				return map[string]raft.Server{"edge-1": {ID: "edge-1", Suffrage: raft.Voter}}
-			}}
+			})
 			owner = floatingip.NewOwner(floatingip.OwnerConfig{NodeName: "edge-1", Address: "192.0.2.10", Priority: 1,
 				HoldDown: 200 * time.Millisecond, StartupWait: 100 * time.Millisecond, MinorityClaimAfter: 500 * time.Millisecond,
 				Interval: 20 * time.Millisecond},
