@@ -111,8 +111,9 @@ func newLeaveCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "leave",
 		Short: "Make the local agent leave the cluster gracefully and stop (HAProxy keeps serving)",
-		Long: `leave signals the agent running on this machine (found through its pid file in
-the data directory) to hand over leadership, leave gossip, and stop. The
+		Long: `leave signals the agent running on this machine (the process holding the lock
+on its data directory; never a PID merely left in a file) to hand over
+leadership, leave gossip, and stop. The
 cluster removes it from the raft voters; HAProxy keeps serving its last config.
 It is what SIGTERM (systemctl stop drawbridge) does.`,
 		Args: cobra.NoArgs,
