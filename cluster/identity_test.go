@@ -306,6 +306,21 @@ func TestRaftRefusesUnauthenticatedAndMisnamedMessages(t *testing.T) {
 	send(tc, ft.forgedAppend(t, "n1"))
 	ft.unchanged(t, term, "a valid certificate for another name")
 
+	// A vote request from a much later term, in the leader's name with
+	// mallory's certificate, and over plain TCP: a follower that granted
+	// it, or merely saw the term, would depose the leader.
+	vote := encodeRaftMessage(t, rpcRequestVote, &raft.RequestVoteRequest{
+		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("n1"), Addr: []byte("127.0.0.1:1")},
+		Term:      term + 200, LastLogIndex: 1 << 40, LastLogTerm: term + 199,
+	})
+	if c, err := net.Dial("tcp", ft.addr); err == nil {
+		send(c, vote)
+	}
+	if tc, err := tls.Dial("tcp", ft.addr, mallory); err == nil {
+		send(tc, vote)
+	}
+	ft.unchanged(t, term, "a vote request in another node's name")
+
 	// The cluster still works.
 	applyOrFatal(t, ft.leader, register(8081, "api", "10.0.0.2", 30081))
 	pollUntil(t, 10*time.Second, "n2 to replicate after the attacks", func() bool {
