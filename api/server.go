@@ -157,6 +157,7 @@ func (s *Server) routes() {
 	s.handle("POST /v1/snapshot", "snapshot_restore", token, s.writeEndpoint(snapshot, s.handleSnapshotRestore))
 	s.handle("GET /v1/status", "status", token, s.handleStatus)
 	s.handle("GET /v1/cluster", "cluster", token, s.handleCluster)
+	// Changing raft membership is an operator's act: admin tokens only.
 	s.handle("POST /v1/raft/remove-peer", "raft_remove_peer", token, s.writeEndpoint(body, s.handleRemovePeer))
 
 	s.handle("GET /healthz", "healthz", public, s.handleHealthz)
