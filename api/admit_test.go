@@ -37,3 +37,16 @@ func TestCapacityRefusedWith507(t *testing.T) {
 	}
 	e.must(http.StatusOK, http.MethodDelete, "/v1/routes/8080", "")
 }
+
+// A node that skipped newer log entries says so in /metrics.
+func TestUnknownCommandsMetric(t *testing.T) {
+	e := newEnv(t)
+	e.status.set(func(s *api.Status) { s.UnknownCommands = 3 })
+	if m := e.metric("drawbridge_unknown_commands "); m != "drawbridge_unknown_commands 3" {
+		t.Fatalf("metric line %q", m)
+	}
+	st := decode[api.Status](t, e.must(http.StatusOK, http.MethodGet, "/v1/status", ""))
+	if st.UnknownCommands != 3 {
+		t.Fatalf("status unknown_commands %d", st.UnknownCommands)
+	}
+}
