@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/api/client"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // TestE2EWebhookLifecycle walks the recipe's sidecar flow through a real
@@ -24,7 +25,7 @@ func TestE2EWebhookLifecycle(t *testing.T) {
 	requireHAProxy(t)
 	a := startDevAgent(t)
 	be := startBackend(t, "unifi-backend")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	legacy := map[string]string{"X-Funkypenguin-Token": testToken}
 
 	// The recipe's payload, numbers as strings, as some sidecars send them.
@@ -54,13 +55,13 @@ func TestE2EWebhookLifecycle(t *testing.T) {
 	}
 
 	addr := fmt.Sprintf("127.0.0.1:%d", fport)
-	poll(t, 10*time.Second, "route live through HAProxy", func() bool {
+	testenv.Eventually(t, 10*time.Second, "route live through HAProxy", func() bool {
 		got, err := dialRead(addr)
 		return err == nil && got == "unifi-backend"
 	})
 
 	// Missing and wrong tokens are refused and change nothing.
-	other := freePort(t)
+	other := testenv.FreePort(t)
 	if code, body := a.request("POST", "/hooks/update-haproxy", nil, hookPayload("x", other, be.port(), "127.0.0.1", "add")); code != 401 {
 		t.Errorf("missing token: want 401, got %d %s", code, body)
 	}
@@ -84,7 +85,7 @@ func TestE2EWebhookLifecycle(t *testing.T) {
 	if code, body := a.request("POST", "/hooks/update-haproxy", legacy, del); code != 200 {
 		t.Fatalf("delete: %d %s", code, body)
 	}
-	poll(t, 10*time.Second, "port to stop answering", func() bool {
+	testenv.Eventually(t, 10*time.Second, "port to stop answering", func() bool {
 		_, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		return err != nil
 	})
@@ -97,12 +98,12 @@ func TestE2ERestartAdoptsHAProxy(t *testing.T) {
 	requireHAProxy(t)
 	a := startDevAgent(t)
 	be := startBackend(t, "steady")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", fport)
 	if code, body := a.request("POST", "/hooks/update-haproxy", bearer(), hookPayload("steady", fport, be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("add: %d %s", code, body)
 	}
-	poll(t, 10*time.Second, "route live", func() bool { got, err := dialRead(addr); return err == nil && got == "steady" })
+	testenv.Eventually(t, 10*time.Second, "route live", func() bool { got, err := dialRead(addr); return err == nil && got == "steady" })
 	hdir := filepath.Join(a.dir, "haproxy")
 	pid := haproxyPID(hdir)
 	if pid == 0 {
@@ -180,20 +181,20 @@ func TestE2EPortTakenIsReported(t *testing.T) {
 	defer squatter.Close()
 	taken := squatter.Addr().(*net.TCPAddr).Port
 
-	first := freePort(t)
+	first := testenv.FreePort(t)
 	if code, body := a.request("POST", "/hooks/update-haproxy", bearer(), hookPayload("first", first, be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("add first: %d %s", code, body)
 	}
-	poll(t, 10*time.Second, "first live", func() bool { _, err := dialRead(fmt.Sprintf("127.0.0.1:%d", first)); return err == nil })
+	testenv.Eventually(t, 10*time.Second, "first live", func() bool { _, err := dialRead(fmt.Sprintf("127.0.0.1:%d", first)); return err == nil })
 
 	if code, body := a.request("POST", "/hooks/update-haproxy", bearer(), hookPayload("squatted", taken, be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("add squatted: %d %s", code, body)
 	}
-	second := freePort(t)
+	second := testenv.FreePort(t)
 	if code, body := a.request("POST", "/hooks/update-haproxy", bearer(), hookPayload("second", second, be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("add second: %d %s", code, body)
 	}
-	poll(t, 10*time.Second, "second live despite the taken port", func() bool {
+	testenv.Eventually(t, 10*time.Second, "second live despite the taken port", func() bool {
 		_, err := dialRead(fmt.Sprintf("127.0.0.1:%d", second))
 		return err == nil
 	})
@@ -201,7 +202,7 @@ func TestE2EPortTakenIsReported(t *testing.T) {
 		t.Errorf("first route broken: %v", err)
 	}
 	var report string
-	poll(t, 10*time.Second, "taken port in /v1/status", func() bool {
+	testenv.Eventually(t, 10*time.Second, "taken port in /v1/status", func() bool {
 		st := a.status()
 		b, _ := json.Marshal(st["haproxy"])
 		report = string(b)
@@ -211,7 +212,7 @@ func TestE2EPortTakenIsReported(t *testing.T) {
 
 	// Free the port: a later retry brings the route up.
 	squatter.Close()
-	poll(t, 30*time.Second, "squatted route up after the port frees", func() bool {
+	testenv.Eventually(t, 30*time.Second, "squatted route up after the port frees", func() bool {
 		got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", taken))
 		return err == nil && got == "good"
 	})
@@ -221,8 +222,8 @@ func TestE2EPortTakenIsReported(t *testing.T) {
 func TestE2ENoHAProxy(t *testing.T) {
 	dir := t.TempDir()
 	cmd := exec.Command(binPath, "agent", "--dev", "--data-dir", dir, "--node-name", "nohaproxy",
-		"--api-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--api-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		"--haproxy-bin", filepath.Join(dir, "no-such-haproxy"))
 	cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken)
 	out, err := cmd.CombinedOutput()
@@ -239,7 +240,7 @@ func TestE2ECLI(t *testing.T) {
 	requireHAProxy(t)
 	a := startDevAgent(t)
 	be := startBackend(t, "cli")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(binPath, append(args, "--addr", a.url(""))...)
 		cmd.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken)
@@ -250,7 +251,7 @@ func TestE2ECLI(t *testing.T) {
 	if err != nil {
 		t.Fatalf("route set: %v\n%s", err, out)
 	}
-	poll(t, 10*time.Second, "cli route live", func() bool {
+	testenv.Eventually(t, 10*time.Second, "cli route live", func() bool {
 		got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", fport))
 		return err == nil && got == "cli"
 	})
@@ -285,12 +286,12 @@ func TestE2EHAProxyKeepsServingAfterAgentCrash(t *testing.T) {
 	requireHAProxy(t)
 	a := startDevAgent(t)
 	be := startBackend(t, "survivor")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	if code, body := a.request("POST", "/hooks/update-haproxy", bearer(), hookPayload("survivor", fport, be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("add: %d %s", code, body)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", fport)
-	poll(t, 10*time.Second, "route live", func() bool { got, err := dialRead(addr); return err == nil && got == "survivor" })
+	testenv.Eventually(t, 10*time.Second, "route live", func() bool { got, err := dialRead(addr); return err == nil && got == "survivor" })
 	a.kill()
 	for i := 0; i < 20; i++ {
 		if got, err := dialRead(addr); err != nil || got != "survivor" {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // TestE2ECapacityAdmission runs an agent (and its real HAProxy) under a
@@ -19,12 +21,12 @@ import (
 func TestE2ECapacityAdmission(t *testing.T) {
 	requireHAProxy(t)
 	dir := t.TempDir()
-	a := &testAgent{t: t, dir: dir, name: "e2e", apiPort: freePort(t), fdLimit: 700,
+	a := &testAgent{t: t, dir: dir, name: "e2e", apiPort: testenv.FreePort(t), fdLimit: 700,
 		env: []string{"DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS=off"}}
 	a.args = []string{"agent", "--dev", "--data-dir", dir, "--node-name", a.name,
 		"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
-		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		"--log-level", "debug"}
 	t.Cleanup(func() {
 		a.stop()
@@ -40,7 +42,7 @@ func TestE2ECapacityAdmission(t *testing.T) {
 	var added []int
 	var refusal string
 	for i := 0; i < 200 && refusal == ""; i++ {
-		port := freePort(t)
+		port := testenv.FreePort(t)
 		code, body := a.request("PUT", fmt.Sprintf("/v1/routes/%d", port), bearer(), map[string]any{
 			"name": fmt.Sprintf("r%d", i), "backends": []map[string]any{{"address": "127.0.0.1", "port": be.port()}}})
 		switch code {
@@ -76,7 +78,7 @@ func TestE2ECapacityAdmission(t *testing.T) {
 			FDLimit       int               `json:"descriptor_limit"`
 		} `json:"haproxy"`
 	}
-	poll(t, 30*time.Second, "every admitted route applied", func() bool {
+	testenv.Eventually(t, 30*time.Second, "every admitted route applied", func() bool {
 		code, body := a.request("GET", "/v1/status", bearer(), nil)
 		return code == 200 && json.Unmarshal(body, &st) == nil && st.HAProxy.AppliedIndex >= st.State.Index && len(st.HAProxy.FailedPorts) == 0
 	})

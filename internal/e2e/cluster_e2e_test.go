@@ -45,7 +45,7 @@ func startLocalCluster(t testing.TB, n int) *localCluster {
 	t.Helper()
 	c := &localCluster{t: t}
 	for i := 0; i < n; i++ {
-		c.gossip = append(c.gossip, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+		c.gossip = append(c.gossip, fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)))
 	}
 	var names []string
 	for i := 0; i < n; i++ {
@@ -53,12 +53,12 @@ func startLocalCluster(t testing.TB, n int) *localCluster {
 	}
 	creds := testenv.ClusterCredentials(t, t.TempDir(), names...)
 	for i := 0; i < n; i++ {
-		a := &testAgent{t: t, dir: t.TempDir(), name: fmt.Sprintf("edge-%d", i+1), apiPort: freePort(t)}
+		a := &testAgent{t: t, dir: t.TempDir(), name: fmt.Sprintf("edge-%d", i+1), apiPort: testenv.FreePort(t)}
 		a.args = []string{"agent",
 			"--node-name", a.name,
 			"--data-dir", a.dir,
 			"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
-			"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 			"--gossip-addr", c.gossip[i],
 			"--bootstrap-expect", strconv.Itoa(n),
 			"--haproxy-bind-address", fmt.Sprintf("127.0.1.%d", i+1),
@@ -165,10 +165,10 @@ func TestE2EClusterPostToFollowerGoesLiveEverywhere(t *testing.T) {
 	c := startLocalCluster(t, 3)
 	be := startBackend(t, "clustered")
 	var leader *testAgent
-	poll(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
+	testenv.Eventually(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 	follower := c.others(leader)[0]
 
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	code, body := follower.request("POST", "/hooks/update-haproxy?wait=applied&timeout=15s",
 		map[string]string{"X-Funkypenguin-Token": testToken}, hookPayload("clustered", fport, be.port(), "127.0.0.1", "add"))
 	if code != 200 {
@@ -186,7 +186,7 @@ func TestE2EClusterPostToFollowerGoesLiveEverywhere(t *testing.T) {
 	if err != nil || strings.Count(out, "alive") != 3 {
 		t.Errorf("members: %v\n%s", err, out)
 	}
-	poll(t, 10*time.Second, "all nodes converge on one config", c.converged)
+	testenv.Eventually(t, 10*time.Second, "all nodes converge on one config", c.converged)
 }
 
 // kvOp is one operation of the history checked for linearizability: routes
@@ -259,11 +259,11 @@ func TestE2EClusterLeaderKillLinearizable(t *testing.T) {
 func leaderKillRun(t *testing.T, seed int64) {
 	c := startLocalCluster(t, 3)
 	var leader *testAgent
-	poll(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
+	testenv.Eventually(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 
 	keys := make([]int, 8)
 	for i := range keys {
-		keys[i] = freePort(t)
+		keys[i] = testenv.FreePort(t)
 	}
 	start := time.Now()
 	var (
@@ -327,7 +327,7 @@ func leaderKillRun(t *testing.T, seed int64) {
 	killedAt := time.Now()
 	killed.kill()
 	var firstWrite time.Duration
-	poll(t, 15*time.Second, "a write acknowledged after the kill", func() bool {
+	testenv.Eventually(t, 15*time.Second, "a write acknowledged after the kill", func() bool {
 		before := acked.Load()
 		time.Sleep(20 * time.Millisecond)
 		if acked.Load() > before {
@@ -343,7 +343,7 @@ func leaderKillRun(t *testing.T, seed int64) {
 	cancel()
 	wg.Wait()
 
-	poll(t, 20*time.Second, "all three nodes converge (the restarted one caught up)", c.converged)
+	testenv.Eventually(t, 20*time.Second, "all three nodes converge (the restarted one caught up)", c.converged)
 	// Final local reads on every node must see the last acknowledged writes.
 	for _, a := range c.agents {
 		for _, key := range keys {

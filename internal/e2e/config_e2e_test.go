@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/internal/pki"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // TestE2ECheckConfigOpensNamedFiles: --check-config on the packaged sample
@@ -85,11 +86,11 @@ func withoutTokenEnv() []string {
 func TestE2EDevRelativeDataDirKeepsRuntimeAPI(t *testing.T) {
 	requireHAProxy(t)
 	wd := t.TempDir()
-	a := &testAgent{t: t, dir: filepath.Join(wd, "drawbridge-data"), name: "e2e", apiPort: freePort(t), wd: wd}
+	a := &testAgent{t: t, dir: filepath.Join(wd, "drawbridge-data"), name: "e2e", apiPort: testenv.FreePort(t), wd: wd}
 	a.args = []string{"agent", "--dev", "--node-name", a.name,
 		"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
-		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		"--log-level", "debug"}
 	t.Cleanup(func() {
 		a.stop()
@@ -101,7 +102,7 @@ func TestE2EDevRelativeDataDirKeepsRuntimeAPI(t *testing.T) {
 	a.start()
 	a.waitReady()
 	be1, be2 := startBackend(t, "one"), startBackend(t, "two")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	reloads := func() float64 {
 		hs, _ := a.status()["haproxy"].(map[string]any)
 		r, _ := hs["reloads"].(float64)
@@ -117,7 +118,7 @@ func TestE2EDevRelativeDataDirKeepsRuntimeAPI(t *testing.T) {
 	if code, body := a.request("POST", "/hooks/update-haproxy?wait=applied", bearer(), hookPayload("demo", port, be1.port(), "127.0.0.1", "delete")); code != 200 {
 		t.Fatalf("delete first backend: %d %s", code, body)
 	}
-	poll(t, 10*time.Second, "the second backend answers", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the second backend answers", func() bool {
 		got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", port))
 		return err == nil && got == "two"
 	})

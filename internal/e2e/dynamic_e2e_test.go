@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // freeRangeE2E finds n consecutive ports on 127.0.0.1 below the ephemeral
@@ -52,7 +54,7 @@ func TestE2EDynamicRange(t *testing.T) {
 		t.Fatalf("add: %d %s", code, body)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	poll(t, 10*time.Second, "route in the range live", func() bool {
+	testenv.Eventually(t, 10*time.Second, "route in the range live", func() bool {
 		got, err := dialRead(addr)
 		return err == nil && got == "dynamic"
 	})
@@ -78,7 +80,7 @@ func TestE2EDynamicRange(t *testing.T) {
 	if code, body := a.request("POST", "/hooks/update-haproxy", legacy, hookPayload("game", port, be.port(), "127.0.0.1", "delete")); code != 200 {
 		t.Fatalf("delete: %d %s", code, body)
 	}
-	poll(t, 10*time.Second, "route in the range gone", func() bool {
+	testenv.Eventually(t, 10*time.Second, "route in the range gone", func() bool {
 		_, err := dialRead(addr)
 		return err != nil
 	})
@@ -87,14 +89,14 @@ func TestE2EDynamicRange(t *testing.T) {
 	}
 
 	// Outside the range: today's path, a reload.
-	outside := freePort(t)
+	outside := testenv.FreePort(t)
 	if code, body := a.request("POST", "/hooks/update-haproxy", legacy, hookPayload("web", outside, be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("add outside: %d %s", code, body)
 	}
-	poll(t, 10*time.Second, "route outside the range live", func() bool {
+	testenv.Eventually(t, 10*time.Second, "route outside the range live", func() bool {
 		got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", outside))
 		return err == nil && got == "dynamic"
 	})
 	// The new worker answers a moment before the reload is confirmed.
-	poll(t, 10*time.Second, "the reload to be confirmed", func() bool { return reloads() == r0+1 })
+	testenv.Eventually(t, 10*time.Second, "the reload to be confirmed", func() bool { return reloads() == r0+1 })
 }

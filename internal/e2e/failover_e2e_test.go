@@ -279,7 +279,7 @@ func (l *fipLab) serveBackend() {
 
 func (l *fipLab) poll(timeout time.Duration, what string, cond func() bool) {
 	l.t.Helper()
-	poll(l.t, timeout, what, cond)
+	testenv.Eventually(l.t, timeout, what, cond)
 }
 
 // api sends a request to n's API from the client host: status 0 and the

@@ -72,17 +72,6 @@ func requireHAProxy(t *testing.T) {
 	testenv.HAProxy(t)
 }
 
-// freePort returns a TCP port that was free a moment ago on 127.0.0.1.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // testAgent is one drawbridge process started from the built binary.
 type testAgent struct {
 	t       testing.TB
@@ -194,13 +183,13 @@ func startDevAgent(t testing.TB, extra ...string) *testAgent {
 // startDevAgentEnv is startDevAgent with extra DRAWBRIDGE_* environment.
 func startDevAgentEnv(t testing.TB, env []string, extra ...string) *testAgent {
 	t.Helper()
-	a := &testAgent{t: t, dir: t.TempDir(), name: "e2e", apiPort: freePort(t), env: env}
+	a := &testAgent{t: t, dir: t.TempDir(), name: "e2e", apiPort: testenv.FreePort(t), env: env}
 	a.args = append([]string{"agent", "--dev",
 		"--data-dir", a.dir,
 		"--node-name", a.name,
 		"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
-		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		"--log-level", "debug",
 	}, extra...)
 	t.Cleanup(func() {
@@ -245,7 +234,7 @@ func (a *testAgent) url(path string) string {
 func (a *testAgent) waitReady() {
 	a.t.Helper()
 	_, exited := a.proc()
-	poll(a.t, 30*time.Second, "agent ready", func() bool {
+	testenv.Eventually(a.t, 30*time.Second, "agent ready", func() bool {
 		select {
 		case <-exited:
 			a.t.Fatalf("agent exited early:\n%s", a.logs.String())
@@ -362,17 +351,6 @@ func stopHAProxyIn(dir string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
-}
-
-func poll(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // backend is a TCP server that greets every connection with its name.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // TestE2EFirstWriteHeldUntilLeader: a dev agent whose API answers before
@@ -15,13 +17,13 @@ import (
 func TestE2EFirstWriteHeldUntilLeader(t *testing.T) {
 	requireHAProxy(t)
 	dir := t.TempDir()
-	a := &testAgent{t: t, dir: dir, name: "e2e", apiPort: freePort(t), env: []string{
+	a := &testAgent{t: t, dir: dir, name: "e2e", apiPort: testenv.FreePort(t), env: []string{
 		"DRAWBRIDGE_RAFT_HEARTBEAT_TIMEOUT=3s", "DRAWBRIDGE_RAFT_ELECTION_TIMEOUT=3s", "DRAWBRIDGE_API_HOLD_TIMEOUT=30s",
 		"DRAWBRIDGE_API_APPLY_TIMEOUT=40s"}}
 	a.args = []string{"agent", "--dev", "--data-dir", dir, "--node-name", a.name,
 		"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
-		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		"--log-level", "debug"}
 	t.Cleanup(func() {
 		a.stop()
@@ -36,7 +38,7 @@ func TestE2EFirstWriteHeldUntilLeader(t *testing.T) {
 			Leader string `json:"leader"`
 		} `json:"raft"`
 	}
-	poll(t, 30*time.Second, "the API to answer", func() bool {
+	testenv.Eventually(t, 30*time.Second, "the API to answer", func() bool {
 		code, body := a.tryRequest("GET", "/v1/status", bearer(), nil)
 		return code == 200 && json.Unmarshal(body, &st) == nil
 	})
@@ -44,12 +46,12 @@ func TestE2EFirstWriteHeldUntilLeader(t *testing.T) {
 		t.Fatalf("raft had a leader (%s) before the first write: the test does not reach the election window", st.Raft.Leader)
 	}
 	be := startBackend(t, "held")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	code, body := a.request("POST", "/hooks/update-haproxy", bearer(), hookPayload("held", port, be.port(), "127.0.0.1", "add"))
 	if code != 200 {
 		t.Fatalf("write during the first election: %d %s", code, body)
 	}
-	poll(t, 15*time.Second, "the held write live", func() bool {
+	testenv.Eventually(t, 15*time.Second, "the held write live", func() bool {
 		got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", port))
 		return err == nil && got == "held"
 	})

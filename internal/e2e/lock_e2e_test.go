@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // TestE2ESecondAgentOnDataDirExits: a second agent on a data dir an agent
@@ -27,9 +29,9 @@ func TestE2ESecondAgentOnDataDirExits(t *testing.T) {
 	}
 
 	second := exec.Command(binPath, "agent", "--dev", "--data-dir", a.dir, "--node-name", "e2e",
-		"--api-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+		"--api-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)))
 	second.Env = append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken)
 	var out bytes.Buffer
 	second.Stdout, second.Stderr = &out, &out

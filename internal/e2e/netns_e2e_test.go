@@ -239,10 +239,10 @@ func (l *nsLab) serveBackend() {
 	serveGreetingIn(l.t, l.backend, nsBackendPort, nsGreeting)
 }
 
-// poll is poll from the harness, failing the test on timeout.
+// poll is testenv.Eventually on the lab's test.
 func (l *nsLab) poll(timeout time.Duration, what string, cond func() bool) {
 	l.t.Helper()
-	poll(l.t, timeout, what, cond)
+	testenv.Eventually(l.t, timeout, what, cond)
 }
 
 // do sends an API request to n from the client host: status 0 and the error

@@ -12,12 +12,13 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/api/client"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 func TestE2ESnapshotSaveRestore(t *testing.T) {
 	requireHAProxy(t)
 	a := startDevAgent(t)
-	for _, p := range []int{freePort(t), freePort(t)} {
+	for _, p := range []int{testenv.FreePort(t), testenv.FreePort(t)} {
 		if code, body := a.request("PUT", fmt.Sprintf("/v1/routes/%d", p), bearer(),
 			map[string]any{"name": fmt.Sprintf("r%d", p), "backends": []map[string]any{{"address": "10.1.2.3", "port": 80}}}); code != 200 {
 			t.Fatalf("put: %d %s", code, body)
@@ -59,9 +60,9 @@ func TestE2EPairWithoutWitnessRecover(t *testing.T) {
 	requireHAProxy(t)
 	c := startLocalCluster(t, 2)
 	be := startBackend(t, "pair")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	var leader *testAgent
-	poll(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
+	testenv.Eventually(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 	if code, body := leader.request("POST", "/hooks/update-haproxy?wait=applied", bearer(), hookPayload("pair", fport, be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("add: %d %s", code, body)
 	}
@@ -76,8 +77,8 @@ func TestE2EPairWithoutWitnessRecover(t *testing.T) {
 
 	// Traffic still flows through the survivor; writes are refused, explained.
 	var msg string
-	poll(t, 15*time.Second, "the survivor refuses writes", func() bool {
-		code, body := survivor.tryRequest("POST", "/hooks/update-haproxy", bearer(), hookPayload("more", freePort(t), be.port(), "127.0.0.1", "add"))
+	testenv.Eventually(t, 15*time.Second, "the survivor refuses writes", func() bool {
+		code, body := survivor.tryRequest("POST", "/hooks/update-haproxy", bearer(), hookPayload("more", testenv.FreePort(t), be.port(), "127.0.0.1", "add"))
 		msg = string(body)
 		return code == 503
 	})
@@ -100,7 +101,7 @@ func TestE2EPairWithoutWitnessRecover(t *testing.T) {
 	}
 	survivor.start()
 	survivor.waitReady()
-	if code, body := survivor.request("POST", "/hooks/update-haproxy", bearer(), hookPayload("after", freePort(t), be.port(), "127.0.0.1", "add")); code != 200 {
+	if code, body := survivor.request("POST", "/hooks/update-haproxy", bearer(), hookPayload("after", testenv.FreePort(t), be.port(), "127.0.0.1", "add")); code != 200 {
 		t.Fatalf("write after recover: %d %s", code, body)
 	}
 	if got, err := dialRead(survivorAddr); err != nil || got != "pair" {
@@ -114,14 +115,14 @@ func TestE2ELeaveRemovesVoter(t *testing.T) {
 	requireHAProxy(t)
 	c := startLocalCluster(t, 3)
 	var leader *testAgent
-	poll(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
+	testenv.Eventually(t, 15*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 	follower := c.others(leader)[0]
 	out, err := exec2(binPath, "leave", "--data-dir", follower.dir)
 	if err != nil {
 		t.Fatalf("leave: %v\n%s", err, out)
 	}
-	poll(t, 10*time.Second, "agent exited", func() bool { return !follower.running() })
-	poll(t, 10*time.Second, "leaver removed from voters", func() bool {
+	testenv.Eventually(t, 10*time.Second, "agent exited", func() bool { return !follower.running() })
+	testenv.Eventually(t, 10*time.Second, "leaver removed from voters", func() bool {
 		code, body := leader.tryRequest("GET", "/v1/cluster", bearer(), nil)
 		if code != 200 {
 			return false
@@ -141,7 +142,7 @@ func TestE2ELeaveRemovesVoter(t *testing.T) {
 		}
 		return false
 	})
-	if code, body := leader.request("PUT", "/v1/routes/"+strconv.Itoa(freePort(t)), bearer(), map[string]any{"name": "after-leave"}); code != 200 {
+	if code, body := leader.request("PUT", "/v1/routes/"+strconv.Itoa(testenv.FreePort(t)), bearer(), map[string]any{"name": "after-leave"}); code != 200 {
 		t.Fatalf("write after leave: %d %s", code, body)
 	}
 }

@@ -114,11 +114,11 @@ func TestE2ERegisterSidecarAgainstCluster(t *testing.T) {
 	requireHAProxy(t)
 	c := startLocalCluster(t, 3)
 	be := startBackend(t, "pod")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	reg := startSidecar(t, c, "sidecar", fport, be.port(), "1", "4s")
 
 	// Live through all three HAProxies.
-	poll(t, 15*time.Second, "route live on every node", func() bool {
+	testenv.Eventually(t, 15*time.Second, "route live on every node", func() bool {
 		for i := range c.agents {
 			if got, err := dialRead(fmt.Sprintf("127.0.1.%d:%d", i+1, fport)); err != nil || got != "pod" {
 				return false
@@ -143,17 +143,17 @@ func TestE2ERegisterSidecarAgainstCluster(t *testing.T) {
 	if code := reg.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("registrar exit code %d after SIGTERM", code)
 	}
-	poll(t, 10*time.Second, "backend gone after SIGTERM", func() bool { return c.everywhere(fport, be.port(), false) })
+	testenv.Eventually(t, 10*time.Second, "backend gone after SIGTERM", func() bool { return c.everywhere(fport, be.port(), false) })
 }
 
 func TestE2ERegisterSIGKILLExpiresAfterTTLNotBefore(t *testing.T) {
 	requireHAProxy(t)
 	c := startLocalCluster(t, 3)
 	be := startBackend(t, "pod")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	const interval, ttl = time.Second, 4 * time.Second
 	reg := startSidecar(t, c, "crashy", fport, be.port(), "1", "4s")
-	poll(t, 15*time.Second, "registered everywhere", func() bool { return c.everywhere(fport, be.port(), true) })
+	testenv.Eventually(t, 15*time.Second, "registered everywhere", func() bool { return c.everywhere(fport, be.port(), true) })
 	time.Sleep(2 * interval) // a few renewals
 
 	reg.signal(syscall.SIGKILL) // no goodbye
@@ -166,7 +166,7 @@ func TestE2ERegisterSIGKILLExpiresAfterTTLNotBefore(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	poll(t, 15*time.Second, "backend expired after its TTL", func() bool { return c.everywhere(fport, be.port(), false) })
+	testenv.Eventually(t, 15*time.Second, "backend expired after its TTL", func() bool { return c.everywhere(fport, be.port(), false) })
 	t.Logf("backend removed %v after SIGKILL (ttl %v, renew interval %v, reaper interval 1s)",
 		time.Since(killed).Round(100*time.Millisecond), ttl, interval)
 }
@@ -177,11 +177,11 @@ func TestE2ELeaderKillDoesNotExpireLiveBackends(t *testing.T) {
 	be := startBackend(t, "pod")
 	var ports []int
 	for i := 0; i < 3; i++ {
-		fport := freePort(t)
+		fport := testenv.FreePort(t)
 		ports = append(ports, fport)
 		startSidecar(t, c, fmt.Sprintf("svc-%d", i), fport, be.port(), "1", "3s")
 	}
-	poll(t, 15*time.Second, "all registered", func() bool {
+	testenv.Eventually(t, 15*time.Second, "all registered", func() bool {
 		for _, p := range ports {
 			if !c.everywhere(p, be.port(), true) {
 				return false
@@ -190,7 +190,7 @@ func TestE2ELeaderKillDoesNotExpireLiveBackends(t *testing.T) {
 		return true
 	})
 	var leader *testAgent
-	poll(t, 10*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
+	testenv.Eventually(t, 10*time.Second, "a leader", func() bool { leader = c.leader(); return leader != nil })
 	leader.kill()
 	var lost atomic.Int32
 	// Two TTLs through the election and the new leader's first sweeps.
@@ -221,7 +221,7 @@ func TestE2ERecipeSidecarReposts(t *testing.T) {
 	requireHAProxy(t)
 	a := startDevAgentEnv(t, []string{"DRAWBRIDGE_API_HOOK_LEASE=3s", "DRAWBRIDGE_LEASES_INTERVAL=500ms", "DRAWBRIDGE_LEASES_GRACE=1s"})
 	be := startBackend(t, "recipe")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", fport)
 	legacy := map[string]string{"X-Funkypenguin-Token": testToken}
 	payload := hookPayload("unifi-adoption", fport, be.port(), "127.0.0.1", "add")
@@ -231,11 +231,11 @@ func TestE2ERecipeSidecarReposts(t *testing.T) {
 			t.Fatalf("post %d: %d %s", i, code, body)
 		}
 		lastPost = time.Now()
-		poll(t, 5*time.Second, "route live", func() bool { got, err := dialRead(addr); return err == nil && got == "recipe" })
+		testenv.Eventually(t, 5*time.Second, "route live", func() bool { got, err := dialRead(addr); return err == nil && got == "recipe" })
 		time.Sleep(time.Second)
 	}
 	// 6 s of posting outlived the 3 s lease: renewals work. Now stop.
-	poll(t, 15*time.Second, "route gone after the sidecar stopped", func() bool {
+	testenv.Eventually(t, 15*time.Second, "route gone after the sidecar stopped", func() bool {
 		_, err := dialRead(addr)
 		return err != nil
 	})
@@ -279,7 +279,7 @@ func TestRegisterDevAgent(t *testing.T) {
 	requireHAProxy(t)
 	a := startDevAgent(t)
 	be := startBackend(t, "registered")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	c, err := client.New(client.Config{Members: []string{a.url("")}, Token: testToken})
 	if err != nil {
 		t.Fatal(err)
@@ -299,7 +299,7 @@ func TestRegisterDevAgent(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 
 	addr := fmt.Sprintf("127.0.0.1:%d", fport)
-	poll(t, 10*time.Second, "registered route live through HAProxy", func() bool {
+	testenv.Eventually(t, 10*time.Second, "registered route live through HAProxy", func() bool {
 		got, err := dialRead(addr)
 		return err == nil && got == "registered"
 	})
@@ -323,7 +323,7 @@ func TestRegisterBinarySIGTERM(t *testing.T) {
 	}
 	a := startDevAgent(t)
 	be := startBackend(t, "sidecar")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	cmd := exec.Command(binPath, "register")
 	cmd.Env = append(os.Environ(),
 		"REPEAT_INTERVAL=1", "TTL=5s",
@@ -344,7 +344,7 @@ func TestRegisterBinarySIGTERM(t *testing.T) {
 			t.Logf("register logs:\n%s", logs)
 		}
 	})
-	poll(t, 10*time.Second, "sidecar route live", func() bool {
+	testenv.Eventually(t, 10*time.Second, "sidecar route live", func() bool {
 		got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", fport))
 		return err == nil && got == "sidecar"
 	})

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // Attacks on a secure three-process cluster (raft mutual TLS, encrypted
@@ -107,8 +108,8 @@ func TestSecureClusterRefusesIntruders(t *testing.T) {
 
 	t.Run("no credentials: refuses to start, exit 2, one line", func(t *testing.T) {
 		code, out := runAgentBriefly(t, nil, "agent", "--node-name", "stranger", "--data-dir", t.TempDir(), "--witness",
-			"--api-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+			"--api-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), "--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+			"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)))
 		if code != 2 || !strings.Contains(out, "gossip encryption is off") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
 			t.Fatalf("exit %d, output %q; want exit 2 and one line about gossip encryption", code, out)
 		}
@@ -120,19 +121,19 @@ func TestSecureClusterRefusesIntruders(t *testing.T) {
 			"DRAWBRIDGE_RAFT_TLS_CERT_FILE=" + envValue(edge1.env, "DRAWBRIDGE_RAFT_TLS_CERT_FILE"),
 			"DRAWBRIDGE_RAFT_TLS_KEY_FILE=" + envValue(edge1.env, "DRAWBRIDGE_RAFT_TLS_KEY_FILE")}
 		code, out := runAgentBriefly(t, env, "agent", "--node-name", "edge-9", "--data-dir", t.TempDir(), "--witness",
-			"--api-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--join", argValue(edge1.args, "--gossip-addr"))
+			"--api-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), "--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+			"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), "--join", argValue(edge1.args, "--gossip-addr"))
 		if code == 0 || !strings.Contains(out, `the certificate names node "edge-1" but this node is "edge-9"`) {
 			t.Fatalf("exit %d, output %q", code, out)
 		}
 	})
 
 	t.Run("gossip key but no certificate: joins gossip, never votes", func(t *testing.T) {
-		intruder := &testAgent{t: t, dir: t.TempDir(), name: "intruder", apiPort: freePort(t)}
+		intruder := &testAgent{t: t, dir: t.TempDir(), name: "intruder", apiPort: testenv.FreePort(t)}
 		intruder.args = []string{"agent", "--node-name", "intruder", "--data-dir", intruder.dir, "--witness",
 			"--api-addr", fmt.Sprintf("127.0.0.1:%d", intruder.apiPort),
-			"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+			"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 			"--join", argValue(edge1.args, "--gossip-addr"), "--log-level", "debug"}
 		intruder.env = append(append([]string(nil), fastClusterEnv...), "DRAWBRIDGE_GOSSIP_KEY="+gossipKey, "DRAWBRIDGE_CLUSTER_INSECURE=true")
 		t.Cleanup(func() {
@@ -142,7 +143,7 @@ func TestSecureClusterRefusesIntruders(t *testing.T) {
 			}
 		})
 		intruder.start()
-		poll(t, 20*time.Second, "the intruder alive in gossip", func() bool {
+		testenv.Eventually(t, 20*time.Second, "the intruder alive in gossip", func() bool {
 			for _, m := range c.view(t, leader).Members {
 				if m.Name == "intruder" && m.Status == "alive" {
 					return true
