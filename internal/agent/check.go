@@ -166,12 +166,37 @@ func (c *Config) CheckFiles() error {
 	if _, err := loadGossipKey(c.Gossip); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Raft.TLSCAFile != "" {
+	// Each certificate and key is opened on its own first, so a node whose
+	// files were never installed hears of every one, not only the first a
+	// loader stops at.
+	openAll := func(files ...[2]string) bool {
+		ok := true
+		for _, f := range files {
+			if f[1] == "" {
+				continue
+			}
+			fh, err := os.Open(f[1])
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", f[0], err))
+				ok = false
+				continue
+			}
+			fh.Close()
+		}
+		return ok
+	}
+	raftOK := openAll([2]string{"raft.tls_ca_file", c.Raft.TLSCAFile}, [2]string{"raft.tls_cert_file", c.Raft.TLSCertFile}, [2]string{"raft.tls_key_file", c.Raft.TLSKeyFile})
+	// The API usually names the same pair: each missing file is named once.
+	apiOK := raftOK || (c.API.TLSCertFile != c.Raft.TLSCertFile || c.API.TLSKeyFile != c.Raft.TLSKeyFile)
+	if apiOK {
+		apiOK = openAll([2]string{"api.tls_cert_file", c.API.TLSCertFile}, [2]string{"api.tls_key_file", c.API.TLSKeyFile})
+	}
+	if c.Raft.TLSCAFile != "" && raftOK {
 		if _, err := cluster.LoadRaftTLS(cluster.TLSFiles{CAFile: c.Raft.TLSCAFile, CertFile: c.Raft.TLSCertFile, KeyFile: c.Raft.TLSKeyFile}); err != nil {
 			errs = append(errs, fmt.Errorf("raft TLS: %w", err))
 		}
 	}
-	if c.API.TLSCertFile != "" {
+	if c.API.TLSCertFile != "" && apiOK {
 		if _, err := tls.LoadX509KeyPair(c.API.TLSCertFile, c.API.TLSKeyFile); err != nil {
 			errs = append(errs, fmt.Errorf("api.tls_cert_file / api.tls_key_file: %w", err))
 		}

@@ -112,7 +112,13 @@ func TestCheckFilesOpensEveryFile(t *testing.T) {
 		{"token file", func(c *Config) { c.API.Tokens, c.API.TokenFile = nil, missing }, "read api.token_file: open " + missing},
 		{"gossip key file", func(c *Config) { c.Gossip.KeyFile = missing }, "gossip.key_file"},
 		{"api TLS pair", func(c *Config) { c.API.TLSCertFile, c.API.TLSKeyFile = missing, missing }, "api.tls_cert_file"},
-		{"raft TLS", func(c *Config) { c.Raft.TLSCAFile, c.Raft.TLSCertFile, c.Raft.TLSKeyFile = missing, missing, missing }, "raft TLS"},
+		{"raft TLS", func(c *Config) { c.Raft.TLSCAFile, c.Raft.TLSCertFile, c.Raft.TLSKeyFile = missing, missing, missing }, "raft.tls_key_file: open " + missing},
+		{"api TLS key after a present certificate", func(c *Config) {
+			c.API.TLSCertFile, c.API.TLSKeyFile = filepath.Join(dir, "cert.pem"), missing
+			if err := os.WriteFile(c.API.TLSCertFile, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "api.tls_key_file: open " + missing},
 		{"forward CA", func(c *Config) { c.API.ForwardCAFile = missing }, "api.forward_ca_file"},
 		{"exec script", func(c *Config) {
 			c.FloatingIP = FloatingIPConfig{Provider: "exec", Address: "192.0.2.10", LagGrace: time.Second,
