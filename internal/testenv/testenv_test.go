@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -37,5 +38,19 @@ func TestCommandFindsProgram(t *testing.T) {
 	r := &recorder{TB: t}
 	if p := Command(r, "go", "golang"); p == "" || r.failed != "" || r.skipped != "" {
 		t.Errorf("Command(go) = %q (skipped %q, failed %q); want the go binary that runs this test", p, r.skipped, r.failed)
+	}
+}
+
+func TestConfigPathsAndRelocate(t *testing.T) {
+	conf := []byte("# install /etc/drawbridge/commented\napi:\n  token_file: /etc/drawbridge/token # not /etc/drawbridge/other\n" +
+		"  tls_cert_file: /etc/drawbridge/tls/node.pem\nraft:\n  tls_cert_file: /etc/drawbridge/tls/node.pem\ndata_dir: /var/lib/drawbridge\n")
+	got := ConfigPaths(conf)
+	if want := []string{"/etc/drawbridge/token", "/etc/drawbridge/tls/node.pem"}; !slices.Equal(got, want) {
+		t.Errorf("ConfigPaths = %q, want %q", got, want)
+	}
+	r := string(Relocate(conf, "/tmp/x"))
+	if !strings.Contains(r, "token_file: /tmp/x/token") || !strings.Contains(r, "/tmp/x/tls/node.pem") ||
+		!strings.Contains(r, "data_dir: /tmp/x/data") || strings.Contains(r, "/etc/drawbridge") {
+		t.Errorf("Relocate:\n%s", r)
 	}
 }
