@@ -125,7 +125,8 @@ def wait_for_peers(args, token, self_id, deadline):
             log("%s after %ds; going on with %s" % (why, args.timeout, peers or "none"))
             return peers
         log("waiting: " + why)
-        time.sleep(5)
+        # Never past the deadline: --timeout is the longest this waits.
+        time.sleep(max(0.0, min(5.0, deadline - time.time())))
 
 
 def fill(cfg, ip, peers):
