@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -273,7 +274,8 @@ func TestCloudInit(t *testing.T) {
 			if !slices.Equal(cfg.Gossip.AllowedCIDRs, []string{fakeVPCRange}) {
 				t.Errorf("gossip.allowed_cidrs = %q, want the VPC", cfg.Gossip.AllowedCIDRs)
 			}
-			for path, want := range map[string]string{tlsDir + "ca.pem": fakeCACert, tlsDir + "node.pem": fakeNodeCert, tlsDir + "node-key.pem": fakeNodeKey} {
+			p := testPKI(t)
+			for path, want := range map[string]string{tlsDir + "ca.pem": p.caCert, tlsDir + "node.pem": p.certs[n.name], tlsDir + "node-key.pem": p.keys[n.name]} {
 				if got := string(cc.file(t, path).data(t)); got != want {
 					t.Errorf("%s = %q, want %q", path, got, want)
 				}
@@ -304,10 +306,11 @@ func TestCloudInit(t *testing.T) {
 				}
 			}
 
-			path := filepath.Join(t.TempDir(), "drawbridge.yaml")
-			if err := os.WriteFile(path, w.data(t), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			// The agent takes the config with the files cloud-init writes
+			// beside it (in a temp dir), and refuses it without them.
+			dir, path, files := relocatedConfig(t, w.data(t))
+			checkConfigRefused(t, path, files)
+			writeEtcFiles(t, cc, dir)
 			checkConfig(t, path)
 		})
 	}
@@ -347,6 +350,35 @@ func TestCloudInit(t *testing.T) {
 			}
 		}
 	})
+}
+
+// writeEtcFiles writes the files cloud-init puts in /etc/drawbridge, but
+// the agent's config, into dir instead (/etc/drawbridge/tls/ca.pem as
+// dir/tls/ca.pem), with their modes.
+func writeEtcFiles(t *testing.T, cc cloudConfig, dir string) {
+	t.Helper()
+	n := 0
+	for _, w := range cc.WriteFiles {
+		rel, ok := strings.CutPrefix(w.Path, testenv.EtcDir+"/")
+		if !ok || rel == "drawbridge.yaml" {
+			continue
+		}
+		mode, err := strconv.ParseUint(w.Permissions, 8, 32)
+		if err != nil {
+			t.Fatalf("%s: permissions %q", w.Path, w.Permissions)
+		}
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, w.data(t), os.FileMode(mode)); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("cloud-init writes nothing into /etc/drawbridge")
+	}
 }
 
 // TestFirstbootScript checks the first-boot script's syntax (and style, when
@@ -458,15 +490,10 @@ func TestPeersScript(t *testing.T) {
 	setup := func(t *testing.T, f *fakeDigitalOcean) (cfgPath string, run func(args ...string) (string, error)) {
 		srv := httptest.NewServer(f)
 		t.Cleanup(srv.Close)
-		dir := t.TempDir()
-		cfgPath = filepath.Join(dir, "drawbridge.yaml")
-		if err := os.WriteFile(cfgPath, cfgData, 0o640); err != nil {
-			t.Fatal(err)
-		}
+		// The node's files as cloud-init writes them, in a temp dir.
+		dir, cfgPath, _ := relocatedConfig(t, cfgData)
+		writeEtcFiles(t, cc, dir)
 		tokenPath := filepath.Join(dir, "do-token")
-		if err := os.WriteFile(tokenPath, []byte(fakeDOToken+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
 		run = func(extra ...string) (string, error) {
 			args := append([]string{script,
 				"--config", cfgPath, "--token-file", tokenPath,
@@ -577,7 +604,7 @@ func TestPeersScript(t *testing.T) {
 		if err == nil || !strings.Contains(out, "refused the token") {
 			t.Errorf("err %v, output %q: want a clear failure", err, out)
 		}
-		if b, _ := os.ReadFile(cfgPath); !bytes.Equal(b, cfgData) {
+		if b, _ := os.ReadFile(cfgPath); !bytes.Equal(b, testenv.Relocate(cfgData, filepath.Dir(cfgPath))) {
 			t.Error("the config was changed after a failure")
 		}
 	})

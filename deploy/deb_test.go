@@ -253,7 +253,43 @@ func installDeb(t *testing.T, deb string) {
 	if out := run(t, "/usr/bin/drawbridge", "version"); strings.TrimSpace(out) != "drawbridge "+testVersion {
 		t.Errorf("drawbridge version: %q", out)
 	}
-	run(t, "/usr/bin/drawbridge", "agent", "--check-config", "--config", "/etc/drawbridge/drawbridge.yaml")
+	// As installed, the config names secrets and certificates nobody has
+	// written yet: check-config refuses it, naming each (the agent would
+	// exit at start). The package itself installed fine without them.
+	const conf = "/etc/drawbridge/drawbridge.yaml"
+	installed, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRefused(t, exec.Command("/usr/bin/drawbridge", "agent", "--check-config", "--config", conf), testenv.ConfigPaths(installed))
+
+	// The setup steps the installed config documents, run as written,
+	// create every file; then the agent's user, which reads them at start,
+	// has a valid configuration (the certificate names edge-1).
+	steps := setupSteps(installed)
+	if len(steps) < 8 {
+		t.Fatalf("the installed config documents %d setup commands, want keygen twice, tls ca and cert create, and the installs:\n%s", len(steps), strings.Join(steps, "\n"))
+	}
+	work := t.TempDir()
+	for _, step := range steps {
+		cmd := exec.Command("bash", "-e", "-o", "pipefail", "-c", step)
+		cmd.Dir = work
+		cmd.Env = cleanEnv()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("setup step %q: %v\n%s", step, err, out)
+		}
+	}
+	asAgent := func(args ...string) *exec.Cmd {
+		cmd := exec.Command("runuser", append([]string{"-u", "drawbridge", "--", "/usr/bin/drawbridge"}, args...)...)
+		cmd.Dir = "/"
+		return cmd
+	}
+	wantValid(t, asAgent("agent", "--check-config", "--config", conf, "--node-name", "edge-1"))
+	stat("/etc/drawbridge/token", 0o640, "0", g.Gid)
+	stat("/etc/drawbridge/tls/node-key.pem", 0o640, "0", g.Gid)
+	if _, err := os.Stat("/etc/drawbridge/tls/ca-key.pem"); err == nil {
+		t.Error("the setup steps put the CA key on the node")
+	}
 	if conf := run(t, "dpkg-query", "-W", "-f=${Conffiles}", "drawbridge"); !strings.Contains(conf, "/etc/drawbridge/drawbridge.yaml") {
 		t.Errorf("conffiles registered: %q", conf)
 	}
@@ -281,6 +317,24 @@ func installDeb(t *testing.T, deb string) {
 			t.Errorf("%s is still there after purge", p)
 		}
 	}
+}
+
+// setupSteps are the shell commands the config's header documents for a
+// node's secrets and certificates (drawbridge keygen, drawbridge tls,
+// install), in order.
+func setupSteps(conf []byte) []string {
+	var out []string
+	for _, line := range strings.Split(string(conf), "\n") {
+		cmd, ok := strings.CutPrefix(line, "#   ")
+		if !ok {
+			continue
+		}
+		cmd = strings.TrimSpace(cmd)
+		if strings.HasPrefix(cmd, "drawbridge keygen") || strings.HasPrefix(cmd, "drawbridge tls ") || strings.HasPrefix(cmd, "install ") {
+			out = append(out, cmd)
+		}
+	}
+	return out
 }
 
 // firstbootDeb plays a droplet's first boot on this machine: it writes the
@@ -354,6 +408,26 @@ func firstbootDeb(t *testing.T, deb string) {
 
 	sum := strings.Fields(run(t, "sha256sum", deb))[0]
 	args[slices.Index(args, "--package-sha256")+1] = sum
+
+	// A node key cloud-init failed to write: firstboot stops at the check,
+	// naming it, and never enables or starts the agent.
+	const key = "/etc/drawbridge/tls/node-key.pem"
+	keyData, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(key)
+	if out, err := runFirstboot(args); err == nil || !bytes.Contains(out, []byte(key+": no such file or directory")) {
+		t.Errorf("firstboot without the node key: %v\n%s", err, out)
+	}
+	if log, _ := os.ReadFile(calls); bytes.Contains(log, []byte("systemctl enable drawbridge")) || bytes.Contains(log, []byte("systemctl restart drawbridge")) {
+		t.Errorf("firstboot started the agent without its key:\n%s", log)
+	}
+	if err := os.WriteFile(key, keyData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// With every file, run again (firstboot is safe to rerun).
 	out, err := runFirstboot(args)
 	if err != nil {
 		t.Fatalf("drawbridge-firstboot: %v\n%s", err, out)

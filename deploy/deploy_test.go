@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // tmpRoot holds what the tests build once (the drawbridge binary).
@@ -82,20 +84,72 @@ func goTool() string {
 	return "/usr/local/go/bin/go"
 }
 
-// checkConfig runs `drawbridge agent --check-config --config path` and fails
-// the test with the agent's message when it rejects the file.
-func checkConfig(t *testing.T, path string) {
+// checkConfig runs `drawbridge agent --check-config --config path` (with
+// more flags, such as --node-name) and fails the test with the agent's
+// message when it rejects the file. The files the config names must exist:
+// check-config opens them all.
+func checkConfig(t *testing.T, path string, flags ...string) {
 	t.Helper()
-	cmd := exec.Command(drawbridgeBinary(t), "agent", "--check-config", "--config", path)
+	wantValid(t, exec.Command(drawbridgeBinary(t), append([]string{"agent", "--check-config", "--config", path}, flags...)...))
+}
+
+// checkConfigRefused runs check-config on path, whose files are missing,
+// and wants it refused with a message naming each of missing.
+func checkConfigRefused(t *testing.T, path string, missing []string) {
+	t.Helper()
+	wantRefused(t, exec.Command(drawbridgeBinary(t), "agent", "--check-config", "--config", path), missing)
+}
+
+// wantValid runs cmd, a check-config, without DRAWBRIDGE_* variables and
+// wants "configuration is valid".
+func wantValid(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
 	cmd.Env = cleanEnv()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Errorf("drawbridge agent --check-config --config %s: %v\n%s", filepath.Base(path), err, out)
+		t.Errorf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
 		return
 	}
 	if !bytes.Contains(out, []byte("configuration is valid")) {
-		t.Errorf("check-config said %q", out)
+		t.Errorf("%s said %q", strings.Join(cmd.Args, " "), out)
 	}
+}
+
+// wantRefused runs cmd, a check-config, and wants it to fail with a
+// message naming each of missing as a file that does not exist (and no word
+// of "valid").
+func wantRefused(t *testing.T, cmd *exec.Cmd, missing []string) {
+	t.Helper()
+	if len(missing) == 0 {
+		t.Fatalf("%s: no missing file to be named", strings.Join(cmd.Args, " "))
+	}
+	cmd.Env = cleanEnv()
+	out, err := cmd.CombinedOutput()
+	if err == nil || bytes.Contains(out, []byte("configuration is valid")) {
+		t.Errorf("%s accepted a config whose files are missing: %v\n%s", strings.Join(cmd.Args, " "), err, out)
+		return
+	}
+	for _, f := range missing {
+		if !bytes.Contains(out, []byte(f+": no such file or directory")) {
+			t.Errorf("%s does not name the missing %s:\n%s", strings.Join(cmd.Args, " "), f, out)
+		}
+	}
+}
+
+// relocatedConfig writes the agent config data into a new temp dir with
+// its /etc/drawbridge paths moved into that dir, and returns the dir, the
+// config's path and the files the config names there.
+func relocatedConfig(t *testing.T, data []byte) (dir, path string, files []string) {
+	t.Helper()
+	dir = t.TempDir()
+	path = filepath.Join(dir, "drawbridge.yaml")
+	if err := os.WriteFile(path, testenv.Relocate(data, dir), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range testenv.ConfigPaths(data) {
+		files = append(files, filepath.Join(dir, strings.TrimPrefix(f, testenv.EtcDir+"/")))
+	}
+	return dir, path, files
 }
 
 // cleanEnv is the environment without DRAWBRIDGE_* variables, which would
@@ -110,15 +164,31 @@ func cleanEnv() []string {
 	return env
 }
 
+// TestSampleConfig: the packaged config, with the files its setup steps
+// create (made by drawbridge keygen and drawbridge tls, in a temp dir), is
+// valid; as shipped, without them, check-config refuses it and names each
+// one, as the agent would fail at start.
 func TestSampleConfig(t *testing.T) {
 	t.Parallel()
-	checkConfig(t, "drawbridge.yaml")
-
-	// The package installs it: secrets come from files, never inline.
 	b, err := os.ReadFile("drawbridge.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
+	named := testenv.ConfigPaths(b)
+	for _, want := range []string{"/etc/drawbridge/token", "/etc/drawbridge/gossip.key",
+		"/etc/drawbridge/tls/ca.pem", "/etc/drawbridge/tls/node.pem", "/etc/drawbridge/tls/node-key.pem"} {
+		if !slices.Contains(named, want) {
+			t.Errorf("the sample config does not name %s (it names %q)", want, named)
+		}
+	}
+
+	_, shipped, files := relocatedConfig(t, b)
+	checkConfigRefused(t, shipped, files)
+
+	cfg := testenv.ConfigWithSecrets(t, drawbridgeBinary(t), "drawbridge.yaml", t.TempDir(), "edge-1")
+	checkConfig(t, cfg, "--node-name", "edge-1")
+
+	// The package installs it: secrets come from files, never inline.
 	for _, line := range strings.Split(string(b), "\n") {
 		l := strings.TrimSpace(line)
 		if strings.HasPrefix(l, "token:") || strings.HasPrefix(l, "key:") || strings.HasPrefix(l, "tokens:") {

@@ -3,11 +3,13 @@ package deploy_test
 import (
 	"encoding/base64"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/hashicorp/hcl/v2"
@@ -19,6 +21,8 @@ import (
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/function"
 	"github.com/zclconf/go-cty/cty/function/stdlib"
+
+	"github.com/drawbridge-lb/drawbridge/internal/pki"
 )
 
 // This file is a small evaluator for deploy/terraform: enough of Terraform's
@@ -211,7 +215,8 @@ func (e *evalEnv) with(name string, v cty.Value) *evalEnv {
 }
 
 // resourceValues are the attributes of resources that expressions read.
-func (e *evalEnv) resourceValues() map[string]cty.Value {
+func (e *evalEnv) resourceValues(t *testing.T) map[string]cty.Value {
+	p := testPKI(t)
 	return map[string]cty.Value{
 		"digitalocean_vpc": cty.ObjectVal(map[string]cty.Value{"this": cty.ObjectVal(map[string]cty.Value{
 			"id": cty.StringVal(fakeVPCID), "ip_range": cty.StringVal(fakeVPCRange),
@@ -226,29 +231,76 @@ func (e *evalEnv) resourceValues() map[string]cty.Value {
 			"b64_std": cty.StringVal(fakeGossipKey),
 		})}),
 		"tls_self_signed_cert": cty.ObjectVal(map[string]cty.Value{"ca": cty.ObjectVal(map[string]cty.Value{
-			"cert_pem": cty.StringVal(fakeCACert),
+			"cert_pem": cty.StringVal(p.caCert),
 		})}),
 		// Keyed by every node name the configuration could have.
-		"tls_locally_signed_cert": cty.ObjectVal(map[string]cty.Value{"node": cty.MapVal(fakeNodeTLS("cert_pem", fakeNodeCert))}),
-		"tls_private_key":         cty.ObjectVal(map[string]cty.Value{"node": cty.MapVal(fakeNodeTLS("private_key_pem", fakeNodeKey))}),
+		"tls_locally_signed_cert": cty.ObjectVal(map[string]cty.Value{"node": cty.MapVal(p.nodeValues("cert_pem", p.certs))}),
+		"tls_private_key":         cty.ObjectVal(map[string]cty.Value{"node": cty.MapVal(p.nodeValues("private_key_pem", p.keys))}),
 	}
 }
 
-// Stand-ins for the PEM blocks the tls provider makes.
-const (
-	fakeCACert   = "-----BEGIN CERTIFICATE-----\nFAKE CA\n-----END CERTIFICATE-----\n"
-	fakeNodeCert = "-----BEGIN CERTIFICATE-----\nFAKE NODE\n-----END CERTIFICATE-----\n"
-	fakeNodeKey  = "-----BEGIN EC PRIVATE KEY-----\nFAKE KEY FOR TESTS\n-----END EC PRIVATE KEY-----\n"
+// clusterPKI stands in for what the tls provider makes: a real CA and a
+// real certificate and key per node name (common name the node's name,
+// valid for 127.0.0.1 and the reserved IP, as main.tf asks), made once by
+// the code behind `drawbridge tls`, so the agent accepts the files
+// cloud-init writes.
+type clusterPKI struct {
+	caCert      string
+	certs, keys map[string]string
+}
+
+var (
+	pkiOnce sync.Once
+	pkiVal  clusterPKI
+	pkiErr  error
 )
 
-// fakeNodeTLS maps node names (with any var.name the tests use) to an
-// object with attr.
-func fakeNodeTLS(attr, value string) map[string]cty.Value {
-	out := map[string]cty.Value{}
+// testNodeNames are the node names of the configurations the tests render
+// (with any var.name they use).
+func testNodeNames() []string {
+	var out []string
 	for _, prefix := range []string{"drawbridge", "edge", "test", "prod", "lb"} {
 		for _, n := range []string{"-edge-1", "-edge-2", "-edge-3", "-edge-4", "-edge-5", "-witness"} {
-			out[prefix+n] = cty.ObjectVal(map[string]cty.Value{attr: cty.StringVal(value)})
+			out = append(out, prefix+n)
 		}
+	}
+	return out
+}
+
+func testPKI(t *testing.T) clusterPKI {
+	t.Helper()
+	pkiOnce.Do(func() {
+		dir := filepath.Join(tmpRoot, "pki")
+		creds, err := pki.CreateCluster(dir, []net.IP{net.ParseIP(fakeReservedIP)}, testNodeNames()...)
+		if err != nil {
+			pkiErr = err
+			return
+		}
+		read := func(path string) string {
+			b, err := os.ReadFile(path)
+			if err != nil && pkiErr == nil {
+				pkiErr = err
+			}
+			return string(b)
+		}
+		pkiVal = clusterPKI{certs: map[string]string{}, keys: map[string]string{}}
+		for name, c := range creds {
+			pkiVal.caCert = read(c.CAFile)
+			pkiVal.certs[name] = read(c.CertFile)
+			pkiVal.keys[name] = read(c.KeyFile)
+		}
+	})
+	if pkiErr != nil {
+		t.Fatalf("creating the test CA and node certificates: %v", pkiErr)
+	}
+	return pkiVal
+}
+
+// nodeValues maps each node name to an object with attr set to its value.
+func (p clusterPKI) nodeValues(attr string, values map[string]string) map[string]cty.Value {
+	out := map[string]cty.Value{}
+	for name, v := range values {
+		out[name] = cty.ObjectVal(map[string]cty.Value{attr: cty.StringVal(v)})
 	}
 	return out
 }
@@ -280,7 +332,7 @@ func (e *evalEnv) ctx(t *testing.T, expr hcl.Expression) *hcl.EvalContext {
 		"local": objectOrEmpty(e.locals),
 		"path":  cty.ObjectVal(map[string]cty.Value{"module": cty.StringVal(e.c.dir)}),
 	}
-	for k, v := range e.resourceValues() {
+	for k, v := range e.resourceValues(t) {
 		vars[k] = v
 	}
 	for k, v := range e.extra {
