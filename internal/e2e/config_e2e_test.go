@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drawbridge-lb/drawbridge/internal/pki"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -35,24 +33,9 @@ func TestE2ECheckConfigOpensNamedFiles(t *testing.T) {
 	}
 
 	// The same config with the token, the gossip key and the node's
-	// certificates present (in a temp dir) passes.
-	dir := t.TempDir()
-	tok := filepath.Join(dir, "token")
-	writeFile(t, tok, testToken+"\n")
-	key := filepath.Join(dir, "gossip.key")
-	writeFile(t, key, base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n")
-	creds, err := pki.CreateCluster(filepath.Join(dir, "tls"), nil, "edge-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(sample)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := filepath.Join(dir, "drawbridge.yaml")
-	writeFile(t, cfg, strings.NewReplacer("/etc/drawbridge/token", tok, "/var/lib/drawbridge", filepath.Join(dir, "data"),
-		"/etc/drawbridge/gossip.key", key, "/etc/drawbridge/tls/ca.pem", creds["edge-1"].CAFile,
-		"/etc/drawbridge/tls/node.pem", creds["edge-1"].CertFile, "/etc/drawbridge/tls/node-key.pem", creds["edge-1"].KeyFile).Replace(string(b)))
+	// certificates present (made by drawbridge keygen and drawbridge tls,
+	// in a temp dir) passes.
+	cfg := testenv.ConfigWithSecrets(t, binPath, sample, t.TempDir(), "edge-1")
 	cmd = exec.Command(binPath, "agent", "--check-config", "--config", cfg, "--node-name", "edge-1")
 	cmd.Env = withoutTokenEnv()
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "configuration is valid") {
