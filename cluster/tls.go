@@ -25,12 +25,14 @@ import (
 // replicate from nor vote in the cluster.
 //
 // Peers dial each other by IP:port (the raft server address), and node
-// certificates are issued per machine, often without a DNS name. So the
-// identity check is "signed by our CA", not "issued for this host name":
-// the client side turns off the standard library's verification
-// (InsecureSkipVerify) and does the chain check itself in VerifyConnection,
-// against the same CA pool, with no host name. InsecureSkipVerify is never
-// set without that custom verification.
+// certificates are issued per node, often without the address in them. So
+// the check is "signed by our CA, for the node we expect" (its common name,
+// see identity.go), not "issued for this host name": the client side turns
+// off the standard library's verification (InsecureSkipVerify) and does the
+// chain check itself in VerifyConnection, against the same CA pool, with no
+// host name; the stream layer adds the node-name check on every dial and
+// every message. InsecureSkipVerify is never set without that custom
+// verification.
 
 const (
 	// tlsReloadInterval is how often, at most, the certificate, key and CA
