@@ -427,6 +427,23 @@ func firstbootDeb(t *testing.T, deb string) {
 		t.Fatal(err)
 	}
 
+	// Files root can read but the agent's user cannot (a certificate
+	// directory closed to others): the check runs as that user and stops
+	// firstboot, as the agent would fail at start under systemd.
+	const tlsDir = "/etc/drawbridge/tls"
+	if err := os.Chmod(tlsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runFirstboot(args); err == nil || !bytes.Contains(out, []byte("permission denied")) {
+		t.Errorf("firstboot with %s closed to the drawbridge user: %v\n%s", tlsDir, err, out)
+	}
+	if log, _ := os.ReadFile(calls); bytes.Contains(log, []byte("systemctl enable drawbridge")) || bytes.Contains(log, []byte("systemctl restart drawbridge")) {
+		t.Errorf("firstboot started the agent with files it cannot read:\n%s", log)
+	}
+	if err := os.Chmod(tlsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
 	// With every file, run again (firstboot is safe to rerun).
 	out, err := runFirstboot(args)
 	if err != nil {

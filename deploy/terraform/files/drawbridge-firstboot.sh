@@ -68,7 +68,9 @@ done
 
 drawbridge-peers --config "$config" --token-file /etc/drawbridge/do-token \
 	--tag "$tag" --vpc "$vpc" --expect "$expect"
-drawbridge agent --check-config --config "$config"
+# As the user the unit runs the agent as: every file the config names must
+# be readable by it, not only by root.
+runuser -u drawbridge -- drawbridge agent --check-config --config "$config"
 
 systemctl enable drawbridge.service
 systemctl restart drawbridge.service
