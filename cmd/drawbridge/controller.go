@@ -69,7 +69,14 @@ token limited to the controller's ports and the route name prefix (k8s.*).`,
 				return &exitError{code: 2, err: err}
 			}
 			if len(apis) == 0 {
-				return &exitError{code: 2, err: errors.New("no drawbridge node to talk to: give --api URL (repeat it for each node)")}
+				for a := range strings.SplitSeq(os.Getenv("DRAWBRIDGE_API_URLS"), ",") {
+					if a = strings.TrimSpace(a); a != "" {
+						apis = append(apis, a)
+					}
+				}
+			}
+			if len(apis) == 0 {
+				return &exitError{code: 2, err: errors.New("no drawbridge node to talk to: give --api URL (repeat it for each node) or DRAWBRIDGE_API_URLS (comma-separated)")}
 			}
 			token, err := controllerToken(tokenFile)
 			if err != nil {
@@ -115,7 +122,7 @@ token limited to the controller's ports and the route name prefix (k8s.*).`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: the in-cluster configuration)")
-	f.StringArrayVar(&apis, "api", nil, "drawbridge node API URL, such as https://10.0.0.5:9000; repeat for each node (failover in order)")
+	f.StringArrayVar(&apis, "api", nil, "drawbridge node API URL, such as https://10.0.0.5:9000; repeat for each node (failover in order; default: env DRAWBRIDGE_API_URLS, comma-separated)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the API token (default: env DRAWBRIDGE_API_TOKEN)")
 	f.StringVar(&caFile, "ca-file", "", "CA certificate that verifies HTTPS drawbridge nodes")
 	f.BoolVar(&insecure, "insecure-skip-verify", false, "do not verify the drawbridge nodes' TLS certificates")

@@ -627,6 +627,7 @@ func (c *Controller) collectGarbage(ctx context.Context) error {
 		}
 		c.log.Info("route removed: no Service wants it", "port", r.Port, "name", r.Name)
 	}
+	c.log.Debug("garbage check done", "routes", len(have), "services", len(wanted))
 	return nil
 }
 
