@@ -41,10 +41,13 @@ func main() {
 	clients := flag.Int("clients", 32, "concurrent clients")
 	mode := flag.String("mode", "all", "single, cluster, all (single and cluster), scale or longlived")
 	tlsMode := flag.String("tls", "both", "three-node runs: off, on, or both (the cost of TLS, one after the other)")
-	flag.StringVar(&dynamicRange, "dynamic", dynamicRange, "haproxy.dynamic_ports of the agents (the new path's ports)")
+	flag.StringVar(&dynamicRange, "dynamic", dynamicRange, `haproxy.dynamic_ports of the agents (the new path's ports); "auto" picks a free one`)
 	sizes := flag.String("sizes", "1000,5000,10000", "route counts of -mode scale")
 	flag.Parse()
 	raiseNoFile()
+	if *mode != "scale" {
+		pickRange()
+	}
 	switch *mode {
 	case "scale":
 		if err := runScale(*bin, *sizes); err != nil {

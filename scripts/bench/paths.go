@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,8 +15,37 @@ import (
 	"time"
 )
 
-// dynamicRange is haproxy.dynamic_ports for the agents the bench starts.
-var dynamicRange = "30000-32767"
+// dynamicRange is haproxy.dynamic_ports for the agents the bench starts;
+// "auto" picks the first of autoRanges nothing on this machine listens in.
+var dynamicRange = "auto"
+
+var autoRanges = []string{"30000-32767", "26000-28767", "22500-25267"}
+
+// pickRange resolves "auto": other agents' HAProxies on a shared machine
+// may hold the default range on 127.0.0.1.
+func pickRange() {
+	if dynamicRange != "auto" {
+		return
+	}
+	for _, r := range autoRanges {
+		first, last := parseRange(r)
+		free := true
+		for p := first; p <= last && free; p++ {
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				free = false
+				continue
+			}
+			ln.Close()
+		}
+		if free {
+			dynamicRange = r
+			return
+		}
+		fmt.Printf("(dynamic range %s is in use on this machine; trying another)\n", r)
+	}
+	dynamicRange = autoRanges[0]
+}
 
 // benchPath is one way a route change reaches HAProxy, told apart by the
 // ports its routes use.

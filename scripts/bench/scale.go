@@ -16,7 +16,7 @@ import (
 
 // scaleFirstPort is where the scale bench's routes start; the new path's
 // dynamic range covers them.
-const scaleFirstPort = 20000
+const scaleFirstPort = 18000
 
 // runScale loads 1k, 5k, 10k routes (the sizes given) into one node, once
 // with every route on the old path (dynamic range off) and once with every
@@ -62,7 +62,7 @@ func scalePath(bin, dyn string, sizes []int, bport int) error {
 	loaded := 0
 	extra := scaleFirstPort + sizes[len(sizes)-1] + 50 // one more route goes here
 	if dyn == "off" {
-		nextPort = 31000 // above the routes, below the ephemeral ports
+		nextPort = scaleFirstPort + 10500 // above the routes, below the ephemeral ports
 		extra = freePorts(1)[0]
 	}
 	for _, size := range sizes {
