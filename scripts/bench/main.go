@@ -219,6 +219,9 @@ func (a *agent) statusText() string {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	if len(b) > 800 {
+		b = append(b[:800], "..."...)
+	}
 	return string(b)
 }
 
