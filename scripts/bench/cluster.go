@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -65,7 +66,11 @@ func startCluster(bin string, secure bool) ([]*agent, error) {
 		} else {
 			a.env = append(a.env, "DRAWBRIDGE_CLUSTER_INSECURE=true")
 		}
-		a.args = []string{"agent", "--node-name", fmt.Sprintf("edge-%d", i+1), "--data-dir", dir,
+		cfgFile := filepath.Join(dir, "bench.yaml") // empty: no /etc/drawbridge file applies
+		if err := os.WriteFile(cfgFile, nil, 0o600); err != nil {
+			return nil, err
+		}
+		a.args = []string{"agent", "--config", cfgFile, "--node-name", fmt.Sprintf("edge-%d", i+1), "--data-dir", dir,
 			"--api-addr", a.api, "--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort()),
 			"--gossip-addr", gossip[i], "--bootstrap-expect", "3",
 			"--haproxy-bind-address", fmt.Sprintf("127.0.1.%d", i+1)}

@@ -139,7 +139,13 @@ func startAgent(bin string, env ...string) (*agent, error) {
 		return nil, err
 	}
 	a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort()), env: env}
-	a.args = []string{"agent", "--dev", "--data-dir", dir, "--node-name", "bench",
+	// An empty config file of its own: a /etc/drawbridge/drawbridge.yaml
+	// on this machine must not change what is measured.
+	cfgFile := filepath.Join(dir, "bench.yaml")
+	if err := os.WriteFile(cfgFile, nil, 0o600); err != nil {
+		return nil, err
+	}
+	a.args = []string{"agent", "--dev", "--config", cfgFile, "--data-dir", dir, "--node-name", "bench",
 		"--api-addr", a.api,
 		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort()),
 		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", freePort())}
