@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -74,8 +75,11 @@ func newK8sLab(t *testing.T) *k8sLab {
 	}
 	lab := &k8sLab{t: t, kas: kas, kube: kubernetes.NewForConfigOrDie(cfg), ctx: context.Background(),
 		kubeconfig: kas.Kubeconfig(t, controllerK8sToken), nodeIPs: map[string]string{}, bound: map[string]bool{}}
-	lab.apply(filepath.Join("..", "..", "deploy", "kubernetes", "controller", "namespace.yaml"))
-	lab.apply(filepath.Join("..", "..", "deploy", "kubernetes", "controller", "rbac.yaml"))
+	// Every manifest, in the order the README applies them, goes to the
+	// real API server, which validates it (no kubelet runs the Deployment).
+	for _, f := range []string{"namespace.yaml", "rbac.yaml", "deployment.yaml", "secret.yaml"} {
+		lab.apply(filepath.Join("..", "..", "deploy", "kubernetes", "controller", f))
+	}
 
 	truePath, err := exec.LookPath("true")
 	if err != nil {
@@ -123,12 +127,47 @@ func (l *k8sLab) apply(path string) {
 			_, err = l.kube.RbacV1().Roles(o.Namespace).Create(l.ctx, o, metav1.CreateOptions{})
 		case *rbacv1.RoleBinding:
 			_, err = l.kube.RbacV1().RoleBindings(o.Namespace).Create(l.ctx, o, metav1.CreateOptions{})
+		case *corev1.Secret:
+			_, err = l.kube.CoreV1().Secrets(o.Namespace).Create(l.ctx, o, metav1.CreateOptions{})
+		case *appsv1.Deployment:
+			_, err = l.kube.AppsV1().Deployments(o.Namespace).Create(l.ctx, o, metav1.CreateOptions{})
+			if err == nil {
+				l.checkDeployment(o)
+			}
 		default:
 			l.t.Fatalf("%s: unexpected %T", path, obj)
 		}
 		if err != nil {
 			l.t.Fatalf("%s: create %T: %v", path, obj, err)
 		}
+	}
+}
+
+// checkDeployment checks that the Deployment runs the controller as the
+// service account the RBAC is for, and takes the token and API URLs from
+// the Secret that secret.yaml and the README create.
+func (l *k8sLab) checkDeployment(d *appsv1.Deployment) {
+	l.t.Helper()
+	spec := d.Spec.Template.Spec
+	if spec.ServiceAccountName != "drawbridge-controller" {
+		l.t.Errorf("deployment runs as %q", spec.ServiceAccountName)
+	}
+	c := spec.Containers[0]
+	if len(c.Args) == 0 || c.Args[0] != "controller" {
+		l.t.Errorf("deployment args %v do not start the controller", c.Args)
+	}
+	want := map[string]string{"DRAWBRIDGE_API_TOKEN": "token", "DRAWBRIDGE_API_URLS": "api"}
+	for _, e := range c.Env {
+		if key, ok := want[e.Name]; ok {
+			if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Name != "drawbridge-controller" ||
+				e.ValueFrom.SecretKeyRef.Key != key {
+				l.t.Errorf("%s does not come from secret drawbridge-controller key %s", e.Name, key)
+			}
+			delete(want, e.Name)
+		}
+	}
+	if len(want) > 0 {
+		l.t.Errorf("deployment lacks %v", want)
 	}
 }
 
