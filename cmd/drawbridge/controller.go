@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -77,6 +78,15 @@ token limited to the controller's ports and the route name prefix (k8s.*).`,
 			}
 			if len(apis) == 0 {
 				return &exitError{code: 2, err: errors.New("no drawbridge node to talk to: give --api URL (repeat it for each node) or DRAWBRIDGE_API_URLS (comma-separated)")}
+			}
+			for _, a := range apis {
+				u, err := url.Parse(a)
+				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+					return &exitError{code: 2, err: fmt.Errorf("--api %q must be an http:// or https:// URL such as https://10.0.0.5:9000", a)}
+				}
+				if u.User != nil {
+					return &exitError{code: 2, err: fmt.Errorf("--api %q must not carry credentials: the token comes from DRAWBRIDGE_API_TOKEN or --token-file", u.Redacted())}
+				}
 			}
 			token, err := controllerToken(tokenFile)
 			if err != nil {

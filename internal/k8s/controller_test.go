@@ -473,3 +473,26 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("got %+v, %v", c, err)
 	}
 }
+
+// TestControllerRefusesAFloatingIPThatIsNotOne: what drawbridge reports is
+// checked before it reaches a Service's status.
+func TestControllerRefusesAFloatingIPThatIsNotOne(t *testing.T) {
+	kube := fake.NewClientset()
+	routes := newMemRoutes()
+	routes.fip = "192.0.2.1\nx"
+	kube.CoreV1().Nodes().Create(context.Background(), readyNode("n1", "10.0.0.1"), metav1.CreateOptions{})
+	c := startController(t, kube, routes, Config{Resync: time.Hour})
+	kube.CoreV1().Services("default").Create(context.Background(), lbService("default", "web", tcpPort("", 80, 30080)), metav1.CreateOptions{})
+	poll(t, "a few attempts", func() bool { return c.Reconciled() >= 4 })
+	s, _ := kube.CoreV1().Services("default").Get(context.Background(), "web", metav1.GetOptions{})
+	if len(s.Status.LoadBalancer.Ingress) != 0 {
+		t.Fatalf("status got %+v", s.Status.LoadBalancer.Ingress)
+	}
+	routes.mu.Lock()
+	routes.fip = "192.0.2.1"
+	routes.mu.Unlock()
+	poll(t, "status once the address is one", func() bool {
+		s, _ := kube.CoreV1().Services("default").Get(context.Background(), "web", metav1.GetOptions{})
+		return len(s.Status.LoadBalancer.Ingress) == 1 && s.Status.LoadBalancer.Ingress[0].IP == "192.0.2.1"
+	})
+}
