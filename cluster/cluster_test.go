@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // testMember is one in-process node: raft + gossip + reconciler.
@@ -232,6 +233,7 @@ func TestLeaderCrashElectsNewLeaderAndCatchesUp(t *testing.T) {
 }
 
 func TestGracefulLeaveRemovesVoter(t *testing.T) {
+	testenv.SkipShort(t, "a three-node cluster through a graceful leave")
 	ms := startThree(t, memberOpts{})
 	l := leaderOf(ms...)
 	var follower *testMember

@@ -25,6 +25,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // tlsTestCA is a throwaway certificate authority for raft TLS tests.
@@ -169,6 +170,7 @@ func applyOrFatal(t testing.TB, n *Node, cmd fsm.Command) {
 }
 
 func TestTLSClusterReplicatesAndRejectsNodesWithoutAValidCertificate(t *testing.T) {
+	testenv.SkipShort(t, "a TLS cluster and nodes without valid certificates")
 	ca := newTLSTestCA(t, "drawbridge test CA")
 
 	c1 := tlsTimings(fastConfig(t, t.TempDir()))

@@ -181,6 +181,7 @@ func (cc cloudConfig) file(t *testing.T, path string) writeFile {
 // cloud-init will do with it, and runs each node's agent config through
 // `drawbridge agent --check-config`.
 func TestCloudInit(t *testing.T) {
+	testenv.SkipShort(t, "renders cloud-init for every node and checks each with the built agent")
 	t.Parallel()
 	nodes := renderNodes(t, nil)
 	if len(nodes) != 3 {
@@ -480,6 +481,7 @@ func droplet(id int, vpc, private, public string) map[string]any {
 // TestPeersScript runs drawbridge-peers against a fake metadata service and
 // API on a rendered edge config, then checks the result with the agent.
 func TestPeersScript(t *testing.T) {
+	testenv.SkipShort(t, "runs the peers script against rendered configs")
 	t.Parallel()
 	py := python(t)
 	nodes := renderNodes(t, nil)

@@ -240,6 +240,7 @@ func (u unitFile) get(section, key string) string {
 }
 
 func TestSystemdUnit(t *testing.T) {
+	testenv.SkipShort(t, "checks the unit with systemd-analyze and the built agent")
 	t.Parallel()
 	const path = "systemd/drawbridge.service"
 	u := parseUnit(t, path)

@@ -91,3 +91,13 @@ func WaitClosed(tb testing.TB, done <-chan struct{}, timeout time.Duration, what
 		tb.Fatalf("%s did not finish within %v", what, timeout)
 	}
 }
+
+// SkipShort skips tb under `go test -short` (make test-short), for a test
+// that takes seconds: why says what the full run covers that the short one
+// does not.
+func SkipShort(tb testing.TB, why string) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("slow (" + why + "); make test runs it")
+	}
+}
