@@ -1150,7 +1150,7 @@ func (m *Manager) checkHealth(ctx context.Context) {
 		m.recordError("restart haproxy", err)
 		return
 	}
-	m.retry = true // re-check held-back ports and fallbacks against the desired routes
+	m.retry = true     // re-check held-back ports and fallbacks against the desired routes
 	m.reloadHeld = nil // a fresh master: try everything again
 	m.metrics.setRunning(true)
 	m.update(func(s *Status) {
