@@ -72,12 +72,12 @@ func startMember(t *testing.T, name string, o memberOpts, join []string) *testMe
 		gossipRaft = o.raftAddr
 	}
 	f := fsm.New()
-	n, err := New(cfg, f, testLogger(t).With("node", name), prometheus.NewRegistry())
+	n, err := New(cfg, f, testenv.Logger(t).With("node", name), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &testMember{name: name, node: n, fsm: f, gossip: freeUDPTCPAddr(t), raft: cfg.BindAddr}
-	m.api.Store("http://" + freeAddr(t))
+	m := &testMember{name: name, node: n, fsm: f, gossip: testenv.FreeAddr(t), raft: cfg.BindAddr}
+	m.api.Store("http://" + testenv.FreeAddr(t))
 	meta := func() Meta {
 		return Meta{Role: o.role, RaftAddr: gossipRaft, APIURL: m.apiURL(), Bootstrapped: n.HasState(),
 			Applied: f.State().Index, Healthy: true}
@@ -86,15 +86,15 @@ func startMember(t *testing.T, name string, o memberOpts, join []string) *testMe
 		NodeName: name, BindAddr: m.gossip, Key: o.key, Label: o.label,
 		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond,
 		GossipInterval: 20 * time.Millisecond, SuspicionMult: 2,
-	}, meta, testLogger(t).With("node", name))
+	}, meta, testenv.Logger(t).With("node", name))
 	if err != nil {
 		n.Shutdown()
 		t.Fatal(err)
 	}
-	m.cluster = NewCluster(n, m.members, testLogger(t))
+	m.cluster = NewCluster(n, m.members, testenv.Logger(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
-	rec := NewReconciler(n, m.members, o.expect, testLogger(t).With("node", name))
+	rec := NewReconciler(n, m.members, o.expect, testenv.Logger(t).With("node", name))
 	rec.interval = 50 * time.Millisecond
 	go rec.Run(ctx)
 	go m.members.RunRefresh(ctx, 20*time.Millisecond)
@@ -131,23 +131,6 @@ func (m *testMember) leave() {
 	m.node.Shutdown()
 }
 
-func freeUDPTCPAddr(t *testing.T) string {
-	// memberlist binds TCP and UDP on the same port; a free TCP port is
-	// almost always free for UDP too on loopback.
-	return freeAddr(t)
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func leaderOf(ms ...*testMember) *testMember {
 	for _, m := range ms {
 		if !m.stopped && m.node.IsLeader() {
@@ -163,7 +146,7 @@ func startThree(t *testing.T, o memberOpts) []*testMember {
 	b := startMember(t, "b", o, []string{a.gossip})
 	c := startMember(t, "c", o, []string{b.gossip})
 	ms := []*testMember{a, b, c}
-	eventually(t, 15*time.Second, "a leader and three voters", func() bool {
+	testenv.Eventually(t, 15*time.Second, "a leader and three voters", func() bool {
 		l := leaderOf(ms...)
 		return l != nil && len(l.cluster.Voters()) == 3
 	})
@@ -177,7 +160,7 @@ func TestBootstrapExpectFormsOneClusterAndReplicates(t *testing.T) {
 	if err != nil || res.Err != nil {
 		t.Fatalf("apply: %v %v", err, res.Err)
 	}
-	eventually(t, 5*time.Second, "every node applied the route", func() bool {
+	testenv.Eventually(t, 5*time.Second, "every node applied the route", func() bool {
 		for _, m := range ms {
 			if _, ok := m.fsm.State().Route(8080); !ok {
 				return false
@@ -218,7 +201,7 @@ func TestLeaderCrashElectsNewLeaderAndCatchesUp(t *testing.T) {
 			rest = append(rest, m)
 		}
 	}
-	eventually(t, 10*time.Second, "a new leader", func() bool { return leaderOf(rest...) != nil })
+	testenv.Eventually(t, 10*time.Second, "a new leader", func() bool { return leaderOf(rest...) != nil })
 	nl := leaderOf(rest...)
 	if res, err := nl.node.Apply(context.Background(), register(9100, "after", "10.0.0.2", 1)); err != nil || res.Err != nil {
 		t.Fatalf("apply on new leader: %v %v", err, res.Err)
@@ -227,7 +210,7 @@ func TestLeaderCrashElectsNewLeaderAndCatchesUp(t *testing.T) {
 	if _, ok := nl.cluster.Voters()[old.name]; !ok {
 		t.Errorf("crashed voter %s was removed from the configuration", old.name)
 	}
-	eventually(t, 5*time.Second, "followers converge", func() bool {
+	testenv.Eventually(t, 5*time.Second, "followers converge", func() bool {
 		return rest[0].fsm.State().Hash() == rest[1].fsm.State().Hash() && rest[0].fsm.State().Len() == 6
 	})
 }
@@ -244,7 +227,7 @@ func TestGracefulLeaveRemovesVoter(t *testing.T) {
 		}
 	}
 	follower.leave()
-	eventually(t, 10*time.Second, "the leaver removed from the voters", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the leaver removed from the voters", func() bool {
 		_, ok := l.cluster.Voters()[follower.name]
 		return !ok
 	})
@@ -256,7 +239,7 @@ func TestGracefulLeaveRemovesVoter(t *testing.T) {
 			rest = append(rest, m)
 		}
 	}
-	eventually(t, 10*time.Second, "the last member leads alone", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the last member leads alone", func() bool {
 		return len(rest) == 1 && rest[0].node.IsLeader()
 	})
 	if res, err := rest[0].node.Apply(context.Background(), register(9200, "solo", "10.0.0.3", 1)); err != nil || res.Err != nil {
@@ -269,7 +252,7 @@ func TestWitnessKeepsPairWritable(t *testing.T) {
 	b := startMember(t, "edge-b", memberOpts{expect: 3}, []string{a.gossip})
 	w := startMember(t, "witness", memberOpts{expect: 3, role: RoleWitness}, []string{a.gossip})
 	ms := []*testMember{a, b, w}
-	eventually(t, 15*time.Second, "three voters", func() bool {
+	testenv.Eventually(t, 15*time.Second, "three voters", func() bool {
 		l := leaderOf(ms...)
 		return l != nil && len(l.cluster.Voters()) == 3
 	})
@@ -285,7 +268,7 @@ func TestWitnessKeepsPairWritable(t *testing.T) {
 			rest = append(rest, m)
 		}
 	}
-	eventually(t, 10*time.Second, "a leader among the survivors", func() bool { return leaderOf(rest...) != nil })
+	testenv.Eventually(t, 10*time.Second, "a leader among the survivors", func() bool { return leaderOf(rest...) != nil })
 	if res, err := leaderOf(rest...).node.Apply(context.Background(), register(9300, "still", "10.0.0.4", 1)); err != nil || res.Err != nil {
 		t.Fatalf("write after losing an edge node: %v %v", err, res.Err)
 	}
@@ -319,13 +302,13 @@ func TestGossipWrongKeyOrLabelCannotJoin(t *testing.T) {
 	}
 	// The right key and label do join.
 	ok := startMember(t, "right", memberOpts{key: key, label: "prod"}, []string{a.gossip})
-	eventually(t, 5*time.Second, "right member visible", func() bool { return len(ok.members.Members()) == 2 })
+	testenv.Eventually(t, 5*time.Second, "right member visible", func() bool { return len(ok.members.Members()) == 2 })
 }
 
 func TestQuorumLossRefusesWritesWithExplanation(t *testing.T) {
 	a := startMember(t, "a", memberOpts{expect: 2}, nil)
 	b := startMember(t, "b", memberOpts{expect: 2}, []string{a.gossip})
-	eventually(t, 15*time.Second, "pair formed", func() bool {
+	testenv.Eventually(t, 15*time.Second, "pair formed", func() bool {
 		l := leaderOf(a, b)
 		return l != nil && len(l.cluster.Voters()) == 2
 	})
@@ -337,7 +320,7 @@ func TestQuorumLossRefusesWritesWithExplanation(t *testing.T) {
 	leader.crash()
 	var mu sync.Mutex
 	var lastErr error
-	eventually(t, 10*time.Second, "the survivor to refuse writes with an explanation", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the survivor to refuse writes with an explanation", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
 		_, err := survivor.node.Apply(ctx, register(9400, "x", "10.0.0.5", 1))

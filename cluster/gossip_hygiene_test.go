@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 func TestGossipAllowedCIDRsDropsOtherSources(t *testing.T) {
@@ -21,11 +23,11 @@ func TestGossipAllowedCIDRsDropsOtherSources(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	if _, err := NewMembership(GossipConfig{NodeName: "self-excluded", BindAddr: addr, AllowedCIDRs: []string{"10.0.0.0/8"}},
-		func() Meta { return Meta{Role: RoleEdge} }, testLogger(t)); err == nil || !strings.Contains(err.Error(), "own gossip address") {
+		func() Meta { return Meta{Role: RoleEdge} }, testenv.Logger(t)); err == nil || !strings.Contains(err.Error(), "own gossip address") {
 		t.Fatalf("allowed CIDRs without the node's own address: %v", err)
 	}
 	closed, err := NewMembership(GossipConfig{NodeName: "closed", BindAddr: addr, AllowedCIDRs: []string{"127.0.0.2/32"}},
-		func() Meta { return Meta{Role: RoleEdge} }, testLogger(t))
+		func() Meta { return Meta{Role: RoleEdge} }, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,8 +46,8 @@ func TestGossipAllowedCIDRsDropsOtherSources(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := NewMembership(GossipConfig{NodeName: "x", BindAddr: freeUDPTCPAddr(t), AllowedCIDRs: []string{"not-a-cidr"}},
-		func() Meta { return Meta{} }, testLogger(t)); err == nil {
+	if _, err := NewMembership(GossipConfig{NodeName: "x", BindAddr: testenv.FreeAddr(t), AllowedCIDRs: []string{"not-a-cidr"}},
+		func() Meta { return Meta{} }, testenv.Logger(t)); err == nil {
 		t.Error("a bad CIDR was accepted")
 	}
 }
@@ -59,7 +61,7 @@ func TestGossipMetadataTooLargeIsShortenedOrRefused(t *testing.T) {
 		return Meta{Role: RoleEdge, RaftAddr: "127.0.0.1:9001", APIURL: api.Load().(string), Error: long.Load().(string),
 			FIP: &FIPMeta{LastWhy: strings.Repeat("w", 500)}}
 	}
-	m, err := NewMembership(GossipConfig{NodeName: "big", BindAddr: freeUDPTCPAddr(t)}, meta, testLogger(t))
+	m, err := NewMembership(GossipConfig{NodeName: "big", BindAddr: testenv.FreeAddr(t)}, meta, testenv.Logger(t))
 	if err != nil {
 		t.Fatalf("a long error must be shortened, not refused: %v", err)
 	}
@@ -70,7 +72,7 @@ func TestGossipMetadataTooLargeIsShortenedOrRefused(t *testing.T) {
 	}
 	// An API address too long to fit is an error at start...
 	api.Store("https://" + strings.Repeat("a", 600) + ":9000")
-	if _, err := NewMembership(GossipConfig{NodeName: "huge", BindAddr: freeUDPTCPAddr(t)}, meta, testLogger(t)); !errors.Is(err, ErrMetaTooLarge) {
+	if _, err := NewMembership(GossipConfig{NodeName: "huge", BindAddr: testenv.FreeAddr(t)}, meta, testenv.Logger(t)); !errors.Is(err, ErrMetaTooLarge) {
 		t.Fatalf("metadata over the limit at start: %v", err)
 	}
 	// ...and at run time the last metadata that fit stays.
@@ -87,9 +89,9 @@ func TestGossipMetadataTooLargeIsShortenedOrRefused(t *testing.T) {
 func TestGossipReapsMembersGoneLongerThanReapAfter(t *testing.T) {
 	a := startMember(t, "a", memberOpts{}, nil)
 	b := startMember(t, "b", memberOpts{}, []string{a.gossip})
-	eventually(t, 5*time.Second, "b visible", func() bool { return len(a.members.Members()) == 2 })
+	testenv.Eventually(t, 5*time.Second, "b visible", func() bool { return len(a.members.Members()) == 2 })
 	b.crash()
-	eventually(t, 10*time.Second, "b dead", func() bool {
+	testenv.Eventually(t, 10*time.Second, "b dead", func() bool {
 		for _, m := range a.members.Members() {
 			if m.Name == "b" {
 				return m.Status == "dead"

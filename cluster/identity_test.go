@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // Attacks on cluster membership and on the raft port, with raft TLS on.
@@ -78,7 +79,7 @@ func TestSecureClusterFormsAndRefusesUnprovenVoters(t *testing.T) {
 	for _, a := range attackers {
 		startMember(t, a.name, a.o, []string{l.gossip})
 	}
-	eventually(t, 10*time.Second, "every attacker visible in gossip", func() bool {
+	testenv.Eventually(t, 10*time.Second, "every attacker visible in gossip", func() bool {
 		return len(l.members.Members()) == 3+len(attackers)
 	})
 	// The reconciler runs every 50ms and on every change; give it many
@@ -106,7 +107,7 @@ func TestGossipCannotRepointAVoter(t *testing.T) {
 	o := memberOpts{ca: ca, key: make([]byte, 32), label: "test", expect: 2}
 	a := startMember(t, "a", o, nil)
 	b := startMember(t, "b", o, []string{a.gossip})
-	eventually(t, 15*time.Second, "a pair", func() bool {
+	testenv.Eventually(t, 15*time.Second, "a pair", func() bool {
 		l := leaderOf(a, b)
 		return l != nil && len(l.cluster.Voters()) == 2
 	})
@@ -117,7 +118,7 @@ func TestGossipCannotRepointAVoter(t *testing.T) {
 	}
 	mallory := startMember(t, "mallory", memberOpts{ca: ca, key: make([]byte, 32), label: "test"}, nil)
 	startMember(t, "c", memberOpts{key: make([]byte, 32), label: "test", raftAddr: mallory.raft}, []string{l.gossip})
-	eventually(t, 10*time.Second, "the impostor alive in gossip", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the impostor alive in gossip", func() bool {
 		for _, m := range l.members.Members() {
 			if m.Name == "c" {
 				return m.Status == "alive"
@@ -164,7 +165,7 @@ func TestSecureLeaveNeedsTheLeaversOwnWord(t *testing.T) {
 	if err := f1.members.Leave(2 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "f1 seen as left", func() bool {
+	testenv.Eventually(t, 10*time.Second, "f1 seen as left", func() bool {
 		for _, m := range l.members.Members() {
 			if m.Name == f1.name {
 				return m.Status == "left"
@@ -193,7 +194,7 @@ func TestSecureLeaveNeedsTheLeaversOwnWord(t *testing.T) {
 
 	// f2 leaves gracefully: it asks the leader itself.
 	f2.leave()
-	eventually(t, 10*time.Second, "f2 removed at its own request", func() bool {
+	testenv.Eventually(t, 10*time.Second, "f2 removed at its own request", func() bool {
 		_, ok := l.cluster.Voters()[f2.name]
 		return !ok
 	})
@@ -219,7 +220,7 @@ func newFollowerTarget(t *testing.T, ca *tlsTestCA) *followerTarget {
 		t.Fatalf("add n2: %v", err)
 	}
 	applyOrFatal(t, n1, register(8080, "web", "10.0.0.1", 30080))
-	pollUntil(t, 10*time.Second, "n2 to replicate", func() bool {
+	testenv.Eventually(t, 10*time.Second, "n2 to replicate", func() bool {
 		_, ok := f2.State().Route(8080)
 		return ok
 	})
@@ -323,7 +324,7 @@ func TestRaftRefusesUnauthenticatedAndMisnamedMessages(t *testing.T) {
 
 	// The cluster still works.
 	applyOrFatal(t, ft.leader, register(8081, "api", "10.0.0.2", 30081))
-	pollUntil(t, 10*time.Second, "n2 to replicate after the attacks", func() bool {
+	testenv.Eventually(t, 10*time.Second, "n2 to replicate after the attacks", func() bool {
 		_, ok := ft.ffsm.State().Route(8081)
 		return ok
 	})
@@ -336,7 +337,7 @@ func TestRaftRefusesUnauthenticatedAndMisnamedMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(tc, ft.forgedAppend(t, "mallory"))
-	pollUntil(t, 5*time.Second, "raft to see the control message", func() bool {
+	testenv.Eventually(t, 5*time.Second, "raft to see the control message", func() bool {
 		return ft.follower.raft.CurrentTerm() > term
 	})
 	// Stop the leader first: its heartbeats in the new term must not reach
@@ -458,7 +459,7 @@ func TestForwardingReachesOnlyTheLeader(t *testing.T) {
 	}
 	pointLeaderAt := func(url string) {
 		l.api.Store(url)
-		eventually(t, 5*time.Second, "the follower to see the leader's new API address", func() bool {
+		testenv.Eventually(t, 5*time.Second, "the follower to see the leader's new API address", func() bool {
 			got, _, err := f.cluster.LeaderAPI()
 			return (err == nil && got == url) || (err != nil && strings.Contains(err.Error(), "not forwarding"))
 		})

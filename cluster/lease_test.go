@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // fakeClock is a settable clock for the reaper.
@@ -46,7 +47,7 @@ func TestLeaseReaperWaitsGraceThenExpires(t *testing.T) {
 	if res, err := n.Apply(ctx, register(9200, "static", "10.0.0.2", 1)); err != nil || res.Err != nil {
 		t.Fatalf("register: %v %v", err, res.Err)
 	}
-	r := NewLeaseReaper(LeaseConfig{Grace: 30 * time.Second, MaxFraction: 1}, n, clock.Now, testLogger(t), prometheus.NewRegistry())
+	r := NewLeaseReaper(LeaseConfig{Grace: 30 * time.Second, MaxFraction: 1}, n, clock.Now, testenv.Logger(t), prometheus.NewRegistry())
 	since := clock.Now()
 
 	clock.Add(2 * ttl)
@@ -74,14 +75,14 @@ func TestLeaseReaperGuardsMassExpiry(t *testing.T) {
 	}
 	since := clock.Now()
 	clock.Add(time.Hour)
-	r := NewLeaseReaper(LeaseConfig{MaxFraction: 0.5}, n, clock.Now, testLogger(t), prometheus.NewRegistry())
+	r := NewLeaseReaper(LeaseConfig{MaxFraction: 0.5}, n, clock.Now, testenv.Logger(t), prometheus.NewRegistry())
 	if got := r.sweep(ctx, since); got != 0 {
 		t.Fatalf("guard let %d of 10 backends expire at once", got)
 	}
 	if f.State().BackendCount() != 10 {
 		t.Fatalf("backends: %d", f.State().BackendCount())
 	}
-	forced := NewLeaseReaper(LeaseConfig{MaxFraction: 0.5, Force: true}, n, clock.Now, testLogger(t), prometheus.NewRegistry())
+	forced := NewLeaseReaper(LeaseConfig{MaxFraction: 0.5, Force: true}, n, clock.Now, testenv.Logger(t), prometheus.NewRegistry())
 	if got := forced.sweep(ctx, since); got != 10 {
 		t.Fatalf("forced sweep expired %d, want 10", got)
 	}
@@ -93,7 +94,7 @@ func TestLeaseReaperRunsOnlyOnLeader(t *testing.T) {
 	if res, err := n.Apply(context.Background(), leased(9400, "10.0.0.1", clock.Now().Add(time.Second), time.Second)); err != nil || res.Err != nil {
 		t.Fatalf("register: %v %v", err, res.Err)
 	}
-	r := NewLeaseReaper(LeaseConfig{Interval: 10 * time.Millisecond}, n, clock.Now, testLogger(t), prometheus.NewRegistry())
+	r := NewLeaseReaper(LeaseConfig{Interval: 10 * time.Millisecond}, n, clock.Now, testenv.Logger(t), prometheus.NewRegistry())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go r.Run(ctx)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -15,48 +13,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
-
-// testLogger sends component logs to t.Log so only failures print them.
-// Lines logged after the test ended (gossip goroutines winding down) are
-// dropped: testing panics on a t.Log after completion.
-func testLogger(t testing.TB) *slog.Logger {
-	w := &tWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct {
-	t    testing.TB
-	mu   sync.Mutex
-	done bool
-}
-
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(string(p))
-	}
-	return len(p), nil
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // fastConfig is a single-node config with shortened timings.
 func fastConfig(t testing.TB, dir string) Config {
 	return Config{
 		NodeID:             "n1",
 		DataDir:            dir,
-		BindAddr:           freeAddr(t),
+		BindAddr:           testenv.FreeAddr(t),
 		Bootstrap:          true,
 		HeartbeatTimeout:   50 * time.Millisecond,
 		ElectionTimeout:    50 * time.Millisecond,
@@ -69,7 +34,7 @@ func fastConfig(t testing.TB, dir string) Config {
 func startNode(t testing.TB, cfg Config) (*Node, *fsm.FSM) {
 	t.Helper()
 	f := fsm.New()
-	n, err := New(cfg, f, testLogger(t), prometheus.NewRegistry())
+	n, err := New(cfg, f, testenv.Logger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +122,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg.BindAddr = freeAddr(t)
+	cfg.BindAddr = testenv.FreeAddr(t)
 	n2, f2 := startNode(t, cfg)
 	deadline := time.Now().Add(10 * time.Second)
 	for f2.State().Len() != 70 {
@@ -266,9 +231,9 @@ func TestReplayedWaitsForTheFSM(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg.BindAddr = freeAddr(t)
+	cfg.BindAddr = testenv.FreeAddr(t)
 	f2 := fsm.New()
-	n2, err := New(cfg, f2, testLogger(t), prometheus.NewRegistry())
+	n2, err := New(cfg, f2, testenv.Logger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

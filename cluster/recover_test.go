@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // TestRecoverPeersLetsASurvivorContinueAlone plays the runbook for a pair
@@ -36,7 +38,7 @@ func TestRecoverPeersLetsASurvivorContinueAlone(t *testing.T) {
 		}
 	}
 	want := f1.State().Hash()
-	pollUntil(t, 10*time.Second, "n2 to catch up", func() bool { return f2.State().Hash() == want })
+	testenv.Eventually(t, 10*time.Second, "n2 to catch up", func() bool { return f2.State().Hash() == want })
 	if err := n2.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +55,7 @@ func TestRecoverPeersLetsASurvivorContinueAlone(t *testing.T) {
 	}
 
 	self := []raft.Server{{Suffrage: raft.Voter, ID: "n1", Address: raft.ServerAddress(c1.BindAddr)}}
-	if err := RecoverPeers(c1.DataDir, self, testLogger(t)); err != nil {
+	if err := RecoverPeers(c1.DataDir, self, testenv.Logger(t)); err != nil {
 		t.Fatalf("recover: %v", err)
 	}
 	peers, err = ReadPeers(c1.DataDir)
@@ -66,8 +68,8 @@ func TestRecoverPeersLetsASurvivorContinueAlone(t *testing.T) {
 
 	c1.Bootstrap = false // it must lead on its recovered state alone
 	n1, f1 = startNode(t, c1)
-	pollUntil(t, 10*time.Second, "the survivor to lead alone", n1.IsLeader)
-	pollUntil(t, 10*time.Second, "the survivor's state to be restored", func() bool { return f1.State().Hash() == want })
+	testenv.Eventually(t, 10*time.Second, "the survivor to lead alone", n1.IsLeader)
+	testenv.Eventually(t, 10*time.Second, "the survivor's state to be restored", func() bool { return f1.State().Hash() == want })
 	applyOrFatal(t, n1, register(20000, "after", "10.0.0.9", 1))
 	if got := f1.State().Len(); got != 31 {
 		t.Errorf("%d routes after a write, want 31", got)
@@ -80,7 +82,7 @@ func TestRecoverPeersRefusesWhileTheAgentRuns(t *testing.T) {
 	self := []raft.Server{{Suffrage: raft.Voter, ID: "n1", Address: raft.ServerAddress(cfg.BindAddr)}}
 
 	start := time.Now()
-	err := RecoverPeers(cfg.DataDir, self, testLogger(t))
+	err := RecoverPeers(cfg.DataDir, self, testenv.Logger(t))
 	if !errors.Is(err, ErrDataDirInUse) || !strings.Contains(err.Error(), "stop the agent first") {
 		t.Fatalf("recover on a running node: %v, want ErrDataDirInUse", err)
 	}
@@ -125,7 +127,7 @@ func TestRecoverPeersRefusesWithoutStateOrPeers(t *testing.T) {
 		{"peer without address", withState.DataDir, []raft.Server{{Suffrage: raft.Voter, ID: "n1"}}, nil, "empty address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := RecoverPeers(tc.dir, tc.peers, testLogger(t))
+			err := RecoverPeers(tc.dir, tc.peers, testenv.Logger(t))
 			if err == nil || !strings.Contains(err.Error(), tc.want) || (tc.is != nil && !errors.Is(err, tc.is)) {
 				t.Fatalf("error %v, want %v containing %q", err, tc.is, tc.want)
 			}

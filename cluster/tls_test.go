@@ -134,18 +134,6 @@ func (ca *tlsTestCA) raftTLS(t testing.TB, cn string) *tls.Config {
 	return cfg
 }
 
-// pollUntil polls cond until it holds or the deadline passes.
-func pollUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // joinerConfig is a non-bootstrapping node config with fast timings.
 func joinerConfig(t testing.TB, id string) Config {
 	cfg := fastConfig(t, t.TempDir())
@@ -184,7 +172,7 @@ func TestTLSClusterReplicatesAndRejectsNodesWithoutAValidCertificate(t *testing.
 		t.Fatalf("add n2 over TLS: %v", err)
 	}
 	applyOrFatal(t, n1, register(8080, "web", "10.0.0.1", 30080))
-	pollUntil(t, 10*time.Second, "n2 to replicate over TLS", func() bool {
+	testenv.Eventually(t, 10*time.Second, "n2 to replicate over TLS", func() bool {
 		_, ok := f2.State().Route(8080)
 		return ok
 	})
@@ -208,7 +196,7 @@ func TestTLSClusterReplicatesAndRejectsNodesWithoutAValidCertificate(t *testing.
 			}
 			port := 9100 + i
 			applyOrFatal(t, n1, register(port, "after", "10.0.0.2", 30081))
-			pollUntil(t, 10*time.Second, "n2 to replicate", func() bool {
+			testenv.Eventually(t, 10*time.Second, "n2 to replicate", func() bool {
 				_, ok := f2.State().Route(port)
 				return ok
 			})
@@ -235,7 +223,7 @@ func TestTLSClusterReplicatesAndRejectsNodesWithoutAValidCertificate(t *testing.
 
 	// The cluster is unharmed.
 	applyOrFatal(t, n1, register(8081, "api", "10.0.0.3", 30082))
-	pollUntil(t, 10*time.Second, "n2 to converge", func() bool { return f2.State().Hash() == f1.State().Hash() })
+	testenv.Eventually(t, 10*time.Second, "n2 to converge", func() bool { return f2.State().Hash() == f1.State().Hash() })
 }
 
 // encodeRaftMessage returns a raft message as raft's transport sends it:
@@ -255,7 +243,7 @@ func encodeRaftMessage(t testing.TB, typ uint8, req any) []byte {
 // reach the caller, and that the handshake has a deadline.
 func TestTLSStreamLayerBadClientsDoNotBlockOthers(t *testing.T) {
 	ca := newTLSTestCA(t, "drawbridge test CA")
-	srv, err := newTLSStreamLayer("127.0.0.1:0", nil, ca.raftTLS(t, "server"), testLogger(t))
+	srv, err := newTLSStreamLayer("127.0.0.1:0", nil, ca.raftTLS(t, "server"), testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +302,7 @@ func TestTLSStreamLayerBadClientsDoNotBlockOthers(t *testing.T) {
 
 	// A peer with a certificate from the CA gets through while the silent
 	// connection is still handshaking.
-	good, err := newTLSStreamLayer("127.0.0.1:0", nil, ca.raftTLS(t, "client"), testLogger(t))
+	good, err := newTLSStreamLayer("127.0.0.1:0", nil, ca.raftTLS(t, "client"), testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +318,7 @@ func TestTLSStreamLayerBadClientsDoNotBlockOthers(t *testing.T) {
 	c.Close()
 
 	// A peer with another CA's certificate does not accept the server.
-	other, err := newTLSStreamLayer("127.0.0.1:0", nil, newTLSTestCA(t, "other CA").raftTLS(t, "client"), testLogger(t))
+	other, err := newTLSStreamLayer("127.0.0.1:0", nil, newTLSTestCA(t, "other CA").raftTLS(t, "client"), testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
