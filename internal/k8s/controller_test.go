@@ -20,6 +20,7 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/api/client"
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // memRoutes is an in-memory route table with drawbridge's rules for what
@@ -224,17 +225,6 @@ func (h *harness) hasEvent(ns, typ, reason string) bool {
 	return false
 }
 
-func poll(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func backendKeys(r fsm.Route) string {
 	var out []string
 	for _, b := range r.Backends {
@@ -248,17 +238,17 @@ func TestControllerServesAService(t *testing.T) {
 	h.create(lbService("default", "web", tcpPort("http", 80, 30080),
 		corev1.ServicePort{Name: "dns", Port: 53, NodePort: 30053, Protocol: corev1.ProtocolUDP}))
 
-	poll(t, "route 80", func() bool {
+	testenv.Eventually(t, 10*time.Second, "route 80", func() bool {
 		r, ok := h.routes.get(80)
 		return ok && backendKeys(r) == "10.0.0.1:30080,10.0.0.2:30080" && r.Name == "k8s.default_web_80"
 	})
-	poll(t, "status", func() bool {
+	testenv.Eventually(t, 10*time.Second, "status", func() bool {
 		s := h.service("default", "web")
 		c := meta.FindStatusCondition(s.Status.Conditions, ConditionRoutes)
 		return len(s.Status.LoadBalancer.Ingress) == 1 && s.Status.LoadBalancer.Ingress[0].IP == "203.0.113.10" &&
 			hasFinalizer(s) && c != nil && c.Reason == ReasonUnsupportedProtocol
 	})
-	poll(t, "UDP refused with a Warning event", func() bool {
+	testenv.Eventually(t, 10*time.Second, "UDP refused with a Warning event", func() bool {
 		return h.hasEvent("default", corev1.EventTypeWarning, ReasonUnsupportedProtocol)
 	})
 
@@ -268,21 +258,21 @@ func TestControllerServesAService(t *testing.T) {
 	if _, err := h.kube.CoreV1().Nodes().UpdateStatus(h.ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "n2 removed", func() bool { r, _ := h.routes.get(80); return backendKeys(r) == "10.0.0.1:30080" })
+	testenv.Eventually(t, 10*time.Second, "n2 removed", func() bool { r, _ := h.routes.get(80); return backendKeys(r) == "10.0.0.1:30080" })
 	// A node deleted too.
 	if err := h.kube.CoreV1().Nodes().Delete(h.ctx, "n1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "n1 removed", func() bool { r, ok := h.routes.get(80); return ok && len(r.Backends) == 0 })
+	testenv.Eventually(t, 10*time.Second, "n1 removed", func() bool { r, ok := h.routes.get(80); return ok && len(r.Backends) == 0 })
 	h.create(readyNode("n3", "10.0.0.3"))
-	poll(t, "n3 added", func() bool { r, _ := h.routes.get(80); return backendKeys(r) == "10.0.0.3:30080" })
+	testenv.Eventually(t, 10*time.Second, "n3 added", func() bool { r, _ := h.routes.get(80); return backendKeys(r) == "10.0.0.3:30080" })
 
 	// Type changes away from LoadBalancer: routes go, status and finalizer too.
 	s := h.service("default", "web")
 	s.Spec.Type = corev1.ServiceTypeNodePort
 	s.Spec.LoadBalancerClass = nil
 	h.updateService(s)
-	poll(t, "released", func() bool {
+	testenv.Eventually(t, 10*time.Second, "released", func() bool {
 		s := h.service("default", "web")
 		_, ok := h.routes.get(80)
 		return !ok && !hasFinalizer(s) && len(s.Status.LoadBalancer.Ingress) == 0 &&
@@ -298,24 +288,24 @@ func TestControllerConflictIsReportedNotOverwritten(t *testing.T) {
 	// Another Service of ours that wants the same public port loses too:
 	// the first one keeps it.
 	h.create(lbService("default", "web", tcpPort("", 80, 30080), tcpPort("", 81, 30081)))
-	poll(t, "conflict condition", func() bool {
+	testenv.Eventually(t, 10*time.Second, "conflict condition", func() bool {
 		c := meta.FindStatusCondition(h.service("default", "web").Status.Conditions, ConditionRoutes)
 		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == ReasonPortConflict &&
 			strings.Contains(c.Message, `"someone-else"`)
 	})
-	poll(t, "warning event", func() bool { return h.hasEvent("default", corev1.EventTypeWarning, ReasonPortConflict) })
+	testenv.Eventually(t, 10*time.Second, "warning event", func() bool { return h.hasEvent("default", corev1.EventTypeWarning, ReasonPortConflict) })
 	if r, _ := h.routes.get(80); r.Name != "someone-else" || backendKeys(r) != "192.0.2.1:8080" {
 		t.Fatalf("the other route was changed: %+v", r)
 	}
 	// The other port is still served, and the Service has its address.
-	poll(t, "port 81", func() bool { _, ok := h.routes.get(81); return ok })
-	poll(t, "ingress", func() bool { return len(h.service("default", "web").Status.LoadBalancer.Ingress) == 1 })
+	testenv.Eventually(t, 10*time.Second, "port 81", func() bool { _, ok := h.routes.get(81); return ok })
+	testenv.Eventually(t, 10*time.Second, "ingress", func() bool { return len(h.service("default", "web").Status.LoadBalancer.Ingress) == 1 })
 
 	// Deleting the Service removes its own route and leaves the other.
 	if err := h.kube.CoreV1().Services("default").Delete(h.ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "port 81 removed", func() bool { _, ok := h.routes.get(81); return !ok })
+	testenv.Eventually(t, 10*time.Second, "port 81 removed", func() bool { _, ok := h.routes.get(81); return !ok })
 	if r, ok := h.routes.get(80); !ok || r.Name != "someone-else" {
 		t.Fatalf("the other route was removed or changed: %+v", r)
 	}
@@ -332,7 +322,7 @@ func TestControllerIgnoresOtherClasses(t *testing.T) {
 	h.create(unclassed)
 	mine := lbService("default", "mine", tcpPort("", 82, 30082))
 	h.create(mine)
-	poll(t, "mine served", func() bool { _, ok := h.routes.get(82); return ok })
+	testenv.Eventually(t, 10*time.Second, "mine served", func() bool { _, ok := h.routes.get(82); return ok })
 	for _, name := range []string{"other", "unclassed"} {
 		s := h.service("default", name)
 		if hasFinalizer(s) || len(s.Status.LoadBalancer.Ingress) > 0 {
@@ -352,7 +342,7 @@ func TestControllerClaimUnclassed(t *testing.T) {
 	s := lbService("default", "unclassed", tcpPort("", 81, 30081))
 	s.Spec.LoadBalancerClass = nil
 	h.create(s)
-	poll(t, "served", func() bool { _, ok := h.routes.get(81); return ok })
+	testenv.Eventually(t, 10*time.Second, "served", func() bool { _, ok := h.routes.get(81); return ok })
 }
 
 func TestControllerRepairsDriftAndCollectsGarbage(t *testing.T) {
@@ -362,21 +352,21 @@ func TestControllerRepairsDriftAndCollectsGarbage(t *testing.T) {
 	// Not ours: no prefix.
 	h.routes.set(fsm.NewRoute(9001, "manual"))
 	h.create(lbService("default", "web", tcpPort("", 80, 30080)))
-	poll(t, "route", func() bool { _, ok := h.routes.get(80); return ok })
-	poll(t, "garbage removed", func() bool { _, ok := h.routes.get(9000); return !ok })
+	testenv.Eventually(t, 10*time.Second, "route", func() bool { _, ok := h.routes.get(80); return ok })
+	testenv.Eventually(t, 10*time.Second, "garbage removed", func() bool { _, ok := h.routes.get(9000); return !ok })
 	if _, ok := h.routes.get(9001); !ok {
 		t.Fatal("a route without the prefix was removed")
 	}
 
 	// Deleted by hand: it comes back.
 	h.routes.DeleteRoute(h.ctx, 80, "k8s.default_web_80")
-	poll(t, "route restored", func() bool { _, ok := h.routes.get(80); return ok })
+	testenv.Eventually(t, 10*time.Second, "route restored", func() bool { _, ok := h.routes.get(80); return ok })
 	// Changed by hand: it is set back.
 	r, _ := h.routes.get(80)
 	r.Backends = append(r.Backends, fsm.Backend{Address: "192.0.2.66", Port: 22})
 	r.Balance = fsm.BalanceFirst
 	h.routes.set(r)
-	poll(t, "route repaired", func() bool {
+	testenv.Eventually(t, 10*time.Second, "route repaired", func() bool {
 		r, _ := h.routes.get(80)
 		return backendKeys(r) == "10.0.0.1:30080" && r.Balance == fsm.BalanceRoundRobin
 	})
@@ -403,12 +393,12 @@ func TestControllerRestartChangesNothing(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { defer close(done); c.Run(cctx) }()
-		poll(t, "caches", func() bool { return c.Reconciled() > 0 })
-		poll(t, "reconciles", func() bool { return c.Reconciled() >= 20 })
+		testenv.Eventually(t, 10*time.Second, "caches", func() bool { return c.Reconciled() > 0 })
+		testenv.Eventually(t, 10*time.Second, "reconciles", func() bool { return c.Reconciled() >= 20 })
 		return func() { cancel(); <-done }
 	}
 	stop := run()
-	poll(t, "all served", func() bool {
+	testenv.Eventually(t, 10*time.Second, "all served", func() bool {
 		for i := range 5 {
 			s, _ := kube.CoreV1().Services("default").Get(ctx, fmt.Sprintf("s%d", i), metav1.GetOptions{})
 			if len(s.Status.LoadBalancer.Ingress) != 1 || s.Status.LoadBalancer.Ingress[0].IP != "198.51.100.7" {
@@ -444,14 +434,14 @@ func TestControllerDrawbridgeDownRetries(t *testing.T) {
 	kube.CoreV1().Nodes().Create(context.Background(), readyNode("n1", "10.0.0.1"), metav1.CreateOptions{})
 	c := startController(t, kube, routes, Config{ExternalIP: "203.0.113.10", Resync: time.Hour})
 	kube.CoreV1().Services("default").Create(context.Background(), lbService("default", "web", tcpPort("", 80, 30080)), metav1.CreateOptions{})
-	poll(t, "a few failed attempts", func() bool { return c.Reconciled() >= 4 })
+	testenv.Eventually(t, 10*time.Second, "a few failed attempts", func() bool { return c.Reconciled() >= 4 })
 	if _, ok := routes.get(80); ok {
 		t.Fatal("route set while drawbridge failed")
 	}
 	routes.mu.Lock()
 	routes.fail = nil
 	routes.mu.Unlock()
-	poll(t, "served after drawbridge came back", func() bool { _, ok := routes.get(80); return ok })
+	testenv.Eventually(t, 10*time.Second, "served after drawbridge came back", func() bool { _, ok := routes.get(80); return ok })
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -483,7 +473,7 @@ func TestControllerRefusesAFloatingIPThatIsNotOne(t *testing.T) {
 	kube.CoreV1().Nodes().Create(context.Background(), readyNode("n1", "10.0.0.1"), metav1.CreateOptions{})
 	c := startController(t, kube, routes, Config{Resync: time.Hour})
 	kube.CoreV1().Services("default").Create(context.Background(), lbService("default", "web", tcpPort("", 80, 30080)), metav1.CreateOptions{})
-	poll(t, "a few attempts", func() bool { return c.Reconciled() >= 4 })
+	testenv.Eventually(t, 10*time.Second, "a few attempts", func() bool { return c.Reconciled() >= 4 })
 	s, _ := kube.CoreV1().Services("default").Get(context.Background(), "web", metav1.GetOptions{})
 	if len(s.Status.LoadBalancer.Ingress) != 0 {
 		t.Fatalf("status got %+v", s.Status.LoadBalancer.Ingress)
@@ -491,7 +481,7 @@ func TestControllerRefusesAFloatingIPThatIsNotOne(t *testing.T) {
 	routes.mu.Lock()
 	routes.fip = "192.0.2.1"
 	routes.mu.Unlock()
-	poll(t, "status once the address is one", func() bool {
+	testenv.Eventually(t, 10*time.Second, "status once the address is one", func() bool {
 		s, _ := kube.CoreV1().Services("default").Get(context.Background(), "web", metav1.GetOptions{})
 		return len(s.Status.LoadBalancer.Ingress) == 1 && s.Status.LoadBalancer.Ingress[0].IP == "192.0.2.1"
 	})
