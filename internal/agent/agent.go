@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +27,13 @@ import (
 	"github.com/drawbridge-lb/drawbridge/fsm"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
 	"github.com/drawbridge-lb/drawbridge/internal/tlsutil"
+)
+
+// Run states (Agent.runState).
+const (
+	runNew = iota
+	runStarted
+	runNever
 )
 
 // Deps are what the agent takes from its caller besides Config.
@@ -76,7 +82,10 @@ type Agent struct {
 	loops        sync.WaitGroup
 	serveErr     chan error
 
-	ran          atomic.Bool
+	// runState is runNew until Run starts (runStarted) or Shutdown comes
+	// first (runNever).
+	runMu        sync.Mutex
+	runState     int
 	shutdown     chan struct{} // closed by Shutdown
 	shutdownOnce sync.Once
 	done         chan struct{} // closed when Run returns
@@ -163,7 +172,16 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 // crashes never stops traffic, and the next agent adopts the running
 // master. Run may be called once.
 func (a *Agent) Run(ctx context.Context) error {
-	if !a.ran.CompareAndSwap(false, true) {
+	a.runMu.Lock()
+	state := a.runState
+	if state == runNew {
+		a.runState = runStarted
+	}
+	a.runMu.Unlock()
+	switch state {
+	case runNever:
+		return nil
+	case runStarted:
 		return errors.New("agent: Run called twice")
 	}
 	defer close(a.done)
@@ -186,7 +204,16 @@ func (a *Agent) Run(ctx context.Context) error {
 // then returns at once).
 func (a *Agent) Shutdown(ctx context.Context) error {
 	a.shutdownOnce.Do(func() { close(a.shutdown) })
-	if !a.ran.Load() {
+	a.runMu.Lock()
+	never := a.runState == runNew
+	if never {
+		a.runState = runNever
+	}
+	a.runMu.Unlock()
+	if never {
+		// Run never started: nothing runs, so give the data dir back.
+		a.lock.release()
+		close(a.done)
 		return nil
 	}
 	select {

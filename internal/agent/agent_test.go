@@ -164,13 +164,24 @@ func TestRunFailingStartReleasesWhatStarted(t *testing.T) {
 }
 
 func TestShutdownBeforeRun(t *testing.T) {
-	a, err := New(witnessConfig(t, t.TempDir()), Deps{})
+	cfg := witnessConfig(t, t.TempDir())
+	a, err := New(cfg, Deps{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := New(cfg, Deps{}); err == nil {
+		t.Fatal("a second agent got the data dir while the first holds it")
 	}
 	if err := a.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// The lock went with the Shutdown, though Run never ran: the data dir
+	// is free again.
+	b, err := New(cfg, Deps{})
+	if err != nil {
+		t.Fatalf("New after Shutdown: %v", err)
+	}
+	b.Shutdown(context.Background())
 	if err := a.Run(context.Background()); err != nil {
 		t.Errorf("Run after Shutdown = %v; want nil at once", err)
 	}

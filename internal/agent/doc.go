@@ -12,7 +12,9 @@
 //
 // # Lifecycle
 //
-// New checks and loads: it creates the data dir, resolves the API tokens
+// New checks and loads: it creates the data dir and takes its lock (a second
+// agent on the same data dir stops here; nothing in the directory is touched
+// before), resolves the API tokens
 // (generating a --dev token), computes the reserved ports, reads the gossip
 // key and the TLS material, and finds the HAProxy binary. It opens no port
 // and starts no goroutine, so a configuration error stops the agent before
@@ -47,11 +49,12 @@
 //     serving: an agent that stops or crashes never stops traffic, and the
 //     next agent adopts the running master;
 //  5. raft shuts down and its stores close;
-//  6. the pid file is removed.
+//  6. the pid file is removed and the data dir's lock released.
 //
 // When a start step fails, Run stops only what was started before it, in
 // the same order, without the goodbyes of steps 1 and 2 (nothing was
-// served yet): gossip shuts down, then steps 4 to 6.
+// served yet): gossip shuts down, then steps 4 to 6. A Run that never
+// starts (Shutdown first) still releases the lock.
 //
 // # Lock order
 //
