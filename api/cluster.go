@@ -50,7 +50,9 @@ type MemberStatus struct {
 	Voter    bool   `json:"voter"`
 	RaftAddr string `json:"raft_addr"`
 	APIURL   string `json:"api_url"`
-	Version  string `json:"version"`
+	// GossipAddr is the member's gossip address (host:port).
+	GossipAddr string `json:"gossip_addr,omitempty"`
+	Version    string `json:"version"`
 	// RaftIndex is the last raft index the member applied to its route
 	// table, when known.
 	RaftIndex uint64 `json:"raft_index,omitempty"`

@@ -162,7 +162,7 @@ func newPair(t *testing.T, mod ...func(*api.Config)) (leader, follower *peer) {
 // metric returns the /metrics line starting with prefix ("" when absent).
 func (e *env) metric(prefix string) string {
 	e.t.Helper()
-	for line := range strings.Lines(e.do(http.MethodGet, "/metrics", nil, "").Body.String()) {
+	for line := range strings.Lines(e.do(http.MethodGet, "/metrics", bearer(testToken), "").Body.String()) {
 		if strings.HasPrefix(line, prefix) {
 			return strings.TrimSpace(line)
 		}

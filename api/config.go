@@ -41,7 +41,7 @@ type StatusSource interface {
 const (
 	DefaultLegacyHeader      = "X-Funkypenguin-Token"
 	DefaultMaxBodyBytes      = 64 << 10
-	DefaultMaxSnapshotBytes  = 32 << 20
+	DefaultMaxSnapshotBytes  = 4 << 20
 	DefaultHookLease         = 30 * time.Minute
 	DefaultApplyTimeout      = 10 * time.Second
 	DefaultReadHeaderTimeout = 5 * time.Second
@@ -52,16 +52,60 @@ const (
 	// DefaultHoldTimeout is how long a write waits for a leader during an
 	// election before it is answered 503 (Consul's rpc_hold_timeout).
 	DefaultHoldTimeout = 7 * time.Second
+
+	DefaultMaxRoutes           = 1000
+	DefaultMaxBackendsPerRoute = 64
+	DefaultMaxBackends         = 4000
+	DefaultMaxTTL              = 24 * time.Hour
+	DefaultRate                = 20
+	DefaultBurst               = 100
 )
 
+// Limits bound what writers can make the cluster hold and how fast. They are
+// checked on the leader before a command is proposed.
+type Limits struct {
+	// MaxRoutes bounds the routes in the table.
+	MaxRoutes int
+	// MaxBackendsPerRoute bounds one route's backends (at most
+	// fsm.MaxBackendsPerRoute).
+	MaxBackendsPerRoute int
+	// MaxBackends bounds the backends over all routes.
+	MaxBackends int
+	// MaxTTL bounds a backend lease (and the hook's lease).
+	MaxTTL time.Duration
+	// Rate is each token's sustained request rate per second, on every
+	// node; 0 turns rate limiting off. Burst is its bucket size.
+	Rate  float64
+	Burst int
+}
+
+// DefaultLimits are drawbridge's limits: sized so that a full table still
+// renders, validates and reloads on a 1 GB node.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxRoutes:           DefaultMaxRoutes,
+		MaxBackendsPerRoute: DefaultMaxBackendsPerRoute,
+		MaxBackends:         DefaultMaxBackends,
+		MaxTTL:              DefaultMaxTTL,
+		Rate:                DefaultRate,
+		Burst:               DefaultBurst,
+	}
+}
+
 // Config is the API's typed configuration, filled by cmd/ from file, env and
-// flags. Start from DefaultConfig: HookLease and MetricsPublic are taken
-// literally by New (0 and false are meaningful), while zero durations, sizes
-// and the legacy header name are replaced by their defaults.
+// flags. Start from DefaultConfig: HookLease, MetricsPublic and Limits.Rate
+// are taken literally by New (0 and false are meaningful), while zero
+// durations, sizes, limits and the legacy header name are replaced by their
+// defaults.
 type Config struct {
-	// Tokens are the accepted API tokens. At least one is required: New
-	// refuses to build an API anyone could write to.
+	// Tokens are single-token secrets (api.token, the recipe's shared
+	// secret): each is an admin token named LegacyTokenName ("legacy",
+	// "legacy-2", …). Kept so existing sidecars work unchanged.
 	Tokens []string
+	// ScopedTokens are named tokens with a role (api.tokens). With Tokens,
+	// at least one token is required: New refuses to build an API anyone
+	// could write to. SetTokens replaces both on a reload.
+	ScopedTokens []Token
 	// LegacyHeader is the header the recipe's sidecars send their token in,
 	// accepted besides "Authorization: Bearer" and X-Drawbridge-Token.
 	LegacyHeader string
@@ -76,8 +120,17 @@ type Config struct {
 	// never expire. It must comfortably exceed the sidecars' interval.
 	HookLease time.Duration
 	// ReservedPorts are public ports no route may use (this node's API, raft
-	// and gossip ports and any deny list); refused with 400 before proposing.
+	// and gossip ports and the deny list); refused with 400 before
+	// proposing. Every member's API, raft and gossip ports (from
+	// Deps.Cluster) are refused as well.
 	ReservedPorts fsm.PortRanges
+	// OwnEndpoints are this node's listeners, refused as backends (and
+	// their ports as routes) even before the cluster view knows them.
+	OwnEndpoints []Endpoint
+	// BackendPolicy decides which backend addresses are allowed.
+	BackendPolicy BackendPolicy
+	// Limits bound routes, backends, leases and request rates.
+	Limits Limits
 	// ApplyTimeout bounds how long a write waits for its commit.
 	ApplyTimeout time.Duration
 	// TLSCertFile and TLSKeyFile, when both set, make Serve speak HTTPS. The
@@ -97,8 +150,9 @@ type Config struct {
 	// it is answered 503. 0 means DefaultHoldTimeout; negative: no hold.
 	// Reads never wait: they answer from local state.
 	HoldTimeout time.Duration
-	// MetricsPublic serves /metrics without a token (scrapers on the private
-	// network); false puts it behind the same token as the API.
+	// MetricsPublic serves /metrics without a token; false (the default)
+	// asks for a token of any role. cmd/ sets it when the API listens on
+	// loopback only.
 	MetricsPublic bool
 }
 
@@ -116,7 +170,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		ShutdownTimeout:   DefaultShutdownTimeout,
 		HoldTimeout:       DefaultHoldTimeout,
-		MetricsPublic:     true,
+		Limits:            DefaultLimits(),
 	}
 }
 
@@ -152,6 +206,18 @@ func (c Config) withDefaults() Config {
 	if c.HoldTimeout == 0 {
 		c.HoldTimeout = DefaultHoldTimeout
 	}
+	if c.Limits.MaxRoutes == 0 {
+		c.Limits.MaxRoutes = DefaultMaxRoutes
+	}
+	if c.Limits.MaxBackendsPerRoute == 0 {
+		c.Limits.MaxBackendsPerRoute = DefaultMaxBackendsPerRoute
+	}
+	if c.Limits.MaxBackends == 0 {
+		c.Limits.MaxBackends = DefaultMaxBackends
+	}
+	if c.Limits.MaxTTL == 0 {
+		c.Limits.MaxTTL = DefaultMaxTTL
+	}
 	c.LegacyHeader = http.CanonicalHeaderKey(c.LegacyHeader)
 	return c
 }
@@ -160,8 +226,8 @@ func (c Config) withDefaults() Config {
 // It never mentions token values.
 func (c Config) Validate() error {
 	var errs []error
-	if len(c.Tokens) == 0 {
-		errs = append(errs, errors.New("no API token configured: refusing to serve an API anyone could write to"))
+	if _, err := newTokenSet(c.allTokens()); err != nil {
+		errs = append(errs, err)
 	}
 	for i, t := range c.Tokens {
 		if strings.TrimSpace(t) == "" {
@@ -202,7 +268,25 @@ func (c Config) Validate() error {
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		errs = append(errs, errors.New("TLS needs both a certificate file and a key file"))
 	}
+	l := c.Limits
+	if l.MaxRoutes < 0 || l.MaxBackends < 0 || l.MaxBackendsPerRoute < 0 || l.MaxTTL < 0 || l.Rate < 0 || l.Burst < 0 {
+		errs = append(errs, errors.New("limits must not be negative"))
+	}
+	if l.MaxBackendsPerRoute > fsm.MaxBackendsPerRoute {
+		errs = append(errs, fmt.Errorf("limits.max_backends_per_route %d is above the most a route can hold (%d)", l.MaxBackendsPerRoute, fsm.MaxBackendsPerRoute))
+	}
+	if l.MaxTTL > maxTTL {
+		errs = append(errs, fmt.Errorf("limits.max_ttl %s is above %s", l.MaxTTL, maxTTL))
+	}
+	if l.MaxTTL > 0 && c.HookLease > l.MaxTTL {
+		errs = append(errs, fmt.Errorf("hook lease %s is above limits.max_ttl %s", c.HookLease, l.MaxTTL))
+	}
 	return errors.Join(errs...)
+}
+
+// allTokens is the legacy tokens, then the scoped ones.
+func (c Config) allTokens() []Token {
+	return append(LegacyTokens(c.Tokens), c.ScopedTokens...)
 }
 
 func validHeaderName(s string) bool {

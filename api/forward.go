@@ -59,7 +59,7 @@ const (
 var hopHeaders = []string{
 	"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
 	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect", "Accept-Encoding",
-	ForwardedByHeader,
+	ForwardedByHeader, ClientAddrHeader,
 }
 
 // answerHeaders are the leader's response headers passed back to the client.
@@ -110,7 +110,11 @@ func (s *Server) writeEndpoint(maxBody int64, h handlerFunc) handlerFunc {
 			return err
 		}
 		if leaderURL != "" {
-			return s.forward(w, r, leaderURL, maxBody, wait, hold)
+			err := s.forward(w, r, leaderURL, maxBody, wait, hold)
+			if err == nil {
+				auditOf(r.Context()).forwarded = true
+			}
+			return err
 		}
 		ctx := context.WithValue(r.Context(), holdKey{}, hold)
 		if wait > 0 {
@@ -332,6 +336,7 @@ func (s *Server) forwardOnce(r *http.Request, base string, body []byte, wait tim
 		req.Header.Del(h)
 	}
 	req.Header.Set(ForwardedByHeader, headerSafe(s.statusSrc.Status().Node))
+	req.Header.Set(ClientAddrHeader, headerSafe(r.RemoteAddr))
 
 	// A leader that vanishes (a cut link, a dead machine) sends no reset:
 	// the forward would hang until its deadline. Watch our own view of the

@@ -112,9 +112,13 @@ func (s *Server) handleHook(w http.ResponseWriter, r *http.Request) error {
 		// No reserved-port check: removing what exists is always allowed,
 		// even if the port became reserved after the route was made.
 		cmd := &fsm.DeregisterBackend{Port: req.port, Name: req.name, Address: req.address, BackendPort: req.backendPort}
+		if err := s.authorizeDelete(r, req.port, req.name); err != nil {
+			return err
+		}
 		if err := validate(cmd); err != nil {
 			return err
 		}
+		noteChange(r.Context(), cmd)
 		res, err := s.commit(r.Context(), cmd)
 		if err != nil {
 			return err
@@ -123,18 +127,15 @@ func (s *Server) handleHook(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 
-	if err := s.checkPort(req.port); err != nil {
-		return err
-	}
 	backend := fsm.Backend{Address: req.address, Port: req.backendPort, Owner: req.name}
-	if s.cfg.HookLease > 0 {
-		backend.ExpiresAt = s.now().Add(s.cfg.HookLease).UTC()
-		backend.TTL = s.cfg.HookLease
+	if lease := s.hookLease(identity(r.Context())); lease > 0 {
+		backend.ExpiresAt = s.now().Add(lease).UTC()
+		backend.TTL = lease
 	}
 	create := fsm.NewRoute(req.port, req.name)
 	create.Implicit = true
 	cmd := &fsm.RegisterBackend{Port: req.port, Name: req.name, Backend: backend, Create: &create}
-	if err := validate(cmd); err != nil {
+	if err := s.admitRegistration(r, cmd); err != nil {
 		return err
 	}
 	res, err := s.commit(r.Context(), cmd)

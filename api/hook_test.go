@@ -112,7 +112,7 @@ func TestHookAuth(t *testing.T) {
 			if e.fsm.State().Len() != 0 {
 				t.Fatal("state changed")
 			}
-			metrics := e.do(http.MethodGet, "/metrics", nil, "").Body.String()
+			metrics := e.do(http.MethodGet, "/metrics", bearer(testToken), "").Body.String()
 			if want := `drawbridge_auth_failures_total{reason="` + tc.wantReason + `"} 1`; !strings.Contains(metrics, want) {
 				t.Fatalf("metrics lack %s", want)
 			}

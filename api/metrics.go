@@ -13,6 +13,7 @@ type metrics struct {
 	authFailures *prometheus.CounterVec
 	commits      *prometheus.CounterVec
 	forwarded    *prometheus.CounterVec
+	writes       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -38,10 +39,14 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "drawbridge_http_forwarded_total",
 			Help: "Requests this node did not serve itself because it is not the leader, by result: ok (the leader answered), error (it could not be reached), no_leader, loop (a forwarded request reached a node that does not lead).",
 		}, []string{"result"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drawbridge_api_writes_total",
+			Help: "Writes this node answered, by token name (\"-\" when no valid token) and result: ok, invalid, unauthenticated, forbidden, not_found, conflict, too_large, rate_limited, unavailable, not_applied, error, or forwarded (the leader decided).",
+		}, []string{"token", "result"}),
 	}
 	// Known label values start at 0, so rates and alerts work before the
 	// first failure.
-	for _, r := range []string{authMissing, authInvalid} {
+	for _, r := range []string{authMissing, authInvalid, authForbidden, authLimited} {
 		m.authFailures.WithLabelValues(r)
 	}
 	for _, r := range []string{commitOK, commitConflict, commitInvalid, commitNotFound, commitUnavailable, commitCapacity} {
@@ -64,7 +69,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		Help: "Log entries this node skipped because a newer drawbridge wrote them; non-zero means upgrade this node.",
 	}, func() float64 { return float64(s.statusSrc.Status().UnknownCommands) })
 
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.commits, m.forwarded, routes, backends, unknown} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.authFailures, m.commits, m.forwarded, m.writes, routes, backends, unknown} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register api metrics: %w", err)
 		}

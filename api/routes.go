@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
@@ -92,9 +93,19 @@ func queryName(r *http.Request) (string, error) {
 	return name, nil
 }
 
+// handleListRoutes answers the table; a register token sees only the
+// routes it owns.
 func (s *Server) handleListRoutes(w http.ResponseWriter, r *http.Request) error {
 	st := s.currentState()
-	writeJSON(w, http.StatusOK, routeList{Index: st.Index, Routes: st.Routes()})
+	tok := identity(r.Context())
+	routes := st.Routes()
+	visible := routes[:0]
+	for i := range routes {
+		if canRead(tok, &routes[i]) {
+			visible = append(visible, routes[i])
+		}
+	}
+	writeJSON(w, http.StatusOK, routeList{Index: st.Index, Routes: visible})
 	return nil
 }
 
@@ -106,6 +117,9 @@ func (s *Server) handleGetRoute(w http.ResponseWriter, r *http.Request) error {
 	route, ok := s.currentState().Route(port)
 	if !ok {
 		return errorf(http.StatusNotFound, "no route on port %d", port)
+	}
+	if tok := identity(r.Context()); !canRead(tok, &route) {
+		return forbidden("route on port %d belongs to %s; token %s reads only its own routes", port, ownerDesc(&route), tok.Name)
 	}
 	writeJSON(w, http.StatusOK, route)
 	return nil
@@ -129,11 +143,23 @@ func (s *Server) handlePutRoute(w http.ResponseWriter, r *http.Request) error {
 	if req.Name == "" {
 		return errorf(http.StatusBadRequest, "name is required")
 	}
-	if err := s.checkPort(port); err != nil {
+	tok, eps := identity(r.Context()), s.endpoints()
+	if err := s.checkPort(port, eps); err != nil {
+		return err
+	}
+	if req.Force && tok != nil && tok.Role != RoleAdmin {
+		return forbidden("force takes a port from another route: it needs an admin token, and %s has role %s", tok.Name, tok.Role)
+	}
+	st := s.currentState()
+	existing := routeOf(st, port)
+	if err := authorizeRoute(tok, port, req.Name, existing); err != nil {
 		return err
 	}
 	route := fsm.NewRoute(port, req.Name)
 	applyRouteOptions(&route, req.Balance, req.Sticky, req.ProxyProtocol, req.HealthCheck)
+	if tok != nil {
+		route.Token = tok.Name
+	}
 	for i, b := range req.Backends {
 		if b.Address == "" {
 			return errorf(http.StatusBadRequest, "backends[%d]: address is required", i)
@@ -144,6 +170,17 @@ func (s *Server) handlePutRoute(w http.ResponseWriter, r *http.Request) error {
 	if err := validate(cmd); err != nil {
 		return err
 	}
+	if err := s.checkBackends(cmd.Route.Backends, tok, eps); err != nil {
+		return err
+	}
+	delta := len(cmd.Route.Backends)
+	if existing != nil {
+		delta -= len(existing.Backends)
+	}
+	if err := s.checkLimits(st, port, existing == nil, len(cmd.Route.Backends), delta); err != nil {
+		return err
+	}
+	noteChange(r.Context(), cmd)
 	res, err := s.commit(r.Context(), cmd)
 	if err != nil {
 		return err
@@ -181,10 +218,14 @@ func (s *Server) handleDeleteRoute(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
+	if err := s.authorizeDelete(r, port, name); err != nil {
+		return err
+	}
 	cmd := &fsm.DeleteRoute{Port: port, Name: name}
 	if err := validate(cmd); err != nil {
 		return err
 	}
+	noteChange(r.Context(), cmd)
 	res, err := s.commit(r.Context(), cmd)
 	if err != nil {
 		return err
@@ -215,7 +256,8 @@ func (s *Server) handleRegisterBackend(w http.ResponseWriter, r *http.Request) e
 	case !req.Create && (req.Balance != "" || req.Sticky != nil || req.ProxyProtocol != "" || req.HealthCheck != nil):
 		return errorf(http.StatusBadRequest, "balance, sticky, proxy_protocol and health_check only apply with create: true")
 	}
-	if err := s.checkPort(port); err != nil {
+	tok := identity(r.Context())
+	if err := s.checkTTL(tok, time.Duration(req.TTL)); err != nil {
 		return err
 	}
 	backend := fsm.Backend{Address: req.Address, Port: req.Port, Owner: req.Owner}
@@ -230,7 +272,7 @@ func (s *Server) handleRegisterBackend(w http.ResponseWriter, r *http.Request) e
 		applyRouteOptions(&create, req.Balance, req.Sticky, req.ProxyProtocol, req.HealthCheck)
 		cmd.Create = &create
 	}
-	if err := validate(cmd); err != nil {
+	if err := s.admitRegistration(r, cmd); err != nil {
 		return err
 	}
 	res, err := s.commit(r.Context(), cmd)
@@ -261,10 +303,14 @@ func (s *Server) handleDeregisterBackend(w http.ResponseWriter, r *http.Request)
 	if err != nil {
 		return err
 	}
+	if err := s.authorizeDelete(r, port, name); err != nil {
+		return err
+	}
 	cmd := &fsm.DeregisterBackend{Port: port, Name: name, Address: ap.Addr().String(), BackendPort: int(ap.Port())}
 	if err := validate(cmd); err != nil {
 		return err
 	}
+	noteChange(r.Context(), cmd)
 	res, err := s.commit(r.Context(), cmd)
 	if err != nil {
 		return err
@@ -272,4 +318,67 @@ func (s *Server) handleDeregisterBackend(w http.ResponseWriter, r *http.Request)
 	key := fsm.Backend{Address: cmd.Address, Port: cmd.BackendPort}.Key()
 	writeJSON(w, http.StatusOK, backendDeleted{Port: port, Backend: key, Route: res.Route, RouteDeleted: res.Deleted})
 	return nil
+}
+
+// admitRegistration validates a backend registration (the REST one or the
+// hook's) and runs every check that happens before the log: reserved ports,
+// the token's scope and ownership, the backend policy and the limits.
+func (s *Server) admitRegistration(r *http.Request, cmd *fsm.RegisterBackend) error {
+	tok, eps := identity(r.Context()), s.endpoints()
+	if err := s.checkPort(cmd.Port, eps); err != nil {
+		return err
+	}
+	if cmd.Create != nil && tok != nil {
+		cmd.Create.Token = tok.Name
+	}
+	if err := validate(cmd); err != nil {
+		return err
+	}
+	st := s.currentState()
+	existing := routeOf(st, cmd.Port)
+	name := cmd.Name
+	if name == "" && existing != nil {
+		name = existing.Name
+	}
+	if err := authorizeRoute(tok, cmd.Port, name, existing); err != nil {
+		return err
+	}
+	if err := s.checkBackend(cmd.Backend.Address, cmd.Backend.Port, tok, eps); err != nil {
+		return err
+	}
+	switch {
+	case existing == nil && cmd.Create != nil:
+		if err := s.checkLimits(st, cmd.Port, true, 1, 1); err != nil {
+			return err
+		}
+	case existing != nil && !hasBackend(existing, cmd.Backend):
+		if err := s.checkLimits(st, cmd.Port, false, len(existing.Backends)+1, 1); err != nil {
+			return err
+		}
+	}
+	noteChange(r.Context(), cmd)
+	return nil
+}
+
+// authorizeDelete checks a route delete or a backend deregistration: a
+// register token must name the route (?name=), and own it.
+func (s *Server) authorizeDelete(r *http.Request, port int, name string) error {
+	tok := identity(r.Context())
+	if tok == nil || tok.Role == RoleAdmin {
+		return nil
+	}
+	if name == "" {
+		return forbidden("a delete without ?name= needs an admin token; token %s has role %s", tok.Name, tok.Role)
+	}
+	existing := routeOf(s.currentState(), port)
+	if existing == nil {
+		return nil // the FSM answers 404
+	}
+	return authorizeRoute(tok, port, name, existing)
+}
+
+// hasBackend reports whether r already holds b (a refresh, not an add).
+func hasBackend(r *fsm.Route, b fsm.Backend) bool {
+	_, found := slices.BinarySearchFunc(r.Backends, b, fsm.CompareBackends)
+	return found
 }

@@ -52,7 +52,9 @@ type Server struct {
 	now         func() time.Time
 	gatherer    prometheus.Gatherer
 
-	auth    *authenticator
+	tokens  tokenStore
+	limiter *rateLimiter
+	audits  *slog.Logger // one line per write
 	metrics *metrics
 	certs   *CertReloader // nil: plain HTTP
 	empty   *fsm.State    // served while the StateReader has none yet
@@ -91,17 +93,23 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:         deps.Logger,
 		now:         deps.Now,
 		gatherer:    deps.Gatherer,
-		auth:        newAuthenticator(cfg.Tokens, cfg.LegacyHeader),
 		empty:       &fsm.State{},
 		mux:         http.NewServeMux(),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.audits = s.log.With("component", "audit")
 	s.log = s.log.With("component", "api")
 	if s.now == nil {
 		s.now = time.Now
 	}
+	set, err := newTokenSet(cfg.allTokens())
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err) // Validate caught it; kept for safety
+	}
+	s.tokens.p.Store(set)
+	s.limiter = newRateLimiter(cfg.Limits.Rate, cfg.Limits.Burst, s.now)
 	if s.client == nil {
 		s.client = NewForwardClient(nil)
 	}
@@ -142,31 +150,38 @@ func New(cfg Config, deps Deps) (*Server, error) {
 // from other nodes; reads (readEndpoint) are local unless ?consistent=true;
 // everything else (status, cluster, health, metrics) is always this node's
 // own answer, so it still answers when the leader is gone.
+//
+// Each endpoint names the access it needs: read (any token), write (admin
+// or register; handlers then check a register token's scope and
+// ownership), admin, or public.
 func (s *Server) routes() {
-	const token, public = true, false
 	body, snapshot := s.cfg.MaxBodyBytes, s.cfg.MaxSnapshotBytes
-	s.handle("POST /hooks/update-haproxy", "hook", token, s.writeEndpoint(body, s.handleHook))
+	s.handle("POST /hooks/update-haproxy", "hook", accessWrite, s.writeEndpoint(body, s.handleHook))
 
-	s.handle("GET /v1/routes", "routes_list", token, s.readEndpoint(s.handleListRoutes))
-	s.handle("GET /v1/routes/{port}", "route_get", token, s.readEndpoint(s.handleGetRoute))
-	s.handle("PUT /v1/routes/{port}", "route_put", token, s.writeEndpoint(body, s.handlePutRoute))
-	s.handle("DELETE /v1/routes/{port}", "route_delete", token, s.writeEndpoint(body, s.handleDeleteRoute))
-	s.handle("POST /v1/routes/{port}/backends", "backend_register", token, s.writeEndpoint(body, s.handleRegisterBackend))
-	s.handle("DELETE /v1/routes/{port}/backends/{hostport}", "backend_deregister", token, s.writeEndpoint(body, s.handleDeregisterBackend))
-	s.handle("GET /v1/snapshot", "snapshot_save", token, s.readEndpoint(s.handleSnapshotSave))
-	s.handle("POST /v1/snapshot", "snapshot_restore", token, s.writeEndpoint(snapshot, s.handleSnapshotRestore))
-	s.handle("GET /v1/status", "status", token, s.handleStatus)
-	s.handle("GET /v1/cluster", "cluster", token, s.handleCluster)
+	s.handle("GET /v1/routes", "routes_list", accessRead, s.readEndpoint(s.handleListRoutes))
+	s.handle("GET /v1/routes/{port}", "route_get", accessRead, s.readEndpoint(s.handleGetRoute))
+	s.handle("PUT /v1/routes/{port}", "route_put", accessWrite, s.writeEndpoint(body, s.handlePutRoute))
+	s.handle("DELETE /v1/routes/{port}", "route_delete", accessWrite, s.writeEndpoint(body, s.handleDeleteRoute))
+	s.handle("POST /v1/routes/{port}/backends", "backend_register", accessWrite, s.writeEndpoint(body, s.handleRegisterBackend))
+	s.handle("DELETE /v1/routes/{port}/backends/{hostport}", "backend_deregister", accessWrite, s.writeEndpoint(body, s.handleDeregisterBackend))
+	s.handle("GET /v1/snapshot", "snapshot_save", accessRead, s.readEndpoint(s.handleSnapshotSave))
+	s.handle("POST /v1/snapshot", "snapshot_restore", accessAdmin, s.writeEndpoint(snapshot, s.handleSnapshotRestore))
+	s.handle("GET /v1/status", "status", accessRead, s.handleStatus)
+	s.handle("GET /v1/cluster", "cluster", accessRead, s.handleCluster)
 	// Changing raft membership is an operator's act: admin tokens only.
-	s.handle("POST /v1/raft/remove-peer", "raft_remove_peer", token, s.writeEndpoint(body, s.handleRemovePeer))
+	s.handle("POST /v1/raft/remove-peer", "raft_remove_peer", accessAdmin, s.writeEndpoint(body, s.handleRemovePeer))
 
-	s.handle("GET /healthz", "healthz", public, s.handleHealthz)
-	s.handle("GET /readyz", "readyz", public, s.handleReadyz)
+	s.handle("GET /healthz", "healthz", accessPublic, s.handleHealthz)
+	s.handle("GET /readyz", "readyz", accessPublic, s.handleReadyz)
 
 	scrape := promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	})
-	s.handle("GET /metrics", "metrics", !s.cfg.MetricsPublic, func(w http.ResponseWriter, r *http.Request) error {
+	metricsAccess := accessRead
+	if s.cfg.MetricsPublic {
+		metricsAccess = accessPublic
+	}
+	s.handle("GET /metrics", "metrics", metricsAccess, func(w http.ResponseWriter, r *http.Request) error {
 		scrape.ServeHTTP(w, r)
 		return nil
 	})
@@ -181,15 +196,35 @@ func (s *Server) routes() {
 // handlerFunc is an endpoint that may fail with an *Error.
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
-// handle mounts h at pattern: instrumented, and behind the token when auth.
-func (s *Server) handle(pattern, name string, auth bool, h handlerFunc) {
+// handle mounts h at pattern: instrumented, behind a token with the access
+// it needs, and (writes) audited.
+func (s *Server) handle(pattern, name string, need access, h handlerFunc) {
 	var next http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := h(w, r); err != nil {
-			s.writeErr(w, r, err)
+		if !isWrite(r) {
+			if err := h(w, r); err != nil {
+				s.writeErr(w, r, err)
+			}
+			return
 		}
+		entry := &auditEntry{}
+		r = r.WithContext(context.WithValue(r.Context(), auditKey{}, entry))
+		rec := &statusRecorder{ResponseWriter: w}
+		reason := ""
+		if err := h(rec, r); err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				reason = e.Message
+			}
+			s.writeErr(rec, r, err)
+		}
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		s.audit(r, identity(r.Context()), entry, status, reason)
 	})
-	if auth {
-		next = s.requireToken(next)
+	if need != accessPublic {
+		next = s.requireToken(need, next)
 	}
 	s.mux.Handle(pattern, s.instrument(name, next))
 }
@@ -379,6 +414,7 @@ func (s *Server) commit(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 		return res, &Error{Status: status, Message: message(res.Err)}
 	}
 	s.metrics.commits.WithLabelValues(commitOK).Inc()
+	auditOf(ctx).index = res.Index
 	if wait, ok := ctx.Value(waitKey{}).(time.Duration); ok && wait > 0 {
 		if err := s.waitApplied(ctx, res.Index, wait); err != nil {
 			return res, err
@@ -396,11 +432,11 @@ func validate(cmd fsm.Command) error {
 	return nil
 }
 
-// checkPort refuses a public port that is out of range or reserved on this
-// node. It runs before proposing, never in the FSM: nodes' reserved sets may
-// differ.
-func (s *Server) checkPort(port int) error {
-	if err := fsm.CheckPort(port, s.cfg.ReservedPorts); err != nil {
+// checkPort refuses a public port that is out of range, reserved on this
+// node, or any member's API, raft or gossip port. It runs on the leader
+// before proposing, never in the FSM: nodes' reserved sets may differ.
+func (s *Server) checkPort(port int, eps []Endpoint) error {
+	if err := fsm.CheckPort(port, s.reservedPorts(eps)); err != nil {
 		return badRequest(err)
 	}
 	return nil

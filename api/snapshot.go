@@ -22,6 +22,9 @@ type snapshotRestored struct {
 // leader's with ?consistent=true) in fsm's versioned snapshot format, as a
 // JSON attachment that POST /v1/snapshot takes back.
 func (s *Server) handleSnapshotSave(w http.ResponseWriter, r *http.Request) error {
+	if tok := identity(r.Context()); tok != nil && tok.Role == RoleRegister {
+		return forbidden("a snapshot holds every token's backends: it needs an admin or read token, and %s has role register", tok.Name)
+	}
 	st := s.currentState()
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
@@ -57,15 +60,35 @@ func (s *Server) handleSnapshotRestore(w http.ResponseWriter, r *http.Request) e
 		return badRequest(err)
 	}
 	routes := st.Routes()
+	eps := s.endpoints()
+	reserved := s.reservedPorts(eps)
 	for _, rt := range routes {
-		if err := fsm.CheckPort(rt.Port, s.cfg.ReservedPorts); err != nil {
+		if err := fsm.CheckPort(rt.Port, reserved); err != nil {
 			return errorf(http.StatusBadRequest, "route %s: %s", strconv.Quote(rt.Name), message(err))
 		}
+		if err := s.checkBackends(rt.Backends, nil, eps); err != nil {
+			return errorf(http.StatusBadRequest, "route %s: %s", strconv.Quote(rt.Name), err.(*Error).Message)
+		}
+		if len(rt.Backends) > s.cfg.Limits.MaxBackendsPerRoute {
+			return errorf(http.StatusBadRequest, "route %s has %d backends, above the limit of %d (limits.max_backends_per_route)",
+				strconv.Quote(rt.Name), len(rt.Backends), s.cfg.Limits.MaxBackendsPerRoute)
+		}
+		for _, b := range rt.Backends {
+			if b.TTL > s.cfg.Limits.MaxTTL {
+				return errorf(http.StatusBadRequest, "route %s: backend %s has a ttl of %s, above the limit of %s (limits.max_ttl)",
+					strconv.Quote(rt.Name), b.Key(), b.TTL, s.cfg.Limits.MaxTTL)
+			}
+		}
+	}
+	if len(routes) > s.cfg.Limits.MaxRoutes || st.BackendCount() > s.cfg.Limits.MaxBackends {
+		return errorf(http.StatusBadRequest, "snapshot holds %d routes and %d backends, above the limits of %d and %d (limits.max_routes, limits.max_backends)",
+			len(routes), st.BackendCount(), s.cfg.Limits.MaxRoutes, s.cfg.Limits.MaxBackends)
 	}
 	cmd := &fsm.ReplaceTable{Routes: routes}
 	if err := validate(cmd); err != nil {
 		return err
 	}
+	noteChange(r.Context(), cmd)
 	res, err := s.commit(r.Context(), cmd)
 	if err != nil {
 		return err

@@ -141,7 +141,8 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) error {
 // handleReadyz answers readiness: HAProxy runs and runs a config at least as
 // new as this node's route table. A load balancer (or the floating-IP owner
 // check) should send traffic only to ready nodes. A witness runs no HAProxy:
-// it is ready when it sees a raft leader.
+// it is ready when it sees a raft leader. The answer is public, so it says
+// ready or not and a fixed reason, never an internal error text.
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) error {
 	if reason := notReady(s.status()); reason != "" {
 		writeText(w, http.StatusServiceUnavailable, "not ready: "+reason)
@@ -166,15 +167,13 @@ func notReady(st Status) string {
 	case st.UnknownCommands > 0:
 		return fmt.Sprintf("this node skipped %d log entries written by a newer drawbridge: its table may differ from the cluster's; upgrade it", st.UnknownCommands)
 	case len(hp.FailedPorts) > 0 && hp.ServedIndex >= index:
-		f := hp.FailedPorts[0]
-		return fmt.Sprintf("haproxy serves index %d except %d route(s) it holds back, e.g. port %d (%s): %s",
-			hp.ServedIndex, len(hp.FailedPorts), f.Port, f.Name, f.Error)
+		// The port, not HAProxy's error text: that stays in /v1/status.
+		return fmt.Sprintf("haproxy serves index %d except %d route(s) it holds back, e.g. port %d (details in /v1/status)",
+			hp.ServedIndex, len(hp.FailedPorts), hp.FailedPorts[0].Port)
 	case hp.AppliedIndex < index:
-		reason := fmt.Sprintf("haproxy runs the config of index %d, behind state index %d", hp.AppliedIndex, index)
-		if hp.LastError != "" {
-			reason += " (last error: " + hp.LastError + ")"
-		}
-		return reason
+		// Only the fact: HAProxy's own errors (paths, alerts) stay in
+		// /v1/status, behind a token.
+		return "haproxy is behind the route table"
 	}
 	return ""
 }

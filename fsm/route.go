@@ -119,7 +119,13 @@ type Route struct {
 	// hook, the sidecar) rather than by PUT. An implicit route is removed when
 	// its last backend goes, by deregistration or lease expiry; an explicit
 	// one stays until it is deleted.
-	Implicit bool      `json:"implicit,omitempty"`
+	Implicit bool `json:"implicit,omitempty"`
+	// Token is the name of the API token that owns the route: the one that
+	// created it (or last replaced it with PUT). A register token may change
+	// only the routes it owns. Empty: made before scoped tokens, or
+	// restored from a snapshot without owners; only an admin may change it.
+	// Stamped by the leader into the command, so every node records the same.
+	Token    string    `json:"token,omitempty"`
 	Backends []Backend `json:"backends"`
 }
 
@@ -217,6 +223,11 @@ func (r *Route) Validate() error {
 	}
 	if err := ValidateName("name", r.Name); err != nil {
 		return err
+	}
+	if r.Token != "" {
+		if err := ValidateName("token", r.Token); err != nil {
+			return err
+		}
 	}
 	if r.Mode != ModeTCP {
 		return invalid("mode %q not supported (only tcp)", truncate(r.Mode))
