@@ -341,6 +341,9 @@ type Deps struct {
 	// Peers removes raft voters (POST /v1/raft/remove-peer). nil: the
 	// endpoint answers 501.
 	Peers PeerRemover
+	// Leases is the leader's mass-expiry guard, for GET /v1/leases and
+	// POST /v1/leases/release. nil: nothing is ever held back.
+	Leases LeaseGuard
 	// ForwardClient carries requests forwarded to the leader; the agent gives it
 	// the TLS configuration peers' APIs need. nil means NewForwardClient(nil).
 	// Each forwarded request carries its own deadline, so the client needs

@@ -347,3 +347,29 @@ func TestMetricsNeedAToken(t *testing.T) {
 		t.Fatalf("public metrics: %d", rec.Code)
 	}
 }
+
+// fakeGuard is a LeaseGuard holding two backends back until released.
+type fakeGuard struct{ held api.HeldLeases }
+
+func (g *fakeGuard) HeldLeases() api.HeldLeases { return g.held }
+func (g *fakeGuard) ReleaseHeld() (api.HeldLeases, error) {
+	if !g.held.Held {
+		return api.HeldLeases{}, api.ErrNothingHeld
+	}
+	h := g.held
+	g.held = api.HeldLeases{}
+	return h, nil
+}
+
+func TestLeaseGuardEndpoints(t *testing.T) {
+	g := &fakeGuard{held: api.HeldLeases{Held: true, Expired: 2, Total: 3, Backends: []api.HeldLease{
+		{Port: 8080, Route: "a", Backend: "10.0.0.1:1"}, {Port: 8081, Route: "b", Backend: "10.0.0.2:1"}}}}
+	e := newEnvDeps(t, func(d *api.Deps) { d.Leases = g }, scoped)
+	e.req(readSecret, 200, http.MethodGet, "/v1/leases", "", `"backend":"10.0.0.1:1"`)
+	e.req(gameSecret, 403, http.MethodPost, "/v1/leases/release", "", "needs an admin token")
+	e.req(adminSecret, 200, http.MethodPost, "/v1/leases/release", "", `"expired":2`)
+	e.req(adminSecret, 404, http.MethodPost, "/v1/leases/release", "", "holds nothing back")
+	if !strings.Contains(e.logs.String(), `change="release-held-leases expired=2 total=3"`) {
+		t.Fatal("release not audited")
+	}
+}

@@ -47,6 +47,7 @@ type Server struct {
 	cluster     ClusterSource      // nil: a cluster of one
 	admitter    Admitter           // nil: every write fits
 	peers       PeerRemover        // nil: membership is not changed here
+	leases      LeaseGuard         // nil: no lease reaper
 	client      *http.Client       // forwards to the leader
 	log         *slog.Logger
 	now         func() time.Time
@@ -89,6 +90,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		cluster:     deps.Cluster,
 		admitter:    deps.Admitter,
 		peers:       deps.Peers,
+		leases:      deps.Leases,
 		client:      deps.ForwardClient,
 		log:         deps.Logger,
 		now:         deps.Now,
@@ -170,6 +172,9 @@ func (s *Server) routes() {
 	s.handle("GET /v1/cluster", "cluster", accessRead, s.handleCluster)
 	// Changing raft membership is an operator's act: admin tokens only.
 	s.handle("POST /v1/raft/remove-peer", "raft_remove_peer", accessAdmin, s.writeEndpoint(body, s.handleRemovePeer))
+	// The guard lives on the leader: both are forwarded to it.
+	s.handle("GET /v1/leases", "leases", accessRead, s.writeEndpoint(0, s.handleLeases))
+	s.handle("POST /v1/leases/release", "leases_release", accessAdmin, s.writeEndpoint(body, s.handleReleaseLeases))
 
 	s.handle("GET /healthz", "healthz", accessPublic, s.handleHealthz)
 	s.handle("GET /readyz", "readyz", accessPublic, s.handleReadyz)

@@ -89,8 +89,19 @@ type DeregisterBackend struct {
 
 // ExpireLeases removes every backend whose lease ended at or before Now. Now is
 // stamped by the leader when it proposes the command; Apply never reads a clock.
+// When Only is set, just those backends are removed (each only if its lease
+// ended by Now): the leader gives each backend its own grace after an
+// election, so one long lease never holds back the others.
 type ExpireLeases struct {
-	Now time.Time `json:"now"`
+	Now  time.Time  `json:"now"`
+	Only []LeaseRef `json:"only,omitempty"`
+}
+
+// LeaseRef names one backend of one route.
+type LeaseRef struct {
+	Port        int    `json:"port"`
+	Address     string `json:"address"`
+	BackendPort int    `json:"backend_port"`
 }
 
 // Type implements Command.
@@ -199,7 +210,7 @@ func Decode(data []byte) (Command, error) {
 	raw := CommandType(data[0])
 	typ, version := raw&^IgnoreUnknownFlag, data[1]
 	spec, ok := lookup(typ)
-	if !ok || version != spec.version {
+	if !ok || version < spec.oldest || version > spec.version {
 		return nil, &UnknownCommandError{Type: typ, Version: version, Ignorable: raw&IgnoreUnknownFlag != 0}
 	}
 	c, err := spec.decode(data[2:])
@@ -281,6 +292,13 @@ func (c *ExpireLeases) Validate() error {
 		return invalid("expire-leases needs a non-zero now")
 	}
 	c.Now = c.Now.UTC()
+	for i := range c.Only {
+		addr, err := CanonicalAddress(c.Only[i].Address)
+		if err != nil {
+			return err
+		}
+		c.Only[i].Address = addr
+	}
 	return nil
 }
 

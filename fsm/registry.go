@@ -28,8 +28,10 @@ var commands = map[CommandType]commandSpec{
 		(*State).registerBackend),
 	CmdDeregisterBackend: command("deregister-backend", payloadVersion, nil,
 		(*State).deregisterBackend),
-	CmdExpireLeases: command("expire-leases", payloadVersion, nil,
-		func(s *State, index uint64, c *ExpireLeases) (*State, Result) { return s.expireLeases(index, c.Now) }),
+	// Version 2 adds Only: a version-1 entry (no Only) applies as before.
+	CmdExpireLeases: command("expire-leases", 2,
+		func(c ExpireLeases) ExpireLeases { c.Only = append([]LeaseRef(nil), c.Only...); return c },
+		func(s *State, index uint64, c *ExpireLeases) (*State, Result) { return s.expireLeases(index, c.Now, c.Only) }),
 	CmdReplaceTable: command("replace-table", payloadVersion,
 		func(c ReplaceTable) ReplaceTable {
 			routes := make([]Route, len(c.Routes))
@@ -51,6 +53,13 @@ type commandSpec struct {
 	// including when Validate accepts less or more (fsm/DESIGN.md,
 	// "Validation inside Apply").
 	version uint8
+	// oldest is the oldest version this build still reads. Every version
+	// from oldest to version decodes with the same decoder and applies with
+	// today's rules, which is right only while the newer versions merely
+	// add fields whose absence applies exactly as the older version did
+	// (expire-leases 2 adds Only). A change to what existing fields mean
+	// needs a decoder of its own per version instead.
+	oldest uint8
 	// decode parses a payload into a fresh command (not validated).
 	decode func(payload []byte) (Command, error)
 	// clone deep-copies c so Apply neither mutates its argument nor keeps
@@ -71,6 +80,7 @@ func command[C any, P interface {
 	return commandSpec{
 		name:    name,
 		version: version,
+		oldest:  payloadVersion,
 		decode: func(payload []byte) (Command, error) {
 			p := P(new(C))
 			if err := json.Unmarshal(payload, p); err != nil {

@@ -291,11 +291,22 @@ func expired(b Backend, now time.Time) bool {
 }
 
 // expireLeases walks routes in port order (the slice is sorted), so every
-// node removes the same backends and routes.
-func (s *State) expireLeases(index uint64, now time.Time) (*State, Result) {
+// node removes the same backends and routes. With only set, just the
+// backends it names may go (the map is only looked up, never iterated).
+func (s *State) expireLeases(index uint64, now time.Time, only []LeaseRef) (*State, Result) {
+	var pick map[LeaseRef]bool
+	if len(only) > 0 {
+		pick = make(map[LeaseRef]bool, len(only))
+		for _, ref := range only {
+			pick[ref] = true
+		}
+	}
 	next := &State{Index: index, routes: make([]*Route, 0, len(s.routes))}
 	removed := 0
 	for _, r := range s.routes {
+		expired := func(b Backend, now time.Time) bool {
+			return expired(b, now) && (pick == nil || pick[LeaseRef{Port: r.Port, Address: b.Address, BackendPort: b.Port}])
+		}
 		n := 0
 		for _, b := range r.Backends {
 			if expired(b, now) {
