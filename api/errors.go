@@ -58,6 +58,7 @@ const (
 	commitConflict    = "conflict"
 	commitInvalid     = "invalid"
 	commitNotFound    = "not_found"
+	commitForbidden   = "forbidden"
 	commitUnavailable = "unavailable"
 	commitCapacity    = "capacity"
 	commitError       = "error"
@@ -73,6 +74,8 @@ func classify(err error) (status int, outcome string) {
 		return http.StatusConflict, commitConflict
 	case errors.Is(err, fsm.ErrNotFound):
 		return http.StatusNotFound, commitNotFound
+	case errors.Is(err, fsm.ErrForbidden):
+		return http.StatusForbidden, commitForbidden
 	case errors.Is(err, fsm.ErrUnknownCommand):
 		// The leader runs an older drawbridge than the node that proposed:
 		// temporary while a rolling upgrade completes.

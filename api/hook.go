@@ -111,7 +111,8 @@ func (s *Server) handleHook(w http.ResponseWriter, r *http.Request) error {
 	if req.action == hookDelete {
 		// No reserved-port check: removing what exists is always allowed,
 		// even if the port became reserved after the route was made.
-		cmd := &fsm.DeregisterBackend{Port: req.port, Name: req.name, Address: req.address, BackendPort: req.backendPort}
+		cmd := &fsm.DeregisterBackend{Port: req.port, Name: req.name, Address: req.address, BackendPort: req.backendPort,
+			Scope: scopeOf(identity(r.Context()))}
 		if err := s.authorizeDelete(r, req.port, req.name); err != nil {
 			return err
 		}

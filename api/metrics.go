@@ -49,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 	for _, r := range []string{authMissing, authInvalid, authForbidden, authLimited} {
 		m.authFailures.WithLabelValues(r)
 	}
-	for _, r := range []string{commitOK, commitConflict, commitInvalid, commitNotFound, commitUnavailable, commitCapacity} {
+	for _, r := range []string{commitOK, commitConflict, commitInvalid, commitNotFound, commitForbidden, commitUnavailable, commitCapacity} {
 		m.commits.WithLabelValues(r)
 	}
 	for _, r := range []string{forwardOK, forwardFailed, forwardNoLeader, forwardLoop} {

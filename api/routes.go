@@ -166,7 +166,7 @@ func (s *Server) handlePutRoute(w http.ResponseWriter, r *http.Request) error {
 		}
 		route.Backends = append(route.Backends, fsm.Backend{Address: b.Address, Port: b.Port, Owner: b.Owner})
 	}
-	cmd := &fsm.UpsertRoute{Route: route, Force: req.Force}
+	cmd := &fsm.UpsertRoute{Route: route, Force: req.Force, Scope: scopeOf(tok)}
 	if err := validate(cmd); err != nil {
 		return err
 	}
@@ -221,7 +221,7 @@ func (s *Server) handleDeleteRoute(w http.ResponseWriter, r *http.Request) error
 	if err := s.authorizeDelete(r, port, name); err != nil {
 		return err
 	}
-	cmd := &fsm.DeleteRoute{Port: port, Name: name}
+	cmd := &fsm.DeleteRoute{Port: port, Name: name, Scope: scopeOf(identity(r.Context()))}
 	if err := validate(cmd); err != nil {
 		return err
 	}
@@ -306,7 +306,8 @@ func (s *Server) handleDeregisterBackend(w http.ResponseWriter, r *http.Request)
 	if err := s.authorizeDelete(r, port, name); err != nil {
 		return err
 	}
-	cmd := &fsm.DeregisterBackend{Port: port, Name: name, Address: ap.Addr().String(), BackendPort: int(ap.Port())}
+	cmd := &fsm.DeregisterBackend{Port: port, Name: name, Address: ap.Addr().String(), BackendPort: int(ap.Port()),
+		Scope: scopeOf(identity(r.Context()))}
 	if err := validate(cmd); err != nil {
 		return err
 	}
@@ -331,6 +332,7 @@ func (s *Server) admitRegistration(r *http.Request, cmd *fsm.RegisterBackend) er
 	if cmd.Create != nil && tok != nil {
 		cmd.Create.Token = tok.Name
 	}
+	cmd.Scope = scopeOf(tok)
 	if err := validate(cmd); err != nil {
 		return err
 	}
@@ -375,6 +377,16 @@ func (s *Server) authorizeDelete(r *http.Request, port int, name string) error {
 		return nil // the FSM answers 404
 	}
 	return authorizeRoute(tok, port, name, existing)
+}
+
+// scopeOf is the Scope a command carries for tok: its name for a register
+// token (Apply then refuses to change a route it does not own), "" for an
+// admin.
+func scopeOf(tok *Token) string {
+	if tok != nil && tok.Role == RoleRegister {
+		return tok.Name
+	}
+	return ""
 }
 
 // hasBackend reports whether r already holds b (a refresh, not an add).

@@ -55,12 +55,19 @@ type Command interface {
 type UpsertRoute struct {
 	Route Route `json:"route"`
 	Force bool  `json:"force,omitempty"`
+	// Scope, when set, names the register token the command acts for: Apply
+	// refuses (ErrForbidden) to change a route another token owns. The
+	// leader checks it before proposing too; Apply makes it exact when two
+	// writes race for one port.
+	Scope string `json:"scope,omitempty"`
 }
 
 // DeleteRoute removes the route at Port. When Name is set it must match.
 type DeleteRoute struct {
 	Port int    `json:"port"`
 	Name string `json:"name,omitempty"`
+	// Scope: see UpsertRoute.Scope.
+	Scope string `json:"scope,omitempty"`
 }
 
 // RegisterBackend adds or refreshes one backend of the route at Port. When the
@@ -75,6 +82,8 @@ type RegisterBackend struct {
 	Name    string  `json:"name,omitempty"`
 	Backend Backend `json:"backend"`
 	Create  *Route  `json:"create,omitempty"`
+	// Scope: see UpsertRoute.Scope.
+	Scope string `json:"scope,omitempty"`
 }
 
 // DeregisterBackend removes one backend (Address:BackendPort) from the route
@@ -85,6 +94,8 @@ type DeregisterBackend struct {
 	Name        string `json:"name,omitempty"`
 	Address     string `json:"address"`
 	BackendPort int    `json:"backend_port"`
+	// Scope: see UpsertRoute.Scope.
+	Scope string `json:"scope,omitempty"`
 }
 
 // ExpireLeases removes every backend whose lease ended at or before Now. Now is
@@ -222,12 +233,26 @@ func Decode(data []byte) (Command, error) {
 
 // Validate implements Command. It checks the route and canonicalises it.
 func (c *UpsertRoute) Validate() error {
+	if err := validateScope(c.Scope); err != nil {
+		return err
+	}
 	return c.Route.Validate()
+}
+
+// validateScope checks a command's Scope (a token name, or empty).
+func validateScope(scope string) error {
+	if scope == "" {
+		return nil
+	}
+	return ValidateName("scope", scope)
 }
 
 // Validate implements Command.
 func (c *DeleteRoute) Validate() error {
 	if err := ValidatePort("port", c.Port); err != nil {
+		return err
+	}
+	if err := validateScope(c.Scope); err != nil {
 		return err
 	}
 	if c.Name != "" {
@@ -240,6 +265,9 @@ func (c *DeleteRoute) Validate() error {
 // fills an empty Name from Create.Name.
 func (c *RegisterBackend) Validate() error {
 	if err := ValidatePort("port", c.Port); err != nil {
+		return err
+	}
+	if err := validateScope(c.Scope); err != nil {
 		return err
 	}
 	if c.Name != "" {
@@ -270,6 +298,9 @@ func (c *RegisterBackend) Validate() error {
 // Validate implements Command. It canonicalises Address.
 func (c *DeregisterBackend) Validate() error {
 	if err := ValidatePort("port", c.Port); err != nil {
+		return err
+	}
+	if err := validateScope(c.Scope); err != nil {
 		return err
 	}
 	if c.Name != "" {

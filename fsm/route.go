@@ -53,6 +53,9 @@ var (
 	// ErrUnknownCommand means the entry was written by a newer drawbridge and
 	// this node cannot interpret it.
 	ErrUnknownCommand = errors.New("unknown command")
+	// ErrForbidden means a scoped command tried to change a route another
+	// token owns (HTTP 403).
+	ErrForbidden = errors.New("forbidden")
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)

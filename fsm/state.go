@@ -204,6 +204,19 @@ func portTaken(port int, owner string) error {
 	return fmt.Errorf("%w: port %d belongs to route %q", ErrPortTaken, port, owner)
 }
 
+// notOwner refuses a scoped command on a route scope does not own. Nil
+// when the command is not scoped or the route is scope's.
+func notOwner(scope string, r *Route) error {
+	if scope == "" || r == nil || r.Token == scope {
+		return nil
+	}
+	owner := "no token"
+	if r.Token != "" {
+		owner = "token " + r.Token
+	}
+	return fmt.Errorf("%w: route %q on port %d belongs to %s, not token %s", ErrForbidden, r.Name, r.Port, owner, scope)
+}
+
 func routeNotFound(port int) error {
 	return fmt.Errorf("%w: no route on port %d", ErrNotFound, port)
 }
@@ -221,6 +234,12 @@ func (s *State) replaceTable(index uint64, c *ReplaceTable) (*State, Result) {
 func (s *State) upsertRoute(index uint64, c *UpsertRoute) (*State, Result) {
 	r := c.Route // already a private, validated copy
 	r.Implicit = false
+	if err := notOwner(c.Scope, s.get(r.Port)); err != nil {
+		return nil, Result{Err: err}
+	}
+	if c.Scope != "" {
+		r.Token = c.Scope
+	}
 	if old := s.get(r.Port); old != nil && old.Name != r.Name && !c.Force {
 		return nil, Result{Err: portTaken(r.Port, old.Name)}
 	}
@@ -235,6 +254,9 @@ func (s *State) deleteRoute(index uint64, c *DeleteRoute) (*State, Result) {
 	case c.Name != "" && old.Name != c.Name:
 		return nil, Result{Err: portTaken(c.Port, old.Name)}
 	}
+	if err := notOwner(c.Scope, old); err != nil {
+		return nil, Result{Err: err}
+	}
 	return s.with(index, c.Port, nil), Result{Deleted: true}
 }
 
@@ -246,8 +268,13 @@ func (s *State) registerBackend(index uint64, c *RegisterBackend) (*State, Resul
 	case old == nil:
 		r = *c.Create // private, validated copy
 		r.Implicit = true
+		if c.Scope != "" {
+			r.Token = c.Scope
+		}
 	case c.Name != "" && old.Name != c.Name:
 		return nil, Result{Err: portTaken(c.Port, old.Name)}
+	case notOwner(c.Scope, old) != nil:
+		return nil, Result{Err: notOwner(c.Scope, old)}
 	default:
 		r = old.Clone()
 	}
@@ -271,6 +298,9 @@ func (s *State) deregisterBackend(index uint64, c *DeregisterBackend) (*State, R
 		return nil, Result{Err: routeNotFound(c.Port)}
 	case c.Name != "" && old.Name != c.Name:
 		return nil, Result{Err: portTaken(c.Port, old.Name)}
+	}
+	if err := notOwner(c.Scope, old); err != nil {
+		return nil, Result{Err: err}
 	}
 	key := Backend{Address: c.Address, Port: c.BackendPort}
 	i, found := slices.BinarySearchFunc(old.Backends, key, CompareBackends)
