@@ -120,7 +120,8 @@ func TestDebianPackage(t *testing.T) {
 		"/usr/bin/drawbridge":                    {"-rwxr-xr-x", "root/root"},
 		"/lib/systemd/system/drawbridge.service": {"-rw-r--r--", "root/root"},
 		"/etc/drawbridge/drawbridge.yaml":        {"-rw-r-----", "root/drawbridge"},
-		"/var/lib/drawbridge":                    {"drwxr-x---", "drawbridge/drawbridge"},
+		"/var/lib/drawbridge":                    {"drwx--x--x", "drawbridge/drawbridge"},
+		"/usr/share/drawbridge/systemd/vip.conf": {"-rw-r--r--", "root/root"},
 		"/usr/share/doc/drawbridge/copyright":    {"-rw-r--r--", "root/root"},
 	} {
 		if got, ok := entries[path]; !ok {
@@ -184,6 +185,10 @@ func canInstall(t *testing.T) {
 	userExisted := userErr == nil
 	_, groupErr := user.LookupGroup("drawbridge")
 	groupExisted := groupErr == nil
+	_, hUserErr := user.Lookup("drawbridge-haproxy")
+	hUserExisted := hUserErr == nil
+	_, hGroupErr := user.LookupGroup("drawbridge-haproxy")
+	hGroupExisted := hGroupErr == nil
 
 	t.Cleanup(func() {
 		cmd := exec.Command("dpkg", "--purge", "drawbridge")
@@ -201,6 +206,12 @@ func canInstall(t *testing.T) {
 		}
 		if !groupExisted {
 			exec.Command("groupdel", "drawbridge").Run()
+		}
+		if !hUserExisted {
+			exec.Command("userdel", "drawbridge-haproxy").Run()
+		}
+		if !hGroupExisted {
+			exec.Command("groupdel", "drawbridge-haproxy").Run()
 		}
 	})
 }
@@ -232,6 +243,18 @@ func installDeb(t *testing.T, deb string) {
 	if err != nil || g.Gid != u.Gid {
 		t.Errorf("drawbridge group %v (%v), want the user's primary group %s", g, err, u.Gid)
 	}
+	// HAProxy's own user: a system account with no login, whose group the
+	// agent's user joins to reach HAProxy's sockets.
+	hu, err := user.Lookup("drawbridge-haproxy")
+	if err != nil {
+		t.Fatalf("no drawbridge-haproxy user after install: %v", err)
+	}
+	if uid, _ := strconv.Atoi(hu.Uid); uid >= 1000 || uid == 0 || hu.Uid == u.Uid {
+		t.Errorf("drawbridge-haproxy uid %s: want a system uid of its own", hu.Uid)
+	}
+	if groups := run(t, "id", "-nG", "drawbridge"); !slices.Contains(strings.Fields(groups), "drawbridge-haproxy") {
+		t.Errorf("drawbridge is not in group drawbridge-haproxy: %s", groups)
+	}
 
 	stat := func(path string, mode os.FileMode, uid, gid string) {
 		t.Helper()
@@ -248,7 +271,7 @@ func installDeb(t *testing.T, deb string) {
 	stat("/usr/bin/drawbridge", 0o755, "0", "0")
 	stat("/lib/systemd/system/drawbridge.service", 0o644, "0", "0")
 	stat("/etc/drawbridge/drawbridge.yaml", 0o640, "0", g.Gid)
-	stat("/var/lib/drawbridge", 0o750, u.Uid, g.Gid)
+	stat("/var/lib/drawbridge", 0o711, u.Uid, g.Gid)
 
 	if out := run(t, "/usr/bin/drawbridge", "version"); strings.TrimSpace(out) != "drawbridge "+testVersion {
 		t.Errorf("drawbridge version: %q", out)

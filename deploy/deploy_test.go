@@ -245,22 +245,29 @@ func TestSystemdUnit(t *testing.T) {
 	const path = "systemd/drawbridge.service"
 	u := parseUnit(t, path)
 	want := map[string]string{
-		"User":                  "drawbridge",
-		"Group":                 "drawbridge",
-		"ExecStart":             "/usr/bin/drawbridge agent --config /etc/drawbridge/drawbridge.yaml",
-		"KillSignal":            "SIGTERM",
-		"KillMode":              "process", // HAProxy outlives the agent
-		"TimeoutStopSec":        "30s",
-		"Restart":               "on-failure",
-		"NoNewPrivileges":       "yes",
-		"ProtectSystem":         "strict",
-		"ProtectHome":           "yes",
-		"PrivateTmp":            "yes",
-		"ReadWritePaths":        "/var/lib/drawbridge",
-		"StateDirectory":        "drawbridge",
-		"LimitNOFILE":           "1048576",
-		"AmbientCapabilities":   "CAP_NET_BIND_SERVICE CAP_NET_ADMIN CAP_NET_RAW",
-		"CapabilityBoundingSet": "CAP_NET_BIND_SERVICE CAP_NET_ADMIN CAP_NET_RAW",
+		"User":            "drawbridge",
+		"Group":           "drawbridge",
+		"ExecStart":       "/usr/bin/drawbridge agent --config /etc/drawbridge/drawbridge.yaml",
+		"KillSignal":      "SIGTERM",
+		"KillMode":        "process", // HAProxy outlives the agent
+		"TimeoutStopSec":  "30s",
+		"Restart":         "on-failure",
+		"NoNewPrivileges": "yes",
+		"ProtectSystem":   "strict",
+		"ProtectHome":     "yes",
+		"PrivateTmp":      "yes",
+		"ReadWritePaths":  "/var/lib/drawbridge",
+		"StateDirectory":  "drawbridge",
+		"LimitNOFILE":     "1048576",
+		// Only what the agent and the digitalocean provider need; the vip
+		// provider's CAP_NET_ADMIN and CAP_NET_RAW come from a drop-in.
+		"AmbientCapabilities":   "CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SYS_CHROOT CAP_KILL",
+		"CapabilityBoundingSet": "CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SYS_CHROOT CAP_KILL",
+		"SecureBits":            "noroot-locked",
+		"SystemCallFilter":      "~@mount @swap @reboot @raw-io @module @obsolete @cpu-emulation @debug",
+		"ProtectProc":           "invisible",
+		"ProcSubset":            "pid",
+		"StateDirectoryMode":    "0711",
 	}
 	for k, v := range want {
 		if got := u.get("Service", k); got != v {

@@ -47,7 +47,11 @@ type Config struct {
 	// reloads, serving their long-lived connections): above it the oldest
 	// are stopped first. 0 means no budget (hard-stop-after only).
 	OldWorkersMaxBytes uint64
-	Logger             *slog.Logger
+	// Isolation runs HAProxy as its own user, chrooted, with only the
+	// capabilities it needs (see isolation.go). The zero value runs it as
+	// the agent's user, with a scrubbed environment all the same.
+	Isolation Isolation
+	Logger    *slog.Logger
 	// Registerer receives the drawbridge_haproxy_* metrics; nil = none.
 	Registerer prometheus.Registerer
 }
@@ -196,6 +200,12 @@ func NewManager(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("haproxy: %w", err)
 	}
 	cfg.Settings = cfg.Settings.WithDefaults()
+	if cfg.Isolation.Chroot {
+		cfg.Settings.Chroot = cfg.chrootDir()
+	}
+	if cfg.isolated() {
+		cfg.Settings.SharedSockets = true
+	}
 	if !cfg.Settings.DynamicPorts.Empty() && cfg.Settings.MapFile == "" {
 		cfg.Settings.MapFile = filepath.Join(cfg.Dir, "dynamic.map")
 	}
@@ -252,6 +262,9 @@ func (m *Manager) Start(ctx context.Context) error {
 func (m *Manager) start(ctx context.Context) error {
 	if err := os.MkdirAll(m.cfg.Dir, 0o755); err != nil {
 		return fmt.Errorf("haproxy runtime dir: %w", err)
+	}
+	if err := m.prepareIsolation(); err != nil {
+		return err
 	}
 	m.opMu.Lock()
 	p, adopted := m.adopt(ctx)
@@ -1001,6 +1014,14 @@ func (m *Manager) writeTemp(cfg []byte) (string, error) {
 	f, err := os.CreateTemp(m.cfg.Dir, "haproxy.cfg.tmp-*")
 	if err != nil {
 		return "", err
+	}
+	if m.cfg.isolated() {
+		// HAProxy's own user reads it through the directory's group.
+		if err := f.Chmod(0o640); err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return "", err
+		}
 	}
 	if _, err := f.Write(cfg); err != nil {
 		f.Close()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -89,10 +88,17 @@ func (m *Manager) startMaster(ctx context.Context) (procInfo, error) {
 		return procInfo{}, fmt.Errorf("start haproxy: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(m.cfg.Bin, "-W", "-D",
-		"-S", m.sockPath+",mode,600",
+	sockMode := "600"
+	if m.cfg.isolated() {
+		sockMode = "660" // HAProxy's user owns it; the agent reaches it through the group
+	}
+	cmd, err := m.masterCommand("-W", "-D",
+		"-S", m.sockPath+",mode,"+sockMode,
 		"-p", m.pidPath,
 		"-f", m.cfgPath)
+	if err != nil {
+		return procInfo{}, fmt.Errorf("start haproxy: %w", err)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -67,6 +67,12 @@ type Settings struct {
 	// StatsSocket is the runtime API socket path (admin level, mode 600), an
 	// absolute path of [A-Za-z0-9._/-]. Empty renders none.
 	StatsSocket string
+	// SharedSockets renders the stats socket mode 660: HAProxy runs as its
+	// own user and the agent reaches the socket through the group.
+	SharedSockets bool
+	// Chroot, when set, is the empty directory workers chroot into after
+	// binding (an absolute path of [A-Za-z0-9._/-]).
+	Chroot string
 	// DynamicPorts is the port range served by one pre-bound frontend whose
 	// routes change through the runtime API without a reload (see
 	// dynamic.go). Empty disables it: every route gets its own frontend.
@@ -192,8 +198,15 @@ func render(s Settings, fes []Frontend, lay *layout, holes []int) (Rendered, *la
 	if s.MaxConn > 0 {
 		fmt.Fprintf(&b, "    maxconn %d\n", s.MaxConn)
 	}
+	if s.Chroot != "" {
+		fmt.Fprintf(&b, "    chroot %s\n", s.Chroot)
+	}
 	if s.StatsSocket != "" {
-		fmt.Fprintf(&b, "    stats socket %s mode 600 level admin\n", s.StatsSocket)
+		mode := "600"
+		if s.SharedSockets {
+			mode = "660"
+		}
+		fmt.Fprintf(&b, "    stats socket %s mode %s level admin\n", s.StatsSocket, mode)
 	}
 	b.WriteString("\ndefaults\n")
 	b.WriteString("    mode tcp\n")
@@ -286,6 +299,10 @@ func checkSettings(s Settings, reject func(string, ...any)) (Settings, string, b
 	if s.MaxConn < 0 || s.MaxConn > 10_000_000 {
 		reject("setting MaxConn %d out of range [0, 10000000]", s.MaxConn)
 		s.MaxConn = d.MaxConn
+	}
+	if s.Chroot != "" && (!socketRE.MatchString(s.Chroot) || strings.Contains(s.Chroot, "..")) {
+		reject("setting Chroot %q is not an absolute path of [A-Za-z0-9._/-]", s.Chroot)
+		s.Chroot = ""
 	}
 	if s.StatsSocket != "" && (!socketRE.MatchString(s.StatsSocket) || strings.Contains(s.StatsSocket, "..")) {
 		reject("setting StatsSocket %q is not an absolute path of [A-Za-z0-9._/-]", s.StatsSocket)

@@ -1,0 +1,187 @@
+package haproxy
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Isolation runs HAProxy, the process that faces the internet, with less
+// power than the agent that manages it. HAProxy is started through setpriv
+// (util-linux), which switches to Isolation's user and leaves HAProxy only
+// the capabilities it needs: CAP_NET_BIND_SERVICE (routes on ports below
+// 1024) and, with a chroot, CAP_SYS_CHROOT. Whatever else the agent holds
+// (CAP_NET_ADMIN and CAP_NET_RAW for the vip provider, CAP_SETUID and
+// CAP_SETGID to make the switch, CAP_KILL to stop old workers of another
+// user) stays with the agent. HAProxy's environment is always scrubbed to
+// PATH, isolated or not, so a token passed to the agent by environment
+// never reaches it.
+type Isolation struct {
+	// User and Group HAProxy runs as (names or numbers). Empty User: the
+	// agent's own user, and no switch.
+	User, Group string
+	// Chroot makes workers chroot into Dir/empty, an empty directory the
+	// agent creates (mode 0555, not writable by HAProxy's user).
+	Chroot bool
+	// Setpriv is the setpriv binary; default "setpriv" looked up in PATH.
+	Setpriv string
+}
+
+// haproxyEnv is the whole environment HAProxy gets.
+var haproxyEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+// Linux capability numbers (linux/capability.h).
+const (
+	capNetBindService = 10
+	capSysChroot      = 18
+)
+
+// isolated reports whether HAProxy runs as another user than the agent, so
+// its sockets and files must be shared with its group.
+func (c Config) isolated() bool { return c.Isolation.User != "" }
+
+// chrootDir is the empty directory workers chroot into ("" when off).
+func (c Config) chrootDir() string {
+	if !c.Isolation.Chroot {
+		return ""
+	}
+	return filepath.Join(c.Dir, "empty")
+}
+
+// prepareIsolation creates the chroot directory and, when HAProxy runs as
+// another user, hands Dir to its group: setgid (new files take the group)
+// and sticky (HAProxy cannot remove or rename the agent's files).
+func (m *Manager) prepareIsolation() error {
+	if dir := m.cfg.chrootDir(); dir != "" {
+		if err := os.MkdirAll(dir, 0o555); err != nil {
+			return fmt.Errorf("haproxy chroot: %w", err)
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("haproxy chroot: %w", err)
+		}
+		if len(entries) > 0 {
+			return fmt.Errorf("haproxy chroot %s must be empty", dir)
+		}
+		if err := os.Chmod(dir, 0o555); err != nil {
+			return fmt.Errorf("haproxy chroot: %w", err)
+		}
+	}
+	if !m.cfg.isolated() {
+		return nil
+	}
+	gid := -1
+	if m.cfg.Isolation.Group != "" {
+		g, err := lookupGroup(m.cfg.Isolation.Group)
+		if err != nil {
+			return err
+		}
+		gid = g
+	}
+	if gid >= 0 {
+		if err := os.Chown(m.cfg.Dir, -1, gid); err != nil {
+			return fmt.Errorf("give haproxy dir %s to group %s (the agent's user must be a member): %w", m.cfg.Dir, m.cfg.Isolation.Group, err)
+		}
+	}
+	if err := os.Chmod(m.cfg.Dir, 0o770|os.ModeSetgid|os.ModeSticky); err != nil {
+		return fmt.Errorf("haproxy dir: %w", err)
+	}
+	return nil
+}
+
+// masterCommand builds the command that starts the HAProxy master: haproxy
+// itself, or setpriv then haproxy when isolated, always with a scrubbed
+// environment.
+func (m *Manager) masterCommand(args ...string) (*exec.Cmd, error) {
+	var cmd *exec.Cmd
+	if !m.cfg.isolated() && !m.cfg.Isolation.Chroot {
+		cmd = exec.Command(m.cfg.Bin, args...)
+	} else {
+		setpriv := m.cfg.Isolation.Setpriv
+		if setpriv == "" {
+			setpriv = "setpriv"
+		}
+		bin, err := exec.LookPath(setpriv)
+		if err != nil {
+			return nil, fmt.Errorf("isolating haproxy needs setpriv (util-linux): %w", err)
+		}
+		caps := []string{"+net_bind_service"}
+		if m.cfg.Isolation.Chroot {
+			caps = append(caps, "+sys_chroot")
+		}
+		caps = keepHeld(caps)
+		set := "-all"
+		if len(caps) > 0 {
+			set += "," + strings.Join(caps, ",")
+		}
+		pre := []string{"--inh-caps=" + set, "--ambient-caps=" + set}
+		if u := m.cfg.Isolation.User; u != "" {
+			pre = append(pre, "--reuid="+u)
+			if g := m.cfg.Isolation.Group; g != "" {
+				pre = append(pre, "--regid="+g)
+			}
+			pre = append(pre, "--clear-groups")
+		}
+		pre = append(pre, "--", m.cfg.Bin)
+		cmd = exec.Command(bin, append(pre, args...)...)
+	}
+	cmd.Env = append([]string(nil), haproxyEnv...)
+	return cmd, nil
+}
+
+// keepHeld drops the capabilities ("+name") this process does not hold in
+// its permitted set: setpriv cannot pass on what the agent lacks, and
+// HAProxy then runs without it (ports below 1024 fail to bind, as they
+// would have anyway).
+func keepHeld(caps []string) []string {
+	prm, err := permittedCaps()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, c := range caps {
+		n := map[string]uint{"+net_bind_service": capNetBindService, "+sys_chroot": capSysChroot}[c]
+		if prm&(1<<n) != 0 {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// permittedCaps reads CapPrm from /proc/self/status.
+func permittedCaps() (uint64, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "CapPrm:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	return 0, fmt.Errorf("no CapPrm in /proc/self/status")
+}
+
+// lookupGroup resolves a group name or number from /etc/group.
+func lookupGroup(name string) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil {
+		return n, nil
+	}
+	b, err := os.ReadFile("/etc/group")
+	if err != nil {
+		return 0, fmt.Errorf("look up group %s: %w", name, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Split(strings.TrimSpace(line), ":")
+		if len(f) >= 3 && f[0] == name {
+			return strconv.Atoi(f[2])
+		}
+	}
+	return 0, fmt.Errorf("group %s does not exist (the drawbridge package creates drawbridge-haproxy)", name)
+}

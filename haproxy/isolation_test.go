@@ -1,0 +1,88 @@
+package haproxy
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
+)
+
+// procField returns a field of /proc/pid/status ("Uid", "CapEff").
+func procField(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
+}
+
+// HAProxy runs as its own user, chrooted, with a scrubbed environment and
+// only the capabilities it needs, whatever the agent holds; and it still
+// serves, reloads and is stopped by the agent.
+func TestIsolatedHAProxy(t *testing.T) {
+	testenv.Root(t, "switching HAProxy to another user")
+	testenv.Command(t, "setpriv", "util-linux")
+	t.Setenv("DRAWBRIDGE_API_TOKEN", "fake-secret-in-the-agent-env")
+	dir := t.TempDir()
+	// HAProxy's user must reach its directory.
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, dir)
+	cfg.Isolation = Isolation{User: "65534", Group: "65534", Chroot: true}
+	m := startManager(t, cfg)
+
+	backend := echoBackend(t, "hello through an isolated haproxy")
+	port := freePort(t)
+	for i := uint64(1); i <= 2; i++ { // a start, then a reload
+		m.Submit(i, []Frontend{route(port+int(i)-1, "web", backend)})
+		waitApplied(t, m, i)
+		if got, err := dialRead(port + int(i) - 1); err != nil || got != "hello through an isolated haproxy" {
+			t.Fatalf("through haproxy: %q, %v", got, err)
+		}
+	}
+	master := m.Status().MasterPID
+	workers := childrenOf(master)
+	if len(workers) == 0 {
+		t.Fatal("no worker")
+	}
+	for _, pid := range append([]int{master}, workers...) {
+		if uid := procField(t, pid, "Uid"); uid != "65534 65534 65534 65534" {
+			t.Errorf("pid %d runs as uid %s, want 65534", pid, uid)
+		}
+		// CAP_NET_BIND_SERVICE (10) and CAP_SYS_CHROOT (18) only: no
+		// CAP_NET_ADMIN, CAP_NET_RAW, CAP_SETUID or anything else root has.
+		for _, set := range []string{"CapPrm", "CapEff", "CapAmb"} {
+			if c := procField(t, pid, set); c != "0000000000040400" {
+				t.Errorf("pid %d %s = %s, want 0000000000040400", pid, set, c)
+			}
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(env), "fake-secret") || !strings.HasPrefix(string(env), "PATH=") {
+			t.Errorf("pid %d environment not scrubbed: %q", pid, env)
+		}
+	}
+	root, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(workers[len(workers)-1]), "root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if root != filepath.Join(dir, "empty") {
+		t.Errorf("worker root %s, want the chroot %s", root, filepath.Join(dir, "empty"))
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "empty")); len(entries) != 0 {
+		t.Errorf("chroot not empty: %v", entries)
+	}
+}
