@@ -1,6 +1,7 @@
 package haproxy
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -74,6 +75,12 @@ func TestIsolatedHAProxy(t *testing.T) {
 		if strings.Contains(string(env), "fake-secret") || !strings.HasPrefix(string(env), "PATH=") {
 			t.Errorf("pid %d environment not scrubbed: %q", pid, env)
 		}
+	}
+	// Under ProtectProc=invisible the agent cannot read an isolated
+	// worker's /proc; the memory budget then reads what the worker reports.
+	info, err := masterCommand(context.Background(), m.sockPath, "@!"+strconv.Itoa(workers[0])+" show info")
+	if err != nil || !strings.Contains(info, "PoolAlloc_MB: ") {
+		t.Errorf("show info of a worker lacks PoolAlloc_MB (%v):\n%s", err, info)
 	}
 	root, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(workers[len(workers)-1]), "root"))
 	if err != nil {

@@ -3,6 +3,7 @@ package haproxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -21,10 +22,11 @@ func processAlive(pid int) bool {
 	}
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
-		if os.IsNotExist(err) {
-			return false
-		}
-		return syscall.Kill(pid, 0) == nil
+		// Missing from /proc is not proof of death: under the unit's
+		// ProtectProc=invisible an isolated HAProxy (another user) is
+		// hidden. A signal 0 still tells: EPERM means it exists.
+		err := syscall.Kill(pid, 0)
+		return err == nil || errors.Is(err, syscall.EPERM)
 	}
 	st, _, ok := procStat(b)
 	return ok && st != 'Z' && st != 'X'

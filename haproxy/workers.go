@@ -73,6 +73,27 @@ func procRSS(pid int) uint64 {
 // workerQueryTimeout bounds asking one worker for its connections.
 const workerQueryTimeout = 500 * time.Millisecond
 
+// workerMemory is a worker's resident memory, or, when /proc hides it (an
+// isolated HAProxy under ProtectProc=invisible), the memory its pools hold
+// as the worker itself reports it (PoolAlloc_MB of show info).
+func (m *Manager) workerMemory(ctx context.Context, pid int) uint64 {
+	if rss := procRSS(pid); rss > 0 {
+		return rss
+	}
+	out, err := masterCommand(ctx, m.sockPath, "@!"+strconv.Itoa(pid)+" show info")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "PoolAlloc_MB: "); ok {
+			if mb, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err == nil {
+				return mb << 20
+			}
+		}
+	}
+	return 0
+}
+
 // workerConns asks worker pid, through the master CLI, how many
 // connections it holds (-1 when it does not answer).
 func workerConns(ctx context.Context, sock string, pid int) int {
@@ -132,10 +153,10 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 	var olds []old
 	for _, w := range p.Workers {
 		if w.Reloads == 0 {
-			cur += procRSS(w.PID)
+			cur += m.workerMemory(ctx, w.PID)
 			continue
 		}
-		olds = append(olds, old{pid: w.PID, reloads: w.Reloads, rss: procRSS(w.PID), conns: workerConns(ctx, m.sockPath, w.PID)})
+		olds = append(olds, old{pid: w.PID, reloads: w.Reloads, rss: m.workerMemory(ctx, w.PID), conns: workerConns(ctx, m.sockPath, w.PID)})
 	}
 	// Oldest first: the worker that survived the most reloads.
 	slices.SortFunc(olds, func(a, b old) int { return b.reloads - a.reloads })
