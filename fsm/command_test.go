@@ -227,8 +227,16 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if CommandType(data[0]) != tt.cmd.Type() || data[1] != payloadVersion {
-				t.Fatalf("header = %x, want type %d version %d", data[:2], tt.cmd.Type(), payloadVersion)
+			spec, _ := lookup(tt.cmd.Type())
+			if CommandType(data[0]) != tt.cmd.Type() || data[1] != spec.version {
+				t.Fatalf("header = %x, want type %d version %d", data[:2], tt.cmd.Type(), spec.version)
+			}
+			// An entry an older drawbridge wrote (version 1, without the
+			// fields later versions added) still decodes.
+			old := append([]byte(nil), data...)
+			old[1] = payloadVersion
+			if _, err := Decode(old); err != nil {
+				t.Errorf("version 1 entry: %v", err)
 			}
 			got, err := Decode(data)
 			if err != nil {
@@ -256,7 +264,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"unknown type", []byte{99, 1, '{', '}'}, &UnknownCommandError{Type: 99, Version: 1}, nil},
 		{"unknown type ignorable", []byte{99 | 0x80, 1, '{', '}'}, &UnknownCommandError{Type: 99, Version: 1, Ignorable: true}, nil},
 		{"type zero", []byte{0, 1, '{', '}'}, &UnknownCommandError{Type: 0, Version: 1}, nil},
-		{"unknown version", []byte{byte(CmdUpsertRoute), 2, '{', '}'}, &UnknownCommandError{Type: CmdUpsertRoute, Version: 2}, nil},
+		{"unknown version", []byte{byte(CmdUpsertRoute), 3, '{', '}'}, &UnknownCommandError{Type: CmdUpsertRoute, Version: 3}, nil},
+		{"version zero", []byte{byte(CmdUpsertRoute), 0, '{', '}'}, &UnknownCommandError{Type: CmdUpsertRoute, Version: 0}, nil},
 		{"unknown version ignorable", []byte{byte(CmdDeleteRoute) | 0x80, 7, 'x'}, &UnknownCommandError{Type: CmdDeleteRoute, Version: 7, Ignorable: true}, nil},
 		{"empty", nil, nil, ErrMalformed},
 		{"type only", []byte{1}, nil, ErrMalformed},

@@ -12,12 +12,14 @@ import (
 // (state.go), and one entry here. A type byte, once used, is never reused
 // and never renumbered: it is part of the log format.
 var commands = map[CommandType]commandSpec{
-	CmdUpsertRoute: command("upsert-route", payloadVersion,
+	// Version 2 of the route commands adds Scope and Route.Token (the
+	// owner token); a version-1 entry has neither and applies as before.
+	CmdUpsertRoute: command("upsert-route", 2,
 		func(c UpsertRoute) UpsertRoute { c.Route = c.Route.Clone(); return c },
 		(*State).upsertRoute),
-	CmdDeleteRoute: command("delete-route", payloadVersion, nil,
+	CmdDeleteRoute: command("delete-route", 2, nil,
 		(*State).deleteRoute),
-	CmdRegisterBackend: command("register-backend", payloadVersion,
+	CmdRegisterBackend: command("register-backend", 2,
 		func(c RegisterBackend) RegisterBackend {
 			if c.Create != nil {
 				r := c.Create.Clone()
@@ -26,13 +28,13 @@ var commands = map[CommandType]commandSpec{
 			return c
 		},
 		(*State).registerBackend),
-	CmdDeregisterBackend: command("deregister-backend", payloadVersion, nil,
+	CmdDeregisterBackend: command("deregister-backend", 2, nil,
 		(*State).deregisterBackend),
 	// Version 2 adds Only: a version-1 entry (no Only) applies as before.
 	CmdExpireLeases: command("expire-leases", 2,
 		func(c ExpireLeases) ExpireLeases { c.Only = append([]LeaseRef(nil), c.Only...); return c },
 		func(s *State, index uint64, c *ExpireLeases) (*State, Result) { return s.expireLeases(index, c.Now, c.Only) }),
-	CmdReplaceTable: command("replace-table", payloadVersion,
+	CmdReplaceTable: command("replace-table", 2,
 		func(c ReplaceTable) ReplaceTable {
 			routes := make([]Route, len(c.Routes))
 			for i, r := range c.Routes {

@@ -371,7 +371,13 @@ func (s *State) expireLeases(index uint64, now time.Time, only []LeaseRef) (*Sta
 // SnapshotFormat is the version of the snapshot encoding WriteSnapshot
 // produces. ReadSnapshot refuses any other, so a node never half-reads a
 // snapshot written by a newer drawbridge.
-const SnapshotFormat = 1
+//
+// Format 2 adds Route.Token (the owner token). A format-1 snapshot has no
+// owners and reads as it always did, so ReadSnapshot takes both.
+const SnapshotFormat = 2
+
+// oldestSnapshotFormat is the oldest format ReadSnapshot still reads.
+const oldestSnapshotFormat = 1
 
 // WriteSnapshot encodes s as one JSON object:
 // {"format":1,"index":N,"routes":[...]} followed by a newline. Routes are
@@ -403,7 +409,7 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	switch {
 	case file.Format == nil:
 		return nil, errors.New("read snapshot: not a drawbridge snapshot (no format field)")
-	case *file.Format != SnapshotFormat:
+	case *file.Format < oldestSnapshotFormat || *file.Format > SnapshotFormat:
 		return nil, fmt.Errorf("read snapshot: format %d is not supported (this drawbridge reads format %d; upgrade it)",
 			*file.Format, SnapshotFormat)
 	}
