@@ -34,6 +34,9 @@ if [ -z "${DRAWBRIDGE_API_TOKEN:-}" ]; then
 	DRAWBRIDGE_API_TOKEN=$(cat "$DIR/token")
 fi
 export DRAWBRIDGE_API_TOKEN
+# The walkthrough routes to a server on 127.0.0.1: allow loopback backends
+# (production agents refuse them).
+export DRAWBRIDGE_ROUTES_ALLOW_LOOPBACK_BACKENDS=true
 [ -s "$DIR/gossip.key" ] || { "$BIN" keygen > "$DIR/gossip.key"; chmod 600 "$DIR/gossip.key"; }
 TLS="$DIR/tls"
 [ -s "$TLS/ca.pem" ] || "$BIN" tls ca create --dir "$TLS" >/dev/null

@@ -44,16 +44,40 @@ DRAWBRIDGE_HAPROXY_BIND_ADDRESS, ...) and flags, later ones winning.
 				fmt.Fprintf(cmd.OutOrStdout(), "configuration is valid (node %s)\n", cfg.NodeName)
 				return nil
 			}
+			logger := newLogger(cfg.Log, cmd.ErrOrStderr()).With("node", cfg.NodeName)
 			a, err := agent.New(*cfg, agent.Deps{
-				Logger:  newLogger(cfg.Log, cmd.ErrOrStderr()).With("node", cfg.NodeName),
-				Stdout:  cmd.OutOrStdout(),
-				Version: version,
+				Logger:     logger,
+				Stdout:     cmd.OutOrStdout(),
+				Version:    version,
+				ConfigFile: configFileInUse(configFile),
+				ReloadConfig: func() (*agent.Config, error) {
+					return loadConfig(configFile, cmd.Flags())
+				},
 			})
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			// SIGHUP reloads the API tokens (config file and secret files)
+			// without a restart.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						if err := a.ReloadTokens(); err != nil {
+							logger.Error("SIGHUP: tokens not reloaded; the previous ones stay", "err", err)
+						} else {
+							logger.Info("SIGHUP: tokens reloaded")
+						}
+					}
+				}
+			}()
 			return a.Run(ctx)
 		},
 	}

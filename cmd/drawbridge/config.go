@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
@@ -26,7 +27,7 @@ var defaults = map[string]any{
 	"bootstrap_expect":                    0,
 	"api.addr":                            ":9000",
 	"api.token":                           "",
-	"api.tokens":                          []string{},
+	"api.tokens":                          []any{},
 	"api.token_file":                      "",
 	"api.legacy_header":                   "X-Funkypenguin-Token",
 	"api.tls_cert_file":                   "",
@@ -37,7 +38,7 @@ var defaults = map[string]any{
 	"api.hook_lease":                      "30m",
 	"api.hold_timeout":                    "7s",
 	"api.apply_timeout":                   "10s",
-	"api.metrics_public":                  true,
+	"api.metrics_public":                  false,
 	"raft.addr":                           ":9001",
 	"raft.advertise":                      "",
 	"raft.bootstrap":                      false,
@@ -72,7 +73,19 @@ var defaults = map[string]any{
 	"haproxy.timeout_server":              "1h",
 	"haproxy.dynamic_ports":               "30000-32767",
 	"haproxy.old_workers_max_mb":          256,
-	"routes.deny_ports":                   []string{},
+	"routes.deny_ports":                   []string{"22"},
+	"routes.backend_cidrs":                []string{},
+	"routes.allow_loopback_backends":      false,
+	"limits.max_routes":                   1000,
+	"limits.max_backends_per_route":       64,
+	"limits.max_backends":                 4000,
+	"limits.max_ttl":                      "24h",
+	"limits.rate":                         50,
+	"limits.burst":                        200,
+	"limits.max_snapshot_bytes":           4 << 20,
+	"haproxy.user":                        "",
+	"haproxy.group":                       "",
+	"haproxy.chroot":                      false,
 	"floating_ip.provider":                "none",
 	"floating_ip.address":                 "",
 	"floating_ip.interface":               "",
@@ -107,6 +120,8 @@ var devDefaults = map[string]any{
 	// Dev agents share 127.0.0.1: with a range each, several on one
 	// machine (tests, demos) would bind the same ports. Set it to try it.
 	"haproxy.dynamic_ports": "off",
+	// The README's local demo routes to a server on 127.0.0.1.
+	"routes.allow_loopback_backends": true,
 }
 
 // flagKeys maps agent flags to config keys.
@@ -130,6 +145,17 @@ var flagKeys = map[string]string{
 
 // defaultConfigFile is read when --config is not given and the file exists.
 const defaultConfigFile = "/etc/drawbridge/drawbridge.yaml"
+
+// configFileInUse is the file loadConfig reads for --config value flag.
+func configFileInUse(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if _, err := os.Stat(defaultConfigFile); err == nil {
+		return defaultConfigFile
+	}
+	return ""
+}
 
 // loadConfig builds the Config from defaults, file, env and flags, then
 // fills derived values and validates.
@@ -176,6 +202,7 @@ func loadConfig(configFile string, flags *pflag.FlagSet) (*agent.Config, error) 
 	hooks := mapstructure.ComposeDecodeHookFunc(
 		mapstructure.StringToTimeDurationHookFunc(),
 		stringToSliceHook,
+		stringToTokenHook,
 	)
 	if err := v.Unmarshal(&c, viper.DecodeHook(hooks), func(dc *mapstructure.DecoderConfig) {
 		dc.ErrorUnused = false
@@ -186,6 +213,9 @@ func loadConfig(configFile string, flags *pflag.FlagSet) (*agent.Config, error) 
 		if err := checkUnknownKeys(v); err != nil {
 			return nil, fmt.Errorf("config file %s: %w", configFile, err)
 		}
+	}
+	if err := checkTokenKeys(v.Get("api.tokens")); err != nil {
+		return nil, err
 	}
 	c.Fill()
 	if err := c.Validate(); err != nil {
@@ -224,6 +254,48 @@ func checkUnknownKeys(v *viper.Viper) error {
 	}
 	if len(unknown) > 0 {
 		return fmt.Errorf("unknown keys: %s", strings.Join(unknown, ", "))
+	}
+	return nil
+}
+
+// stringToTokenHook reads a bare string in api.tokens (or a comma-separated
+// DRAWBRIDGE_API_TOKENS) as a single-token secret: an admin token, as
+// api.token is.
+func stringToTokenHook(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() != reflect.String || to != reflect.TypeFor[agent.TokenConfig]() {
+		return data, nil
+	}
+	return agent.TokenConfig{Secret: strings.TrimSpace(data.(string))}, nil
+}
+
+// tokenKeys are the keys an api.tokens entry may have.
+var tokenKeys = map[string]bool{
+	"name": true, "role": true, "secret_file": true, "sha256": true, "ports": true,
+	"names": true, "backend_cidrs": true, "max_ttl": true, "rate": true, "burst": true,
+}
+
+// checkTokenKeys refuses unknown keys in api.tokens entries, so a typo in
+// a token's scope never silently widens it.
+func checkTokenKeys(raw any) error {
+	list, ok := raw.([]any)
+	if !ok {
+		return nil
+	}
+	for i, e := range list {
+		m, ok := e.(map[string]any)
+		if !ok {
+			continue
+		}
+		var unknown []string
+		for k := range m {
+			if !tokenKeys[strings.ToLower(k)] {
+				unknown = append(unknown, k)
+			}
+		}
+		if len(unknown) > 0 {
+			slices.Sort(unknown)
+			return fmt.Errorf("api.tokens[%d]: unknown keys: %s", i, strings.Join(unknown, ", "))
+		}
 	}
 	return nil
 }

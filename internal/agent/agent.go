@@ -46,6 +46,12 @@ type Deps struct {
 	Stdout io.Writer
 	// Version is reported in status, gossip metadata and logs.
 	Version string
+	// ConfigFile is the config file the Config came from ("" when none):
+	// its change reloads the API tokens.
+	ConfigFile string
+	// ReloadConfig loads the configuration again (file, environment,
+	// flags), for ReloadTokens; nil reloads only the token files.
+	ReloadConfig func() (*Config, error)
 }
 
 // Agent is one drawbridge node: the raft node and its route table, the
@@ -58,16 +64,21 @@ type Agent struct {
 	version string
 
 	// Prepared by New; nothing runs yet.
-	lock      *dirLock // the data directory's, held from New until stop
-	tokens    []string
-	reserved  fsm.PortRanges
-	gossipKey []byte
-	raftTLS   *tls.Config
-	forward   *http.Client
-	reg       *prometheus.Registry
-	table     *fsm.FSM
-	proxy     *haproxy.Manager // nil on a witness
-	info      *nodeInfo
+	lock         *dirLock // the data directory's, held from New until stop
+	tokens       []api.Token
+	reserved     fsm.PortRanges
+	policy       api.BackendPolicy
+	configFile   string
+	reloadConfig func() (*Config, error)
+	tokenMu      sync.Mutex  // serialises token reloads
+	server       *api.Server // set once the API is built
+	gossipKey    []byte
+	raftTLS      *tls.Config
+	forward      *http.Client
+	reg          *prometheus.Registry
+	table        *fsm.FSM
+	proxy        *haproxy.Manager // nil on a witness
+	info         *nodeInfo
 
 	// Started by Run, in this order; each is nil (false) until started,
 	// which is how stop knows what to stop.
@@ -106,11 +117,13 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		stdout = io.Discard
 	}
 	a := &Agent{
-		cfg:      cfg,
-		log:      logger,
-		version:  deps.Version,
-		shutdown: make(chan struct{}),
-		done:     make(chan struct{}),
+		cfg:          cfg,
+		log:          logger,
+		version:      deps.Version,
+		shutdown:     make(chan struct{}),
+		configFile:   deps.ConfigFile,
+		reloadConfig: deps.ReloadConfig,
+		done:         make(chan struct{}),
 	}
 	c := &a.cfg
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
@@ -128,7 +141,15 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			lock.release()
 		}
 	}()
-	if a.tokens, err = resolveTokens(c, stdout); err != nil {
+	tokens, legacy, err := buildTokens(c, stdout)
+	if err != nil {
+		return nil, err
+	}
+	a.tokens = tokens
+	if legacy > 0 {
+		logger.Warn(legacyWarning)
+	}
+	if a.policy, err = c.backendPolicy(); err != nil {
 		return nil, err
 	}
 	if a.reserved, err = c.reservedPorts(); err != nil {
@@ -304,18 +325,29 @@ func (a *Agent) start(ctx context.Context) error {
 	a.info.owner = owner
 
 	// 6. The API: build it and bind its listener.
+	reaper := cluster.NewLeaseReaper(cluster.LeaseConfig{
+		Interval:    cfg.Leases.Interval,
+		Grace:       cfg.Leases.Grace,
+		MaxFraction: cfg.Leases.MaxFraction,
+		Force:       cfg.Leases.Force,
+	}, node, time.Now, logger, a.reg)
 	server, err := api.New(api.Config{
-		Tokens:        a.tokens,
-		LegacyHeader:  cfg.API.LegacyHeader,
-		MaxBodyBytes:  cfg.API.MaxBodyBytes,
-		HookLease:     cfg.API.HookLease,
-		ReservedPorts: a.reserved,
-		ApplyTimeout:  cfg.API.ApplyTimeout,
-		TLSCertFile:   cfg.API.TLSCertFile,
-		TLSKeyFile:    cfg.API.TLSKeyFile,
-		MetricsPublic: cfg.API.MetricsPublic,
-		HoldTimeout:   holdTimeout(cfg.API.HoldTimeout),
+		ScopedTokens:     a.tokens,
+		LegacyHeader:     cfg.API.LegacyHeader,
+		MaxBodyBytes:     cfg.API.MaxBodyBytes,
+		MaxSnapshotBytes: cfg.Limits.MaxSnapshotBytes,
+		HookLease:        cfg.API.HookLease,
+		ReservedPorts:    a.reserved,
+		OwnEndpoints:     cfg.ownEndpoints(),
+		BackendPolicy:    a.policy,
+		Limits:           cfg.apiLimits(),
+		ApplyTimeout:     cfg.API.ApplyTimeout,
+		TLSCertFile:      cfg.API.TLSCertFile,
+		TLSKeyFile:       cfg.API.TLSKeyFile,
+		MetricsPublic:    cfg.metricsPublic(),
+		HoldTimeout:      holdTimeout(cfg.API.HoldTimeout),
 	}, api.Deps{
+		Leases:        leaseGuard{reaper},
 		Applier:       node,
 		State:         a.table,
 		Status:        a.info,
@@ -334,6 +366,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.tokenMu.Lock()
+	a.server = server
+	a.tokenMu.Unlock()
 	ln, err := net.Listen("tcp", cfg.API.Addr)
 	if err != nil {
 		return fmt.Errorf("listen for the API on %s: %w", cfg.API.Addr, err)
@@ -350,12 +385,8 @@ func (a *Agent) start(ctx context.Context) error {
 	if a.proxy != nil {
 		spawn(func(ctx context.Context) { feedHAProxy(ctx, node, a.table, a.proxy, logger) })
 	}
-	spawn(cluster.NewLeaseReaper(cluster.LeaseConfig{
-		Interval:    cfg.Leases.Interval,
-		Grace:       cfg.Leases.Grace,
-		MaxFraction: cfg.Leases.MaxFraction,
-		Force:       cfg.Leases.Force,
-	}, node, time.Now, logger, a.reg).Run)
+	spawn(reaper.Run)
+	spawn(a.watchTokenFiles)
 	spawn(cluster.NewReconciler(node, members, cfg.BootstrapExpect, logger).Run)
 	spawn(func(ctx context.Context) { members.RunRefresh(ctx, 100*time.Millisecond) })
 	spawn(func(ctx context.Context) { members.RunReconnect(ctx, time.Second) })
@@ -461,8 +492,13 @@ func newHAProxyManager(cfg *Config, logger *slog.Logger, reg prometheus.Register
 		OldWorkersMaxBytes: uint64(cfg.HAProxy.OldWorkersMaxMB) << 20,
 		QuietWindow:        cfg.HAProxy.QuietWindow,
 		MaxDelay:           cfg.HAProxy.MaxDelay,
-		Logger:             logger,
-		Registerer:         reg,
+		Isolation: haproxy.Isolation{
+			User:   cfg.HAProxy.User,
+			Group:  cfg.HAProxy.Group,
+			Chroot: cfg.HAProxy.Chroot,
+		},
+		Logger:     logger,
+		Registerer: reg,
 	})
 }
 
@@ -569,52 +605,34 @@ func Frontends(routes []fsm.Route) []haproxy.Frontend {
 	return out
 }
 
-// resolveTokens returns the API tokens. In --dev without any, one is
-// generated, stored in the data dir (mode 0600) and printed once.
-func resolveTokens(cfg *Config, stdout io.Writer) ([]string, error) {
-	tokens := append([]string(nil), cfg.API.Tokens...)
-	if cfg.API.TokenFile != "" {
-		b, err := os.ReadFile(cfg.API.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("read api.token_file: %w", err)
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "#") {
-				tokens = append(tokens, t)
-			}
-		}
-	}
-	for _, t := range tokens {
-		if len(t) < 16 {
-			return nil, errors.New("api token too short: use at least 16 characters (drawbridge keygen prints a good one)")
-		}
-	}
-	if len(tokens) > 0 {
-		return tokens, nil
-	}
-	if !cfg.Dev {
-		return nil, errors.New("no API token configured: set DRAWBRIDGE_API_TOKEN, api.token or api.token_file")
-	}
-	path := filepath.Join(cfg.DataDir, "dev-token")
-	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
-		fmt.Fprintf(stdout, "dev API token is in %s\n", path)
-		return []string{strings.TrimSpace(string(b))}, nil
-	}
-	t, err := newToken()
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(path, []byte(t+"\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("store dev token: %w", err)
-	}
-	fmt.Fprintf(stdout, "generated a dev API token (kept in %s):\n\n    export DRAWBRIDGE_API_TOKEN=%s\n\n", path, t)
-	return []string{t}, nil
-}
-
 func newToken() (string, error) {
 	b := make([]byte, 24)
 	if _, err := rand.Read(b); err != nil {
 		return "", fmt.Errorf("generate token: %w", err)
 	}
 	return hex.EncodeToString(b), nil
+}
+
+// leaseGuard adapts the lease reaper's mass-expiry guard to the API.
+type leaseGuard struct{ r *cluster.LeaseReaper }
+
+var _ api.LeaseGuard = leaseGuard{}
+
+func (g leaseGuard) HeldLeases() api.HeldLeases { return heldLeases(g.r.Held()) }
+
+func (g leaseGuard) ReleaseHeld() (api.HeldLeases, error) {
+	h, err := g.r.Release()
+	if errors.Is(err, cluster.ErrNothingHeld) {
+		return api.HeldLeases{}, api.ErrNothingHeld
+	}
+	return heldLeases(h), err
+}
+
+func heldLeases(h cluster.HeldLeases) api.HeldLeases {
+	out := api.HeldLeases{Held: !h.Since.IsZero(), Since: h.Since, Expired: h.Expired, Total: h.Total,
+		MaxFraction: h.MaxFraction, Backends: make([]api.HeldLease, 0, len(h.Backends))}
+	for _, b := range h.Backends {
+		out.Backends = append(out.Backends, api.HeldLease{Port: b.Port, Route: b.Route, Backend: b.Backend, ExpiredAt: b.ExpiredAt})
+	}
+	return out
 }

@@ -27,7 +27,7 @@ func witnessConfig(t *testing.T, dir string) Config {
 		Role:     cluster.RoleWitness,
 		API: APIConfig{
 			Addr:         testenv.FreeAddr(t),
-			Tokens:       []string{testToken},
+			Token:        testToken,
 			LegacyHeader: "X-Funkypenguin-Token",
 			ApplyTimeout: 5 * time.Second,
 		},
@@ -189,7 +189,7 @@ func TestShutdownBeforeRun(t *testing.T) {
 
 func TestNewRefusesWhatCannotStart(t *testing.T) {
 	cfg := witnessConfig(t, t.TempDir())
-	cfg.API.Tokens = []string{"short"}
+	cfg.API.Token = "short"
 	if _, err := New(cfg, Deps{}); err == nil {
 		t.Error("New accepted a 5-character token")
 	}

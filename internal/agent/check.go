@@ -4,12 +4,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/drawbridge-lb/drawbridge/api"
 	"github.com/drawbridge-lb/drawbridge/cluster"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
 )
@@ -42,6 +44,9 @@ func (c *Config) absPaths() {
 		&c.API.ForwardCAFile, &c.Raft.TLSCAFile, &c.Raft.TLSCertFile, &c.Raft.TLSKeyFile, &c.Gossip.KeyFile,
 		&c.FloatingIP.DigitalOcean.TokenFile} {
 		abs(p)
+	}
+	for i := range c.API.Tokens {
+		abs(&c.API.Tokens[i].SecretFile)
 	}
 	command(&c.HAProxy.Bin)
 	command(&c.FloatingIP.Exec.Command)
@@ -225,11 +230,13 @@ func (c *Config) CheckFiles() error {
 	return errors.Join(errs...)
 }
 
-// resolveTokensReadOnly is resolveTokens without the --dev generation (which
-// writes a file): a check never changes the data dir.
-func resolveTokensReadOnly(c *Config) ([]string, error) {
-	if c.Dev && len(c.API.Tokens) == 0 && c.API.TokenFile == "" {
+// resolveTokensReadOnly is buildTokens without the --dev generation (which
+// writes a file): a check never changes the data dir. It reads every token
+// and secret file the configuration names.
+func resolveTokensReadOnly(c *Config) ([]api.Token, error) {
+	if c.Dev && len(c.API.Tokens) == 0 && c.API.TokenFile == "" && c.API.Token == "" {
 		return nil, nil
 	}
-	return resolveTokens(c, nil)
+	tokens, _, err := buildTokens(c, io.Discard)
+	return tokens, err
 }

@@ -110,6 +110,9 @@ func TestCheckFilesOpensEveryFile(t *testing.T) {
 		want string
 	}{
 		{"token file", func(c *Config) { c.API.Tokens, c.API.TokenFile = nil, missing }, "read api.token_file: open " + missing},
+		{"scoped token's secret file", func(c *Config) {
+			c.API.Tokens = []TokenConfig{{Name: "grafana", Role: "read", SecretFile: missing}}
+		}, "token grafana: open " + missing},
 		{"gossip key file", func(c *Config) { c.Gossip.KeyFile = missing }, "gossip.key_file"},
 		{"api TLS pair", func(c *Config) { c.API.TLSCertFile, c.API.TLSKeyFile = missing, missing }, "api.tls_cert_file"},
 		{"raft TLS", func(c *Config) { c.Raft.TLSCAFile, c.Raft.TLSCertFile, c.Raft.TLSKeyFile = missing, missing, missing }, "raft.tls_key_file: open " + missing},

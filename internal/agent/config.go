@@ -14,6 +14,7 @@ import (
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
 
+	"github.com/drawbridge-lb/drawbridge/api"
 	"github.com/drawbridge-lb/drawbridge/cluster"
 	"github.com/drawbridge-lb/drawbridge/fsm"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
@@ -47,6 +48,7 @@ type Config struct {
 	HAProxy HAProxyConfig `mapstructure:"haproxy"`
 	Routes  RoutesConfig  `mapstructure:"routes"`
 	Leases  LeasesConfig  `mapstructure:"leases"`
+	Limits  LimitsConfig  `mapstructure:"limits"`
 	// FloatingIP configures the public address that moves between edge nodes.
 	FloatingIP FloatingIPConfig `mapstructure:"floating_ip"`
 	// Cluster is cluster-wide trust (see CheckTrust).
@@ -56,13 +58,16 @@ type Config struct {
 
 // APIConfig configures the HTTP API (webhook, REST, metrics).
 type APIConfig struct {
-	Addr         string   `mapstructure:"addr"`
-	Token        string   `mapstructure:"token"`
-	Tokens       []string `mapstructure:"tokens"`
-	TokenFile    string   `mapstructure:"token_file"`
-	LegacyHeader string   `mapstructure:"legacy_header"`
-	TLSCertFile  string   `mapstructure:"tls_cert_file"`
-	TLSKeyFile   string   `mapstructure:"tls_key_file"`
+	Addr string `mapstructure:"addr"`
+	// Token and TokenFile hold the single admin token of the recipe's
+	// sidecars (legacy: every writer shares it); Tokens are named, scoped
+	// tokens (see TokenConfig).
+	Token        string        `mapstructure:"token"`
+	Tokens       []TokenConfig `mapstructure:"tokens"`
+	TokenFile    string        `mapstructure:"token_file"`
+	LegacyHeader string        `mapstructure:"legacy_header"`
+	TLSCertFile  string        `mapstructure:"tls_cert_file"`
+	TLSKeyFile   string        `mapstructure:"tls_key_file"`
 	// Advertise is the URL other nodes forward writes to (default: scheme,
 	// the raft advertise host and the API port).
 	Advertise string `mapstructure:"advertise"`
@@ -144,6 +149,12 @@ type HAProxyConfig struct {
 	// reloads (serving their long-lived connections): above it the oldest
 	// are stopped. 0 turns it off (only hard_stop_after bounds them).
 	OldWorkersMaxMB int `mapstructure:"old_workers_max_mb"`
+	// User and Group HAProxy runs as (started through setpriv; the agent
+	// needs CAP_SETUID and CAP_SETGID). Empty: the agent's own user.
+	User  string `mapstructure:"user"`
+	Group string `mapstructure:"group"`
+	// Chroot makes HAProxy's workers chroot into an empty directory.
+	Chroot bool `mapstructure:"chroot"`
 }
 
 // DynamicRange parses haproxy.dynamic_ports ("off" and "" are empty).
@@ -159,6 +170,25 @@ type RoutesConfig struct {
 	// DenyPorts are ports (or "lo-hi" ranges) no route may use, on top of the
 	// node's own API, raft and gossip ports.
 	DenyPorts []string `mapstructure:"deny_ports"`
+	// BackendCIDRs, when set, are the only networks backends may be in.
+	BackendCIDRs []string `mapstructure:"backend_cidrs"`
+	// AllowLoopbackBackends admits loopback backends (local demos, make
+	// cluster); --dev sets it. Nothing admits link-local ones.
+	AllowLoopbackBackends bool `mapstructure:"allow_loopback_backends"`
+}
+
+// LimitsConfig bounds what writers can make the cluster hold (see api.Limits).
+type LimitsConfig struct {
+	MaxRoutes           int           `mapstructure:"max_routes"`
+	MaxBackendsPerRoute int           `mapstructure:"max_backends_per_route"`
+	MaxBackends         int           `mapstructure:"max_backends"`
+	MaxTTL              time.Duration `mapstructure:"max_ttl"`
+	// Rate and Burst: each token's request rate per second on each node
+	// (0 = no limit) and its bucket.
+	Rate  float64 `mapstructure:"rate"`
+	Burst int     `mapstructure:"burst"`
+	// MaxSnapshotBytes bounds POST /v1/snapshot.
+	MaxSnapshotBytes int64 `mapstructure:"max_snapshot_bytes"`
 }
 
 // FloatingIPConfig selects how the floating IP moves (see cluster/floatingip).
@@ -222,9 +252,6 @@ func (c *Config) Fill() {
 		c.HAProxy.Dir = filepath.Join(c.DataDir, "haproxy")
 	}
 	c.absPaths()
-	if c.API.Token != "" {
-		c.API.Tokens = append([]string{c.API.Token}, c.API.Tokens...)
-	}
 	if c.Role == roleWitness {
 		c.HAProxy.Dir = ""
 	}
@@ -383,6 +410,24 @@ func (c *Config) Validate() error {
 	}
 	if _, err := fsm.ParsePortRanges(c.Routes.DenyPorts); err != nil {
 		errs = append(errs, fmt.Errorf("routes.deny_ports: %w", err))
+	}
+	if _, err := api.ParseCIDRs(c.Routes.BackendCIDRs); err != nil {
+		errs = append(errs, fmt.Errorf("routes.backend_cidrs: %w", err))
+	}
+	for i, t := range c.API.Tokens {
+		if err := t.check(); err != nil {
+			errs = append(errs, fmt.Errorf("api.tokens[%d]: %w", i, err))
+		}
+	}
+	l := c.Limits
+	if l.MaxRoutes < 0 || l.MaxBackendsPerRoute < 0 || l.MaxBackends < 0 || l.MaxTTL < 0 || l.Rate < 0 || l.Burst < 0 || l.MaxSnapshotBytes < 0 {
+		errs = append(errs, errors.New("limits.* must not be negative"))
+	}
+	if l.MaxTTL > 0 && c.API.HookLease > l.MaxTTL {
+		errs = append(errs, fmt.Errorf("api.hook_lease %s is above limits.max_ttl %s", c.API.HookLease, l.MaxTTL))
+	}
+	if c.HAProxy.Group != "" && c.HAProxy.User == "" {
+		errs = append(errs, errors.New("haproxy.group needs haproxy.user"))
 	}
 	switch c.FloatingIP.Provider {
 	case "none", "":

@@ -225,6 +225,7 @@ func (s *nodeInfo) Cluster() api.ClusterStatus {
 			Voter:           voter,
 			RaftAddr:        m.Meta.RaftAddr,
 			APIURL:          m.Meta.APIURL,
+			GossipAddr:      m.Addr,
 			Version:         m.Meta.Version,
 			RaftIndex:       m.Meta.Index,
 			AppliedIndex:    m.Meta.Applied,

@@ -162,7 +162,9 @@ func startAgent(bin string, env ...string) (*agent, error) {
 func (a *agent) launch(bin string) error {
 	a.logs.Reset()
 	a.cmd = exec.Command(bin, a.args...)
-	a.cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token), a.env...)
+	// Benchmarks measure throughput: no per-token rate limit (a.env may
+	// set its own).
+	a.cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token, "DRAWBRIDGE_LIMITS_RATE=0"), a.env...)
 	a.cmd.Stdout, a.cmd.Stderr = &a.logs, &a.logs
 	return a.cmd.Start()
 }
