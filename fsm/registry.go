@@ -33,7 +33,9 @@ var commands = map[CommandType]commandSpec{
 	// Version 2 adds Only: a version-1 entry (no Only) applies as before.
 	CmdExpireLeases: command("expire-leases", 2,
 		func(c ExpireLeases) ExpireLeases { c.Only = append([]LeaseRef(nil), c.Only...); return c },
-		func(s *State, index uint64, c *ExpireLeases) (*State, Result) { return s.expireLeases(index, c.Now, c.Only) }),
+		func(s *State, index uint64, c *ExpireLeases) (*State, Result) {
+			return s.expireLeases(index, c.Now, c.Only)
+		}),
 	CmdReplaceTable: command("replace-table", 2,
 		func(c ReplaceTable) ReplaceTable {
 			routes := make([]Route, len(c.Routes))
