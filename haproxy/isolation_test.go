@@ -44,7 +44,7 @@ func TestIsolatedHAProxy(t *testing.T) {
 	m := startManager(t, cfg)
 
 	backend := echoBackend(t, "hello through an isolated haproxy")
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	for i := uint64(1); i <= 2; i++ { // a start, then a reload
 		m.Submit(i, []Frontend{route(port+int(i)-1, "web", backend)})
 		waitApplied(t, m, i)
