@@ -125,7 +125,7 @@ func TestLeaseReaperGraceIsPerBackend(t *testing.T) {
 			t.Fatalf("register: %v %v", err, res.Err)
 		}
 	}
-	r := NewLeaseReaper(LeaseConfig{Grace: 30 * time.Second, MaxFraction: 1}, n, clock.Now, testLogger(t), prometheus.NewRegistry())
+	r := NewLeaseReaper(LeaseConfig{Grace: 30 * time.Second, MaxFraction: 1}, n, clock.Now, testenv.Logger(t), prometheus.NewRegistry())
 	clock.Add(59 * time.Second)
 	if got := r.sweep(ctx, since); got != 0 {
 		t.Fatalf("expired %d inside the short lease's own grace", got)
@@ -153,7 +153,7 @@ func TestLeaseReaperGuardReportsAndReleases(t *testing.T) {
 			t.Fatalf("register: %v %v", err, res.Err)
 		}
 	}
-	r := NewLeaseReaper(LeaseConfig{MaxFraction: 0.5}, n, clock.Now, testLogger(t), prometheus.NewRegistry())
+	r := NewLeaseReaper(LeaseConfig{MaxFraction: 0.5}, n, clock.Now, testenv.Logger(t), prometheus.NewRegistry())
 	if _, err := r.Release(); err != ErrNothingHeld {
 		t.Fatalf("release with nothing held: %v", err)
 	}

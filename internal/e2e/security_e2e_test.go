@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 // Secrets of the scoped tokens (obviously fake).
@@ -173,7 +175,7 @@ func TestE2ESecurityAttacks(t *testing.T) {
 		t.Errorf("burst: %d ok, %d limited; want at least the burst of 5 ok and the rest 429", ok, limited)
 	}
 	// The bucket refills: the token writes again.
-	poll(t, 10*time.Second, "the burst token writes again once its bucket refills", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the burst token writes again once its bucket refills", func() bool {
 		code, _ := a.request("PUT", "/v1/routes/27050", burst, map[string]any{"name": "after"})
 		return code == 200
 	})
@@ -195,7 +197,7 @@ func TestE2ESecurityAttacks(t *testing.T) {
 	}
 
 	// Nothing refused reached HAProxy.
-	poll(t, 10*time.Second, "route 8080 rendered", func() bool { return strings.Contains(renderedConfig(t, a), "10.1.2.3:30808") })
+	testenv.Eventually(t, 10*time.Second, "route 8080 rendered", func() bool { return strings.Contains(renderedConfig(t, a), "10.1.2.3:30808") })
 	cfg := renderedConfig(t, a)
 	for _, bad := range []string{"169.254.", "fe80::", "127.0.0.1:22", fmt.Sprintf("127.0.0.1:%d", raft), "10.6.6.6", "8760h", "frontend fe_22\n"} {
 		if strings.Contains(cfg, bad) {
@@ -223,7 +225,7 @@ func TestE2ESecurityAttacks(t *testing.T) {
 	if err := os.WriteFile(unifiFile, []byte("fake-unifi-rotated-4444\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, 10*time.Second, "the rotated unifi secret replaces the old one", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the rotated unifi secret replaces the old one", func() bool {
 		old, _ := a.request("GET", "/v1/routes", unifi, nil)
 		fresh, _ := a.request("GET", "/v1/routes", tokenHeader("fake-unifi-rotated-4444"), nil)
 		return old == 403 && fresh == 200
@@ -241,7 +243,7 @@ func TestE2ESecurityAttacks(t *testing.T) {
 	f.WriteAt([]byte(updated), 0)
 	f.Close()
 	a.signal(syscall.SIGHUP, 0)
-	poll(t, 10*time.Second, "the late read token works after SIGHUP", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the late read token works after SIGHUP", func() bool {
 		code, _ := a.request("GET", "/v1/routes", tokenHeader(lateSecret), nil)
 		return code == 200
 	})
@@ -255,7 +257,7 @@ func TestE2ESecurityLegacySidecar(t *testing.T) {
 	requireHAProxy(t)
 	a := startDevAgent(t)
 	be := startBackend(t, "recipe-backend")
-	fport := freePort(t)
+	fport := testenv.FreePort(t)
 	legacy := map[string]string{"X-Funkypenguin-Token": testToken}
 	payload := map[string]any{
 		"name": "unifi-adoption", "frontend-port": fmt.Sprint(fport),
@@ -264,12 +266,12 @@ func TestE2ESecurityLegacySidecar(t *testing.T) {
 	if code, body := a.request("POST", "/hooks/update-haproxy", legacy, payload); code != 200 {
 		t.Fatalf("the recipe's sidecar request: %d %s", code, body)
 	}
-	poll(t, 10*time.Second, "route live through HAProxy", func() bool {
+	testenv.Eventually(t, 10*time.Second, "route live through HAProxy", func() bool {
 		got, err := dialRead(fmt.Sprintf("127.0.0.1:%d", fport))
 		return err == nil && got == "recipe-backend"
 	})
 	raft := raftPort(t, a)
-	code, body := a.request("POST", "/hooks/update-haproxy", legacy, hookPayload("raft", freePort(t), raft, "127.0.0.1", "add"))
+	code, body := a.request("POST", "/hooks/update-haproxy", legacy, hookPayload("raft", testenv.FreePort(t), raft, "127.0.0.1", "add"))
 	if code != 400 || !strings.Contains(string(body), "raft port") {
 		t.Fatalf("loopback backend on the node's raft port: %d %s", code, body)
 	}
