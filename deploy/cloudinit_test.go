@@ -557,6 +557,11 @@ func TestPeersScript(t *testing.T) {
 		if cfg.FloatingIP.Address != fakeReservedIP || cfg.NodeName != nodes[0].name {
 			t.Errorf("other keys were not kept: %+v", cfg)
 		}
+		// The agent gets its droplet id here: it never reaches the metadata
+		// service, which only root may.
+		if id := cfg.FloatingIP.DigitalOcean.DropletID; id == nil || *id != 101 {
+			t.Errorf("droplet_id = %v, want 101 from the metadata service", id)
+		}
 		if st, err := os.Stat(cfgPath); err != nil || st.Mode().Perm() != 0o640 {
 			t.Errorf("mode after rewrite: %v %v, want 0640 kept", st.Mode(), err)
 		}

@@ -395,6 +395,11 @@ func firstbootDeb(t *testing.T, deb string) {
 		if strings.HasPrefix(w.Path, "/usr/local/sbin/") {
 			continue // drawbridge-peers: stubbed
 		}
+		if strings.HasPrefix(w.Path, "/etc/systemd/") {
+			// Written as cloud-init would, removed afterwards: systemctl
+			// is stubbed, so this machine never runs it.
+			t.Cleanup(func() { os.Remove(w.Path) })
+		}
 		mode, err := strconv.ParseUint(w.Permissions, 8, 32)
 		if err != nil || w.Owner != "root:root" {
 			t.Fatalf("%s: permissions %q owner %q", w.Path, w.Permissions, w.Owner)
@@ -502,6 +507,7 @@ func firstbootDeb(t *testing.T, deb string) {
 	for _, want := range []string{
 		"systemctl disable --now haproxy.service",
 		"drawbridge-peers --config /etc/drawbridge/drawbridge.yaml --token-file /etc/drawbridge/do-token --tag drawbridge --vpc " + fakeVPCID + " --expect 3",
+		"systemctl enable --now drawbridge-metadata-guard.service",
 		"systemctl enable drawbridge.service",
 		"systemctl restart drawbridge.service",
 	} {

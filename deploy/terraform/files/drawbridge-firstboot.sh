@@ -68,6 +68,13 @@ done
 
 drawbridge-peers --config "$config" --token-file /etc/drawbridge/do-token \
 	--tag "$tag" --vpc "$vpc" --expect "$expect"
+
+# From here on only root reaches the metadata service (its user data holds
+# every secret cloud-init wrote); drawbridge-peers, above, was the last
+# step that needed it, and it gave the agent its droplet id.
+log "blocking the metadata service for every user but root"
+systemctl daemon-reload
+systemctl enable --now drawbridge-metadata-guard.service
 # As the user the unit runs the agent as: every file the config names must
 # be readable by it, not only by root.
 runuser -u drawbridge -- drawbridge agent --check-config --config "$config"

@@ -129,8 +129,16 @@ def wait_for_peers(args, token, self_id, deadline):
         time.sleep(max(0.0, min(5.0, deadline - time.time())))
 
 
-def fill(cfg, ip, peers):
-    """Set join and the addresses in cfg (a dict loaded from the YAML file)."""
+def fill(cfg, ip, peers, droplet_id=None):
+    """Set join and the addresses in cfg (a dict loaded from the YAML file),
+    and the droplet id the digitalocean provider needs: the agent never asks
+    the metadata service itself, which only root may reach."""
+    fip = cfg.get("floating_ip") or {}
+    if droplet_id is not None and fip.get("provider") == "digitalocean":
+        do = fip.get("digitalocean") or {}
+        do["droplet_id"] = droplet_id
+        fip["digitalocean"] = do
+        cfg["floating_ip"] = fip
     ports = {s: listen_port(cfg, s) for s in DEFAULT_PORTS}
     api = cfg.setdefault("api", {}) or {}
     cfg["api"] = api
@@ -192,7 +200,7 @@ def main(argv=None):
         deadline = time.time() + args.timeout
         self_id, ip = self_identity(args.metadata_url.rstrip("/"), deadline)
         peers = wait_for_peers(args, token, self_id, deadline)
-        write_atomic(args.config, fill(cfg, ip, peers))
+        write_atomic(args.config, fill(cfg, ip, peers, self_id))
     except (Fatal, OSError, yaml.YAMLError) as e:
         log("error: %s" % e)
         return 1
