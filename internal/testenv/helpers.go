@@ -3,6 +3,7 @@ package testenv
 import (
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -10,27 +11,40 @@ import (
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago, for
 // programs that take a port number rather than a listener. Prefer handing a
-// ":0" listener to the code under test where it accepts one.
+// ":0" listener to the code under test where it accepts one. A port is
+// handed out once per test process: the kernel may offer a port it just
+// gave back, and two agents of one test given the same port would fail.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		portsMu.Lock()
+		taken := portsGiven[port]
+		portsGiven[port] = true
+		portsMu.Unlock()
+		if !taken {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	tb.Fatal("no port on 127.0.0.1 that this process has not handed out already")
+	return 0
 }
 
 // FreeAddr returns "127.0.0.1:port" for a port from [FreePort].
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(tb)))
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // PollInterval is how often [Eventually] checks its condition.
 const PollInterval = 10 * time.Millisecond

@@ -54,3 +54,14 @@ func TestConfigPathsAndRelocate(t *testing.T) {
 		t.Errorf("Relocate:\n%s", r)
 	}
 }
+
+func TestFreePortNeverRepeats(t *testing.T) {
+	seen := map[int]bool{}
+	for range 200 {
+		p := FreePort(t)
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+	}
+}
