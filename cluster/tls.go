@@ -14,6 +14,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/drawbridge-lb/drawbridge/internal/tlsutil"
 )
 
 // Mutual TLS for the raft transport.
@@ -223,13 +225,9 @@ func (r *tlsReloader) stamps() ([3]fileStamp, error) {
 // the certificate and the certificate chains to the CA, so a misconfigured
 // node fails at start rather than at its first handshake.
 func loadTLSMaterial(f TLSFiles) (*tlsMaterial, error) {
-	caPEM, err := os.ReadFile(f.CAFile)
+	pool, err := tlsutil.CAPool(f.CAFile)
 	if err != nil {
-		return nil, fmt.Errorf("raft tls: read CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("raft tls: CA file %s holds no PEM certificate", f.CAFile)
+		return nil, fmt.Errorf("raft tls: %w", err)
 	}
 	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
 	if err != nil {

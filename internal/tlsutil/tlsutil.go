@@ -1,7 +1,8 @@
 // Package tlsutil builds the TLS client configurations drawbridge's HTTPS
 // clients share: the CLI, the sidecar (api/client) and the agent forwarding
-// writes to the leader. One place reads CA files, so every client trusts
-// the same way and reports a bad file in the same words.
+// writes to the leader; raft's TLS reads its CA with CAPool too. One place
+// reads CA files, so every client trusts the same way and reports a bad
+// file in the same words.
 package tlsutil
 
 import (
@@ -21,7 +22,7 @@ func CAPool(file string) (*x509.CertPool, error) {
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no PEM certificates in CA file %s", file)
+		return nil, fmt.Errorf("CA file %s holds no PEM certificate", file)
 	}
 	return pool, nil
 }

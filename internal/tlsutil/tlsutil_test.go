@@ -54,7 +54,7 @@ func TestClientConfig(t *testing.T) {
 		{name: "CA file", caFile: ca},
 		{name: "insecure", insecure: true},
 		{name: "missing file", caFile: filepath.Join(t.TempDir(), "none.pem"), wantErr: "read CA file"},
-		{name: "no certificate in file", caFile: garbage, wantErr: "no PEM certificates in CA file"},
+		{name: "no certificate in file", caFile: garbage, wantErr: "holds no PEM certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
