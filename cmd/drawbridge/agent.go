@@ -49,7 +49,7 @@ DRAWBRIDGE_HAPROXY_BIND_ADDRESS, ...) and flags, later ones winning.
 				Logger:     logger,
 				Stdout:     cmd.OutOrStdout(),
 				Version:    version,
-				ConfigFile: configFileInUse(configFile),
+				ConfigFile: configFileInUse(configFile, devRequested(cmd.Flags())),
 				ReloadConfig: func() (*agent.Config, error) {
 					return loadConfig(configFile, cmd.Flags())
 				},

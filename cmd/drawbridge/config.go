@@ -5,6 +5,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
@@ -147,14 +148,32 @@ var flagKeys = map[string]string{
 const defaultConfigFile = "/etc/drawbridge/drawbridge.yaml"
 
 // configFileInUse is the file loadConfig reads for --config value flag.
-func configFileInUse(flag string) string {
+//
+// A --dev agent reads only a file named with --config: the installed
+// /etc/drawbridge/drawbridge.yaml describes the production node on this
+// machine, and a dev agent must stay the zero-setup loopback node whatever is
+// installed beside it.
+func configFileInUse(flag string, dev bool) string {
 	if flag != "" {
 		return flag
+	}
+	if dev {
+		return ""
 	}
 	if _, err := os.Stat(defaultConfigFile); err == nil {
 		return defaultConfigFile
 	}
 	return ""
+}
+
+// devRequested reports whether --dev (or DRAWBRIDGE_DEV) asks for a dev
+// agent, before any config file is read.
+func devRequested(flags *pflag.FlagSet) bool {
+	if f := flags.Lookup("dev"); f != nil && f.Changed {
+		return f.Value.String() == "true"
+	}
+	dev, _ := strconv.ParseBool(os.Getenv("DRAWBRIDGE_DEV"))
+	return dev
 }
 
 // loadConfig builds the Config from defaults, file, env and flags, then
@@ -175,12 +194,7 @@ func loadConfig(configFile string, flags *pflag.FlagSet) (*agent.Config, error) 
 		}
 	}
 
-	explicit := configFile != ""
-	if !explicit {
-		if _, err := os.Stat(defaultConfigFile); err == nil {
-			configFile = defaultConfigFile
-		}
-	}
+	configFile = configFileInUse(configFile, devRequested(flags))
 	if configFile != "" {
 		v.SetConfigFile(configFile)
 		if err := v.ReadInConfig(); err != nil {

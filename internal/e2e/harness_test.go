@@ -115,6 +115,7 @@ func (p *agentProc) launch(t testing.TB, cmd *exec.Cmd, env []string) {
 	// wins (the security tests set their own).
 	cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+testToken,
 		"DRAWBRIDGE_ROUTES_ALLOW_LOOPBACK_BACKENDS=true", "DRAWBRIDGE_LIMITS_RATE=0"), env...)
+	ownConfigFile(t, cmd)
 	cmd.Stdout = p.logs
 	cmd.Stderr = p.logs
 	if err := cmd.Start(); err != nil {
@@ -434,4 +435,31 @@ func hookPayload(name string, frontend, backendPort int, ip, action string) map[
 		"name": name, "frontend-port": frontend, "backend-port": backendPort,
 		"dst-ip": ip, "action": action,
 	}
+}
+
+// ownConfigFile gives an `agent` command without --config an empty config
+// file of its own. Without one, an agent reads /etc/drawbridge/drawbridge.yaml
+// whenever it exists, and the deploy tests install the package on this
+// machine while these tests run.
+func ownConfigFile(t testing.TB, cmd *exec.Cmd) {
+	t.Helper()
+	at := -1
+	for i, a := range cmd.Args {
+		if a == "--config" || strings.HasPrefix(a, "--config=") {
+			return
+		}
+		if a == "agent" && at < 0 && i > 0 && cmd.Args[i-1] == binPath {
+			at = i
+		}
+	}
+	if at < 0 {
+		return
+	}
+	empty := filepath.Join(t.TempDir(), "drawbridge.yaml")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{}, cmd.Args[:at+1]...)
+	args = append(args, "--config", empty)
+	cmd.Args = append(args, cmd.Args[at+1:]...)
 }

@@ -80,6 +80,7 @@ func runAgentBriefly(t *testing.T, env []string, args ...string) (int, string) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binPath, args...)
 	cmd.Env = append([]string{"DRAWBRIDGE_API_TOKEN=" + testToken, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
+	ownConfigFile(t, cmd)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
