@@ -207,12 +207,18 @@ func TestCloudInit(t *testing.T) {
 				t.Errorf("packages: update=%v %v, want haproxy and python3-yaml after an update", cc.PackageUpdate, cc.Packages)
 			}
 
-			// Secrets: exact content, root-only until the package's group exists.
-			for path, want := range map[string]string{
+			// Secrets: exact content, root-only until the package's group
+			// exists. Only the edges hold the DigitalOcean token.
+			secrets := map[string]string{
 				"/etc/drawbridge/token":      fakeAPIToken,
 				"/etc/drawbridge/gossip.key": fakeGossipKey,
-				"/etc/drawbridge/do-token":   fakeDOToken,
-			} {
+			}
+			wantSecrets := []string{fakeAPIToken, fakeGossipKey}
+			if n.role == "edge" {
+				secrets["/etc/drawbridge/do-token"] = fakeDOToken
+				wantSecrets = append(wantSecrets, fakeDOToken)
+			}
+			for path, want := range secrets {
 				w := cc.file(t, path)
 				if got := string(w.data(t)); got != want {
 					t.Errorf("%s holds %q, want the generated secret", path, got)
@@ -221,9 +227,27 @@ func TestCloudInit(t *testing.T) {
 					t.Errorf("%s: owner %q mode %q, want root:root 0600 (first boot hands it to the drawbridge group)", path, w.Owner, w.Permissions)
 				}
 			}
-			for _, s := range []string{fakeAPIToken, fakeDOToken, fakeGossipKey} {
+			for _, s := range wantSecrets {
 				if c := strings.Count(n.userData, s); c != 1 {
 					t.Errorf("a secret appears %d times in the user data, want exactly once (in its file)", c)
+				}
+			}
+			if n.role == "witness" {
+				// The witness never holds the reserved IP: no cloud token
+				// in its user data, no token file, no config naming one.
+				if strings.Contains(n.userData, fakeDOToken) || strings.Contains(n.userData, "do-token") {
+					t.Errorf("the witness's user data holds the DigitalOcean token or its file:\n%s", numbered(n.userData))
+				}
+				for _, w := range cc.WriteFiles {
+					d := string(w.data(t))
+					if strings.Contains(d, fakeDOToken) {
+						t.Errorf("the witness's %s holds the DigitalOcean token", w.Path)
+					}
+					// The scripts (shared with the edges) may name the file;
+					// nothing the witness's agent reads may.
+					if strings.HasPrefix(w.Path, "/etc/") && strings.Contains(d, "do-token") {
+						t.Errorf("the witness's %s names the DigitalOcean token file", w.Path)
+					}
 				}
 			}
 			if got := cc.file(t, "/usr/local/sbin/drawbridge-peers"); !bytes.Equal(got.data(t), peersScript) || got.Permissions != "0755" {
@@ -234,6 +258,8 @@ func TestCloudInit(t *testing.T) {
 			}
 
 			// First boot: the script with its arguments, unquoted by YAML.
+			// An edge asks the DigitalOcean API for its peers; the witness
+			// is given the edges' VPC addresses.
 			wantCmd := []string{
 				"/usr/local/sbin/drawbridge-firstboot",
 				"--package-url", pkgURL,
@@ -241,6 +267,9 @@ func TestCloudInit(t *testing.T) {
 				"--tag", "drawbridge",
 				"--vpc", fakeVPCID,
 				"--expect", "3",
+			}
+			if n.role == "witness" {
+				wantCmd = append(wantCmd[:5], "--peers", fakeEdgeIP(0)+","+fakeEdgeIP(1))
 			}
 			if len(cc.RunCmd) != 1 || !slices.Equal(cc.RunCmd[0], wantCmd) {
 				t.Errorf("runcmd = %q, want [%q]", cc.RunCmd, wantCmd)
@@ -415,6 +444,14 @@ func TestFirstbootScript(t *testing.T) {
 	out, err := exec.Command("bash", scripts[0], "--tag", "x").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "required") {
 		t.Errorf("firstboot without --package-url: err %v, output %q", err, out)
+	}
+	out, err = exec.Command("bash", scripts[0], "--package-url", "https://x/d.deb", "--tag", "x").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "required") {
+		t.Errorf("firstboot with --tag alone: err %v, output %q", err, out)
+	}
+	out, err = exec.Command("bash", scripts[0], "--package-url", "https://x/d.deb", "--peers", "10.0.0.1", "--tag", "x").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "replaces") {
+		t.Errorf("firstboot with --peers and --tag: err %v, output %q", err, out)
 	}
 }
 
@@ -601,6 +638,123 @@ func TestPeersScript(t *testing.T) {
 		}
 		if !slices.Equal(cfg.Join, []string{"10.118.0.3:9002"}) {
 			t.Errorf("join = %q, want the one peer found", cfg.Join)
+		}
+	})
+
+	// The witness: no token file, no API; it joins the addresses Terraform
+	// put in its runcmd.
+	t.Run("witness with --peers", func(t *testing.T) {
+		w := nodes[len(nodes)-1]
+		if w.role != "witness" {
+			t.Fatalf("last node is %s, want the witness", w.name)
+		}
+		wcc := parseCloudConfig(t, w.userData)
+		i := slices.Index(wcc.RunCmd[0], "--peers")
+		if i < 0 || i+1 >= len(wcc.RunCmd[0]) {
+			t.Fatalf("the witness's runcmd %q passes no --peers", wcc.RunCmd[0])
+		}
+		peersArg := wcc.RunCmd[0][i+1]
+		wData := wcc.file(t, "/etc/drawbridge/drawbridge.yaml").data(t)
+
+		f := &fakeDigitalOcean{t: t, selfID: 300, droplets: []map[string]any{
+			droplet(900, fakeVPCID, "10.118.0.99", "198.51.100.9"), // never to be asked
+		}}
+		srv := httptest.NewServer(f)
+		t.Cleanup(srv.Close)
+		fresh := func(t *testing.T) (string, string) {
+			dir, cfgPath, _ := relocatedConfig(t, wData)
+			writeEtcFiles(t, wcc, dir)
+			if _, err := os.Stat(filepath.Join(dir, "do-token")); !os.IsNotExist(err) {
+				t.Fatalf("the witness has a do-token file (%v)", err)
+			}
+			return dir, cfgPath
+		}
+		run := func(cfgPath string, extra ...string) (string, error) {
+			args := append([]string{script, "--config", cfgPath,
+				// A token file that would be read if the script asked the
+				// API: it must not be.
+				"--token-file", filepath.Join(filepath.Dir(cfgPath), "do-token"),
+				"--api-url", srv.URL, "--metadata-url", srv.URL + "/metadata/v1",
+			}, extra...)
+			out, err := exec.Command(py, args...).CombinedOutput()
+			return string(out), err
+		}
+
+		_, cfgPath := fresh(t)
+		if out, err := run(cfgPath, "--peers", peersArg); err != nil {
+			t.Fatalf("drawbridge-peers --peers %s: %v\n%s", peersArg, err, out)
+		}
+		f.mu.Lock()
+		asked := len(f.tokens)
+		f.mu.Unlock()
+		if asked != 0 {
+			t.Errorf("drawbridge-peers --peers asked the DigitalOcean API %d times", asked)
+		}
+		b, err := os.ReadFile(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg agentConfig
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil {
+			t.Fatalf("rewritten config: %v\n%s", err, b)
+		}
+		if want := []string{fakeEdgeIP(0) + ":9002", fakeEdgeIP(1) + ":9002"}; !slices.Equal(cfg.Join, want) {
+			t.Errorf("witness join = %q, want the edges' gossip addresses %q", cfg.Join, want)
+		}
+		if cfg.Raft.Advertise != "10.118.0.2:9001" || cfg.Gossip.Addr != "10.118.0.2:9002" || cfg.API.Advertise != "https://10.118.0.2:9000" {
+			t.Errorf("raft %q gossip %q api %q, want this node's VPC address", cfg.Raft.Advertise, cfg.Gossip.Addr, cfg.API.Advertise)
+		}
+		if cfg.FloatingIP.Provider != "none" || cfg.FloatingIP.DigitalOcean.DropletID != nil || cfg.FloatingIP.DigitalOcean.TokenFile != "" {
+			t.Errorf("witness floating_ip = %+v, want provider none and no DigitalOcean settings", cfg.FloatingIP)
+		}
+		if strings.Contains(string(b), "do-token") {
+			t.Errorf("the witness's config names the token file:\n%s", b)
+		}
+		checkConfig(t, cfgPath)
+
+		// Its own address among the peers is dropped, duplicates are
+		// folded, and an IPv6 peer is bracketed.
+		_, cfgPath = fresh(t)
+		if out, err := run(cfgPath, "--peers", " 10.118.0.4,10.118.0.2,10.118.0.4,fd00::5"); err != nil {
+			t.Fatalf("drawbridge-peers: %v\n%s", err, out)
+		}
+		cfg = agentConfig{}
+		b, _ = os.ReadFile(cfgPath)
+		if err := yaml.Unmarshal(b, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"10.118.0.4:9002", "[fd00::5]:9002"}; !slices.Equal(cfg.Join, want) {
+			t.Errorf("join = %q, want %q", cfg.Join, want)
+		}
+
+		// What it refuses, leaving the config untouched.
+		for _, bad := range [][]string{
+			{"--peers", ""},
+			{"--peers", ",,"},
+			{"--peers", "10.118.0.3:9002"},
+			{"--peers", "edge-1.example.com"},
+			{"--peers", "10.118.0.3,10.118.0.999"},
+			{"--peers", "10.118.0.3\njoin: [203.0.113.66:9002]"},
+			{"--peers", "10.118.0.3", "--tag", "drawbridge"},
+			{"--peers", "10.118.0.3", "--expect", "3"},
+			{"--tag", "drawbridge", "--vpc", fakeVPCID}, // no --expect, no --peers
+		} {
+			_, cfgPath := fresh(t)
+			out, err := run(cfgPath, bad...)
+			if err == nil {
+				t.Errorf("drawbridge-peers %q succeeded:\n%s", bad, out)
+			}
+			if b, _ := os.ReadFile(cfgPath); !bytes.Equal(b, testenv.Relocate(wData, filepath.Dir(cfgPath))) {
+				t.Errorf("drawbridge-peers %q changed the config", bad)
+			}
+		}
+		f.mu.Lock()
+		asked = len(f.tokens)
+		f.mu.Unlock()
+		if asked != 0 {
+			t.Errorf("the DigitalOcean API was asked %d times", asked)
 		}
 	})
 

@@ -230,6 +230,9 @@ func (e *evalEnv) resourceValues(t *testing.T) map[string]cty.Value {
 		"random_id": cty.ObjectVal(map[string]cty.Value{"gossip_key": cty.ObjectVal(map[string]cty.Value{
 			"b64_std": cty.StringVal(fakeGossipKey),
 		})}),
+		// The edges' VPC addresses (what the witness is given):
+		// fakeEdgeIP(0), fakeEdgeIP(1), ...
+		"digitalocean_droplet": cty.ObjectVal(map[string]cty.Value{"edge": e.edgeValues(t)}),
 		"tls_self_signed_cert": cty.ObjectVal(map[string]cty.Value{"ca": cty.ObjectVal(map[string]cty.Value{
 			"cert_pem": cty.StringVal(p.caCert),
 		})}),
@@ -237,6 +240,26 @@ func (e *evalEnv) resourceValues(t *testing.T) map[string]cty.Value {
 		"tls_locally_signed_cert": cty.ObjectVal(map[string]cty.Value{"node": cty.MapVal(p.nodeValues("cert_pem", p.certs))}),
 		"tls_private_key":         cty.ObjectVal(map[string]cty.Value{"node": cty.MapVal(p.nodeValues("private_key_pem", p.keys))}),
 	}
+}
+
+// fakeEdgeIP is the VPC address DigitalOcean gives edge i in the tests.
+func fakeEdgeIP(i int) string { return fmt.Sprintf("10.118.0.%d", 10+i) }
+
+// edgeValues are the edge droplets as Terraform knows them after creating
+// them: one per var.edge_count, with its VPC address.
+func (e *evalEnv) edgeValues(t *testing.T) cty.Value {
+	t.Helper()
+	n, _ := e.vars["edge_count"].AsBigFloat().Int64()
+	var edges []cty.Value
+	for i := range int(n) {
+		edges = append(edges, cty.ObjectVal(map[string]cty.Value{
+			"ipv4_address_private": cty.StringVal(fakeEdgeIP(i)),
+		}))
+	}
+	if len(edges) == 0 {
+		return cty.EmptyTupleVal
+	}
+	return cty.TupleVal(edges)
 }
 
 // clusterPKI stands in for what the tls provider makes: a real CA and a

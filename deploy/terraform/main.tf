@@ -10,7 +10,9 @@ locals {
   gossip_port = 9002
   ssh_port    = 22
 
-  # The nodes find each other at first boot by this tag (within this VPC).
+  # The edges find each other (and the witness) at first boot by this tag
+  # (within this VPC), through the DigitalOcean API. The witness holds no
+  # DigitalOcean token: Terraform gives it the edges' VPC addresses instead.
   cluster_tag  = var.name
   tags         = distinct(concat([local.cluster_tag], var.tags))
   server_count = var.edge_count + (var.witness ? 1 : 0)
@@ -36,7 +38,8 @@ locals {
   node_names = concat(local.edge_names, var.witness ? ["${var.name}-witness"] : [])
 
   # Template variables every node shares; each node adds its name, role,
-  # floating-IP priority and certificate.
+  # floating-IP priority, certificate, DigitalOcean token (edges only) and
+  # peers (witness only).
   node_common = {
     server_count     = local.server_count
     cluster_tag      = local.cluster_tag
@@ -49,7 +52,6 @@ locals {
     gossip_key       = random_id.gossip_key.b64_std
     tls_ca_cert      = tls_self_signed_cert.ca.cert_pem
     vpc_ip_range     = digitalocean_vpc.this.ip_range
-    do_token         = var.do_token
     reserved_ip      = digitalocean_reserved_ip.this.ip_address
     deny_ports       = local.deny_ports
     log_level        = var.log_level
@@ -170,6 +172,9 @@ resource "digitalocean_droplet" "edge" {
     priority = 100 - count.index
     tls_cert = tls_locally_signed_cert.node[local.edge_names[count.index]].cert_pem
     tls_key  = tls_private_key.node[local.edge_names[count.index]].private_key_pem
+    # The edges move the reserved IP and find their peers with it.
+    do_token = var.do_token
+    peers    = []
   }))
 
   lifecycle {
@@ -198,6 +203,13 @@ resource "digitalocean_droplet" "witness" {
     priority  = 0
     tls_cert  = tls_locally_signed_cert.node["${var.name}-witness"].cert_pem
     tls_key   = tls_private_key.node["${var.name}-witness"].private_key_pem
+    # The witness never holds the reserved IP, so it gets no DigitalOcean
+    # token at all: it joins the edges at the VPC addresses Terraform knows
+    # once they exist (so the witness is created after the edges; the edges
+    # never refer to the witness, so there is no cycle). They find it
+    # through the API by the cluster's tag.
+    do_token = ""
+    peers    = digitalocean_droplet.edge[*].ipv4_address_private
   }))
 
   lifecycle {

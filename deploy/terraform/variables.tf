@@ -175,7 +175,7 @@ variable "tags" {
 
 variable "do_token" {
   type        = string
-  description = "DigitalOcean API token the nodes use to move the reserved IP and to find their peers at first boot. Make it a custom-scoped token with reserved_ip:update, which brings the read scopes it requires (droplet:read, reserved_ip:read, actions:read, ...). It is written to /etc/drawbridge/do-token (0640 root:drawbridge) on every node."
+  description = "DigitalOcean API token the edge nodes use to move the reserved IP and to find their peers at first boot. Make it a custom-scoped token with reserved_ip:update, which brings the read scopes it requires (droplet:read, reserved_ip:read, actions:read, ...). It is written to /etc/drawbridge/do-token (0640 root:drawbridge) on every edge node; the witness never receives it."
   sensitive   = true
 
   validation {

@@ -2,7 +2,11 @@
 # drawbridge-firstboot: the last step of cloud-init on a drawbridge droplet.
 #
 #   drawbridge-firstboot --package-url URL [--package-sha256 HEX] \
-#                        --tag TAG --vpc VPC_ID --expect N
+#                        (--tag TAG --vpc VPC_ID --expect N | --peers IP,IP)
+#
+# An edge finds its peers through the DigitalOcean API (--tag, --vpc,
+# --expect, with /etc/drawbridge/do-token); the witness, which holds no
+# DigitalOcean token, is given them (--peers).
 #
 # Installs the drawbridge package (and with it the drawbridge user), hands the
 # secrets cloud-init wrote to the drawbridge group, fills in this droplet's
@@ -10,7 +14,7 @@
 # agent. Safe to run again. Prints no secret.
 set -euo pipefail
 
-package_url="" package_sha256="" tag="" vpc="" expect=""
+package_url="" package_sha256="" tag="" vpc="" expect="" peers=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--package-url) package_url=$2 ;;
@@ -18,6 +22,7 @@ while [ $# -gt 0 ]; do
 	--tag) tag=$2 ;;
 	--vpc) vpc=$2 ;;
 	--expect) expect=$2 ;;
+	--peers) peers=$2 ;;
 	*)
 		echo "drawbridge-firstboot: unknown argument $1" >&2
 		exit 2
@@ -25,8 +30,17 @@ while [ $# -gt 0 ]; do
 	esac
 	shift 2
 done
-if [ -z "$package_url" ] || [ -z "$tag" ] || [ -z "$vpc" ] || [ -z "$expect" ]; then
-	echo "drawbridge-firstboot: --package-url, --tag, --vpc and --expect are required" >&2
+if [ -z "$package_url" ]; then
+	echo "drawbridge-firstboot: --package-url is required" >&2
+	exit 2
+fi
+if [ -n "$peers" ]; then
+	if [ -n "$tag$vpc$expect" ]; then
+		echo "drawbridge-firstboot: --peers replaces --tag, --vpc and --expect" >&2
+		exit 2
+	fi
+elif [ -z "$tag" ] || [ -z "$vpc" ] || [ -z "$expect" ]; then
+	echo "drawbridge-firstboot: --peers, or --tag, --vpc and --expect are required" >&2
 	exit 2
 fi
 
@@ -66,8 +80,12 @@ for f in "${secrets[@]}"; do
 	fi
 done
 
-drawbridge-peers --config "$config" --token-file /etc/drawbridge/do-token \
-	--tag "$tag" --vpc "$vpc" --expect "$expect"
+if [ -n "$peers" ]; then
+	drawbridge-peers --config "$config" --peers "$peers"
+else
+	drawbridge-peers --config "$config" --token-file /etc/drawbridge/do-token \
+		--tag "$tag" --vpc "$vpc" --expect "$expect"
+fi
 
 # From here on only root reaches the metadata service (its user data holds
 # every secret cloud-init wrote); drawbridge-peers, above, was the last

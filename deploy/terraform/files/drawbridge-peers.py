@@ -8,7 +8,10 @@ would depend on the others: a cycle). So every node finds them at first boot:
   * its own VPC address from the droplet metadata service;
   * its peers from the DigitalOcean API: the droplets carrying the cluster's
     tag in the cluster's VPC, waiting until --expect servers (itself
-    included) are there, or --timeout passes.
+    included) are there, or --timeout passes;
+  * or, with --peers IP,IP (the witness, which holds no DigitalOcean token),
+    its peers as given: Terraform creates the witness after the edges and
+    passes their VPC addresses. No token is read and the API is never asked.
 
 It then sets, in the agent's config file:
 
@@ -26,6 +29,7 @@ header; it never reaches stdout, stderr or a command line.
 """
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -153,12 +157,32 @@ def fill(cfg, ip, peers, droplet_id=None):
     return cfg
 
 
-def write_atomic(path, cfg):
+def parse_peers(value):
+    """The peers of --peers: a comma-separated list of IP addresses, each
+    once, normalised. Anything else (a name, a port, an empty list) is an
+    error: join must hold exactly what Terraform passed."""
+    peers = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            ip = str(ipaddress.ip_address(item))
+        except ValueError:
+            raise Fatal("--peers: %r is not an IP address" % item)
+        if ip not in peers:
+            peers.append(ip)
+    if not peers:
+        raise Fatal("--peers names no address")
+    return sorted(peers)
+
+
+def write_atomic(path, cfg, source):
     st = os.stat(path)
     text = (
         "# Written by drawbridge-peers: join and the VPC addresses come from the\n"
-        "# droplet metadata service and the DigitalOcean API. Run drawbridge-peers\n"
-        "# again to refresh them; other keys are kept.\n"
+        "# droplet metadata service and %s. Run drawbridge-peers\n"
+        "# again to refresh them; other keys are kept.\n" % source
         + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
     )
     fd, tmp = tempfile.mkstemp(prefix=".drawbridge-peers.", dir=os.path.dirname(path) or ".")
@@ -180,27 +204,40 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="/etc/drawbridge/drawbridge.yaml")
     p.add_argument("--token-file", default="/etc/drawbridge/do-token")
-    p.add_argument("--tag", required=True, help="the cluster's droplet tag")
-    p.add_argument("--vpc", required=True, help="the cluster's VPC id")
-    p.add_argument("--expect", type=int, required=True, help="servers in the cluster, this one included")
+    p.add_argument("--tag", help="the cluster's droplet tag")
+    p.add_argument("--vpc", help="the cluster's VPC id")
+    p.add_argument("--expect", type=int, help="servers in the cluster, this one included")
+    p.add_argument("--peers", help="the peers' VPC addresses, comma-separated: no token, no API")
     p.add_argument("--timeout", type=int, default=900, help="seconds to wait for the peers")
     p.add_argument("--api-url", default="https://api.digitalocean.com")
     p.add_argument("--metadata-url", default="http://169.254.169.254/metadata/v1")
     args = p.parse_args(argv)
+    if args.peers is not None and (args.tag or args.vpc or args.expect):
+        p.error("--peers replaces --tag, --vpc and --expect")
+    if args.peers is None and not (args.tag and args.vpc and args.expect):
+        p.error("either --peers, or --tag, --vpc and --expect are required")
 
     try:
-        with open(args.token_file) as f:
-            token = f.read().strip()
-        if not token:
-            raise Fatal("%s is empty" % args.token_file)
+        given = parse_peers(args.peers) if args.peers is not None else None
+        token = None
+        if given is None:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+            if not token:
+                raise Fatal("%s is empty" % args.token_file)
         with open(args.config) as f:
             cfg = yaml.safe_load(f) or {}
         if not isinstance(cfg, dict):
             raise Fatal("%s is not a YAML mapping" % args.config)
         deadline = time.time() + args.timeout
         self_id, ip = self_identity(args.metadata_url.rstrip("/"), deadline)
-        peers = wait_for_peers(args, token, self_id, deadline)
-        write_atomic(args.config, fill(cfg, ip, peers, self_id))
+        if given is not None:
+            peers = [a for a in given if a != ip]
+            source = "Terraform (--peers)"
+        else:
+            peers = wait_for_peers(args, token, self_id, deadline)
+            source = "the DigitalOcean API"
+        write_atomic(args.config, fill(cfg, ip, peers, self_id), source)
     except (Fatal, OSError, yaml.YAMLError) as e:
         log("error: %s" % e)
         return 1
