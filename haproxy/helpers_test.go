@@ -35,6 +35,13 @@ func checkConfig(tb testing.TB, cfg []byte) error {
 // echoBackend listens on 127.0.0.1 and greets every connection with reply.
 func echoBackend(tb testing.TB, reply string) int {
 	tb.Helper()
+	return greetBackend(tb, reply, false)
+}
+
+// greetBackend greets every connection with reply, then closes it, or with
+// hold keeps it open until the peer closes it (a long-lived client).
+func greetBackend(tb testing.TB, reply string, hold bool) int {
+	tb.Helper()
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -49,6 +56,9 @@ func echoBackend(tb testing.TB, reply string) int {
 			go func() {
 				defer c.Close()
 				_, _ = io.WriteString(c, reply+"\n")
+				if hold {
+					_, _ = io.Copy(io.Discard, c)
+				}
 			}()
 		}
 	}()

@@ -2,7 +2,6 @@ package haproxy
 
 import (
 	"bufio"
-	"io"
 	"net"
 	"strconv"
 	"testing"
@@ -17,25 +16,7 @@ import (
 // closes it.
 func holdBackend(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.WriteString(c, "hold\n")
-				_, _ = io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port
+	return greetBackend(t, "hold", true)
 }
 
 // longLived opens a connection through port and reads the greeting.

@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,21 +19,8 @@ import (
 // being acknowledged until a reload failed and the applied index stopped.
 func TestE2ECapacityAdmission(t *testing.T) {
 	requireHAProxy(t)
-	dir := t.TempDir()
-	a := &testAgent{t: t, dir: dir, name: "e2e", apiPort: testenv.FreePort(t), fdLimit: 700,
-		env: []string{"DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS=off"}}
-	a.args = []string{"agent", "--dev", "--data-dir", dir, "--node-name", a.name,
-		"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
-		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		"--log-level", "debug"}
-	t.Cleanup(func() {
-		a.stop()
-		stopHAProxyIn(filepath.Join(dir, "haproxy"))
-		if t.Failed() {
-			t.Logf("agent logs:\n%s", a.logs.String())
-		}
-	})
+	a := newDevAgent(t, []string{"DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS=off"})
+	a.fdLimit = 700
 	a.start()
 	a.waitReady()
 	be := startBackend(t, "cap")

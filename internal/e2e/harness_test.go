@@ -188,6 +188,17 @@ func startDevAgent(t testing.TB, extra ...string) *testAgent {
 // startDevAgentEnv is startDevAgent with extra DRAWBRIDGE_* environment.
 func startDevAgentEnv(t testing.TB, env []string, extra ...string) *testAgent {
 	t.Helper()
+	a := newDevAgent(t, env, extra...)
+	a.start()
+	a.waitReady()
+	return a
+}
+
+// newDevAgent is a dev agent on free ports with its data in a fresh
+// directory, stopped with its HAProxy at the end of the test, but not yet
+// started: for tests that set a descriptor limit or watch it come up.
+func newDevAgent(t testing.TB, env []string, extra ...string) *testAgent {
+	t.Helper()
 	a := &testAgent{t: t, dir: t.TempDir(), name: "e2e", apiPort: testenv.FreePort(t), env: env}
 	a.args = append([]string{"agent", "--dev",
 		"--data-dir", a.dir,
@@ -204,8 +215,6 @@ func startDevAgentEnv(t testing.TB, env []string, extra ...string) *testAgent {
 			t.Logf("agent logs:\n%s", a.logs.String())
 		}
 	})
-	a.start()
-	a.waitReady()
 	return a
 }
 

@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,22 +15,9 @@ import (
 // used to answer 503.
 func TestE2EFirstWriteHeldUntilLeader(t *testing.T) {
 	requireHAProxy(t)
-	dir := t.TempDir()
-	a := &testAgent{t: t, dir: dir, name: "e2e", apiPort: testenv.FreePort(t), env: []string{
+	a := newDevAgent(t, []string{
 		"DRAWBRIDGE_RAFT_HEARTBEAT_TIMEOUT=3s", "DRAWBRIDGE_RAFT_ELECTION_TIMEOUT=3s", "DRAWBRIDGE_API_HOLD_TIMEOUT=30s",
-		"DRAWBRIDGE_API_APPLY_TIMEOUT=40s"}}
-	a.args = []string{"agent", "--dev", "--data-dir", dir, "--node-name", a.name,
-		"--api-addr", fmt.Sprintf("127.0.0.1:%d", a.apiPort),
-		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		"--gossip-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		"--log-level", "debug"}
-	t.Cleanup(func() {
-		a.stop()
-		stopHAProxyIn(filepath.Join(dir, "haproxy"))
-		if t.Failed() {
-			t.Logf("agent logs:\n%s", a.logs.String())
-		}
-	})
+		"DRAWBRIDGE_API_APPLY_TIMEOUT=40s"})
 	a.start()
 	var st struct {
 		Raft struct {

@@ -132,6 +132,12 @@ func freePort() int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// benchLimits lift what would refuse a benchmark's own load: the per-token
+// rate limit, the route and backend caps (bench-scale goes to 10,000
+// routes) and, for the non-dev cluster agents, backends on loopback.
+var benchLimits = []string{"DRAWBRIDGE_LIMITS_RATE=0", "DRAWBRIDGE_LIMITS_MAX_ROUTES=50000",
+	"DRAWBRIDGE_LIMITS_MAX_BACKENDS=200000", "DRAWBRIDGE_ROUTES_ALLOW_LOOPBACK_BACKENDS=true"}
+
 // startAgent starts a dev agent; env adds DRAWBRIDGE_* settings.
 func startAgent(bin string, env ...string) (*agent, error) {
 	dir, err := os.MkdirTemp("", "drawbridge-bench-")
@@ -162,9 +168,10 @@ func startAgent(bin string, env ...string) (*agent, error) {
 func (a *agent) launch(bin string) error {
 	a.logs.Reset()
 	a.cmd = exec.Command(bin, a.args...)
-	// Benchmarks measure throughput: no per-token rate limit (a.env may
-	// set its own).
-	a.cmd.Env = append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token, "DRAWBRIDGE_LIMITS_RATE=0"), a.env...)
+	// Benchmarks measure throughput: no per-token rate limit nor caps
+	// (a.env may set its own).
+	env := append(append(os.Environ(), "DRAWBRIDGE_API_TOKEN="+token), benchLimits...)
+	a.cmd.Env = append(env, a.env...)
 	a.cmd.Stdout, a.cmd.Stderr = &a.logs, &a.logs
 	return a.cmd.Start()
 }
