@@ -228,6 +228,9 @@ func Decode(data []byte) (Command, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: decode %s: %v", ErrMalformed, typ, err)
 	}
+	if spec.legacy != nil && version < spec.legacyBelow {
+		spec.legacy(c)
+	}
 	return c, nil
 }
 

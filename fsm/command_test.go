@@ -264,7 +264,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"unknown type", []byte{99, 1, '{', '}'}, &UnknownCommandError{Type: 99, Version: 1}, nil},
 		{"unknown type ignorable", []byte{99 | 0x80, 1, '{', '}'}, &UnknownCommandError{Type: 99, Version: 1, Ignorable: true}, nil},
 		{"type zero", []byte{0, 1, '{', '}'}, &UnknownCommandError{Type: 0, Version: 1}, nil},
-		{"unknown version", []byte{byte(CmdUpsertRoute), 3, '{', '}'}, &UnknownCommandError{Type: CmdUpsertRoute, Version: 3}, nil},
+		{"unknown version", []byte{byte(CmdUpsertRoute), 4, '{', '}'}, &UnknownCommandError{Type: CmdUpsertRoute, Version: 4}, nil},
 		{"version zero", []byte{byte(CmdUpsertRoute), 0, '{', '}'}, &UnknownCommandError{Type: CmdUpsertRoute, Version: 0}, nil},
 		{"unknown version ignorable", []byte{byte(CmdDeleteRoute) | 0x80, 7, 'x'}, &UnknownCommandError{Type: CmdDeleteRoute, Version: 7, Ignorable: true}, nil},
 		{"empty", nil, nil, ErrMalformed},

@@ -398,7 +398,7 @@ func TestRestoreRejects(t *testing.T) {
 		{"empty", ``, "read snapshot"},
 		{"not json", `hello`, "read snapshot"},
 		{"no format", `{"index":3,"routes":[]}`, "not a drawbridge snapshot"},
-		{"newer format", `{"format":3,"index":3,"routes":{}}`, "format 3 is not supported"},
+		{"newer format", `{"format":4,"index":3,"routes":{}}`, "format 4 is not supported"},
 		{"trailing data", `{"format":1,"index":3,"routes":[]} {}`, "unexpected data"},
 		{"routes not a list", `{"format":1,"index":3,"routes":{}}`, "routes"},
 		{"invalid route", `{"format":1,"index":3,"routes":[` + strings.Replace(good, `"web"`, `"Web"`, 1) + `]}`, "invalid"},

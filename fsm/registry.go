@@ -14,12 +14,15 @@ import (
 var commands = map[CommandType]commandSpec{
 	// Version 2 of the route commands adds Scope and Route.Token (the
 	// owner token); a version-1 entry has neither and applies as before.
-	CmdUpsertRoute: command("upsert-route", 2,
+	// Version 3 of the commands that carry a route adds Route.CheckPort
+	// and Route.CheckMode: an older entry is read without them (see
+	// withoutCheckFields), exactly as the build that wrote it applied it.
+	CmdUpsertRoute: before(command("upsert-route", 3,
 		func(c UpsertRoute) UpsertRoute { c.Route = c.Route.Clone(); return c },
-		(*State).upsertRoute),
+		(*State).upsertRoute), 3, func(c *UpsertRoute) { c.Route = withoutCheckFields(c.Route) }),
 	CmdDeleteRoute: command("delete-route", 2, nil,
 		(*State).deleteRoute),
-	CmdRegisterBackend: command("register-backend", 2,
+	CmdRegisterBackend: before(command("register-backend", 3,
 		func(c RegisterBackend) RegisterBackend {
 			if c.Create != nil {
 				r := c.Create.Clone()
@@ -27,7 +30,12 @@ var commands = map[CommandType]commandSpec{
 			}
 			return c
 		},
-		(*State).registerBackend),
+		(*State).registerBackend), 3, func(c *RegisterBackend) {
+		if c.Create != nil {
+			r := withoutCheckFields(*c.Create)
+			c.Create = &r
+		}
+	}),
 	CmdDeregisterBackend: command("deregister-backend", 2, nil,
 		(*State).deregisterBackend),
 	// Version 2 adds Only: a version-1 entry (no Only) applies as before.
@@ -36,7 +44,7 @@ var commands = map[CommandType]commandSpec{
 		func(s *State, index uint64, c *ExpireLeases) (*State, Result) {
 			return s.expireLeases(index, c.Now, c.Only)
 		}),
-	CmdReplaceTable: command("replace-table", 2,
+	CmdReplaceTable: before(command("replace-table", 3,
 		func(c ReplaceTable) ReplaceTable {
 			routes := make([]Route, len(c.Routes))
 			for i, r := range c.Routes {
@@ -45,7 +53,11 @@ var commands = map[CommandType]commandSpec{
 			c.Routes = routes
 			return c
 		},
-		(*State).replaceTable),
+		(*State).replaceTable), 3, func(c *ReplaceTable) {
+		for i := range c.Routes {
+			c.Routes[i] = withoutCheckFields(c.Routes[i])
+		}
+	}),
 }
 
 // commandSpec is everything the FSM knows about one command type.
@@ -72,6 +84,33 @@ type commandSpec struct {
 	clone func(c Command) (Command, bool)
 	// apply computes the state after c (validated, private) as entry index.
 	apply func(s *State, index uint64, c Command) (*State, Result)
+	// legacy, when set, rewrites a freshly decoded payload of an older
+	// version (below legacyBelow) into what that version meant: it drops
+	// fields the older build did not know, so a forged or stray field in an
+	// old entry never applies differently from how its writer applied it.
+	legacy      func(c Command)
+	legacyBelow uint8
+}
+
+// before registers fix to run on every payload of a version below v.
+func before[C any, P interface {
+	*C
+	Command
+}](spec commandSpec, v uint8, fix func(P)) commandSpec {
+	spec.legacyBelow = v
+	spec.legacy = func(c Command) {
+		if p, ok := c.(P); ok && p != nil {
+			fix(p)
+		}
+	}
+	return spec
+}
+
+// withoutCheckFields is r as a build before version 3 of the route
+// commands (and snapshot format 3) read it: no check port, TCP checks.
+func withoutCheckFields(r Route) Route {
+	r.CheckPort, r.CheckMode = 0, CheckModeTCP
+	return r
 }
 
 // command builds a commandSpec for the payload type C, applied through P

@@ -34,6 +34,12 @@ const (
 	ProxyProtocolV2  = "v2"
 )
 
+// Health-check modes a route may use ("" = TCP connect). The list is closed.
+const (
+	CheckModeTCP  = ""
+	CheckModeHTTP = "http"
+)
+
 // ModeTCP is the only proxy mode drawbridge renders today.
 const ModeTCP = "tcp"
 
@@ -118,6 +124,13 @@ type Route struct {
 	Sticky        bool   `json:"sticky"`
 	ProxyProtocol string `json:"proxy_protocol,omitempty"`
 	HealthCheck   bool   `json:"health_check"`
+	// CheckPort, when not 0, is the port health checks go to instead of
+	// each backend's own port (kube-proxy's healthCheckNodePort).
+	CheckPort int `json:"check_port,omitempty"`
+	// CheckMode is how a backend is checked: "" connects over TCP; "http"
+	// sends GET /healthz and wants status 200 (what kube-proxy answers
+	// only on nodes with ready local endpoints).
+	CheckMode string `json:"check_mode,omitempty"`
 	// Implicit marks a route created by a backend registration (the recipe's
 	// hook, the sidecar) rather than by PUT. An implicit route is removed when
 	// its last backend goes, by deregistration or lease expiry; an explicit
@@ -244,6 +257,19 @@ func (r *Route) Validate() error {
 	case ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2:
 	default:
 		return invalid("proxy_protocol %q must be empty, v1 or v2", truncate(r.ProxyProtocol))
+	}
+	if r.CheckPort != 0 {
+		if err := ValidatePort("check_port", r.CheckPort); err != nil {
+			return err
+		}
+	}
+	switch r.CheckMode {
+	case CheckModeTCP, CheckModeHTTP:
+	default:
+		return invalid("check_mode %q must be empty (tcp) or http", truncate(r.CheckMode))
+	}
+	if !r.HealthCheck && (r.CheckPort != 0 || r.CheckMode != CheckModeTCP) {
+		return invalid("check_port and check_mode need health_check on")
 	}
 	if len(r.Backends) > MaxBackendsPerRoute {
 		return invalid("route has %d backends, at most %d allowed", len(r.Backends), MaxBackendsPerRoute)

@@ -373,8 +373,10 @@ func (s *State) expireLeases(index uint64, now time.Time, only []LeaseRef) (*Sta
 // snapshot written by a newer drawbridge.
 //
 // Format 2 adds Route.Token (the owner token). A format-1 snapshot has no
-// owners and reads as it always did, so ReadSnapshot takes both.
-const SnapshotFormat = 2
+// owners and reads as it always did, so ReadSnapshot takes both. Format 3
+// adds Route.CheckPort and Route.CheckMode; an older snapshot is read
+// without them (as the build that wrote it read it).
+const SnapshotFormat = 3
 
 // oldestSnapshotFormat is the oldest format ReadSnapshot still reads.
 const oldestSnapshotFormat = 1
@@ -420,6 +422,11 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if len(file.Routes) > 0 {
 		if err := json.Unmarshal(file.Routes, &routes); err != nil {
 			return nil, fmt.Errorf("read snapshot: routes: %w", err)
+		}
+	}
+	if *file.Format < 3 {
+		for i := range routes {
+			routes[i] = withoutCheckFields(routes[i])
 		}
 	}
 	s, err := NewState(file.Index, routes)
