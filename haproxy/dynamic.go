@@ -18,7 +18,8 @@ import (
 // `add map` / `del map`. So adding, removing or changing a route in the
 // range never reloads, and an old worker never outlives a route change.
 //
-// Options that live on the server line (health checks, PROXY protocol) are
+// Options that live on the server line (health checks and their port, PROXY
+// protocol) and the kind of check (HTTP checks have slots of their own) are
 // changed by moving the route to another free slot of its class: the new
 // slot is filled, the map is pointed at it, then the old slot is emptied.
 // When no slot of the needed class is free, the change falls back to a
@@ -106,10 +107,14 @@ const (
 	minFreeIdle    = 2
 )
 
-// slotClass is what a slot cannot change at run time.
+// slotClass is what a slot cannot change at run time: the balance
+// algorithm, the stick table, and whether its checks are HTTP (`option
+// httpchk` is a backend setting; `add server ... check` on a backend
+// without it checks by TCP connect).
 type slotClass struct {
 	balance string
 	sticky  bool
+	httpchk bool
 }
 
 func classOf(fe Frontend) slotClass {
@@ -117,22 +122,29 @@ func classOf(fe Frontend) slotClass {
 	if b == "" {
 		b = "roundrobin"
 	}
-	return slotClass{balance: b, sticky: fe.Sticky}
+	return slotClass{balance: b, sticky: fe.Sticky, httpchk: fe.HealthCheck && fe.CheckHTTP}
 }
 
-// key names the class in slot names and in the saved layout.
+// key names the class in slot names and in the saved layout. Classes
+// without HTTP checks keep the names they had before HTTP checks existed.
 func (c slotClass) key() string {
+	k := c.balance
 	if c.sticky {
-		return c.balance + "_sticky"
+		k += "_sticky"
 	}
-	return c.balance
+	if c.httpchk {
+		k += "_httpchk"
+	}
+	return k
 }
 
 // allClasses lists every class in a fixed order.
 func allClasses() []slotClass {
 	var out []slotClass
-	for _, b := range []string{"roundrobin", "leastconn", "source", "first", "random"} {
-		out = append(out, slotClass{b, true}, slotClass{b, false})
+	for _, h := range []bool{false, true} {
+		for _, b := range []string{"roundrobin", "leastconn", "source", "first", "random"} {
+			out = append(out, slotClass{b, true, h}, slotClass{b, false, h})
+		}
 	}
 	return out
 }
@@ -178,7 +190,7 @@ func settingsKey(s Settings) string {
 // slots in use.
 func headroom(c slotClass, used int) int {
 	switch {
-	case c == slotClass{"roundrobin", true}:
+	case c == slotClass{"roundrobin", true, false}:
 		return max(minFreeDefault, used/4)
 	case used == 0:
 		return minFreeIdle
@@ -271,6 +283,9 @@ func renderDynamic(b *bytes.Buffer, s Settings, bindHost string, v6 bool, dyn []
 				}
 				fmt.Fprintf(b, "    stick-table type %s size 200k expire 30m\n", typ)
 				b.WriteString("    stick on src\n")
+			}
+			if c.httpchk {
+				b.WriteString(httpCheck)
 			}
 			if use.ok {
 				opts := serverOptions(s, use.fe)
@@ -433,7 +448,8 @@ func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, ser
 			mutable()
 			nl.Ports[port] = n
 			p.routes++
-		case classOf(a) != classOf(b) || a.HealthCheck != b.HealthCheck || a.ProxyProtocol != b.ProxyProtocol:
+		case classOf(a) != classOf(b) || a.HealthCheck != b.HealthCheck || a.ProxyProtocol != b.ProxyProtocol ||
+			a.CheckPort != b.CheckPort:
 			// Move to a fresh slot: fill it, repoint the port, empty the old.
 			c := classOf(b)
 			n, free := alloc(c)

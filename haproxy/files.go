@@ -275,5 +275,6 @@ func (m *Manager) rangeHoles() []int {
 // frontendEqual compares two frontends field by field.
 func frontendEqual(a, b Frontend) bool {
 	return a.Port == b.Port && a.Name == b.Name && a.Balance == b.Balance && a.Sticky == b.Sticky &&
-		a.ProxyProtocol == b.ProxyProtocol && a.HealthCheck == b.HealthCheck && slices.Equal(a.Servers, b.Servers)
+		a.ProxyProtocol == b.ProxyProtocol && a.HealthCheck == b.HealthCheck && a.CheckPort == b.CheckPort &&
+		a.CheckHTTP == b.CheckHTTP && slices.Equal(a.Servers, b.Servers)
 }

@@ -29,7 +29,9 @@ var lineShapes = regexp.MustCompile(`^(?:` + strings.Join([]string{
 	`    balance (?:roundrobin|leastconn|source|first|random)`,
 	`    stick-table type ipv?6? size 200k expire 30m`,
 	`    stick on src`,
-	`    server s_[0-9a-f_]+ (?:\[[0-9a-f:.]+\]|[0-9.]+):\d{1,5}(?: check inter \d+(?:h|m|s|ms))?(?: send-proxy(?:-v2)?)?`,
+	`    option httpchk GET /healthz`,
+	`    http-check expect status 200`,
+	`    server s_[0-9a-f_]+ (?:\[[0-9a-f:.]+\]|[0-9.]+):\d{1,5}(?: check inter \d+(?:h|m|s|ms)(?: port \d{1,5})?)?(?: send-proxy(?:-v2)?)?`,
 }, "|") + `)$`)
 
 // fuzzChecks bounds how many accepted inputs are run through haproxy -c.
@@ -60,6 +62,7 @@ func FuzzRenderEscapes(f *testing.F) {
 		s := Settings{BindAddress: bind, StatsSocket: sock, TimeoutClient: time.Duration(timeout), MaxConn: 100}
 		fes := []Frontend{
 			{Port: port, Name: name, Balance: balance, ProxyProtocol: proxy, Sticky: true, HealthCheck: true,
+				CheckPort: sport ^ 1, CheckHTTP: port%2 == 0,
 				Servers: []Server{{Address: addr, Port: sport}, {Address: "10.0.0.1", Port: 80}}},
 			{Port: 1000, Name: "fixed", Servers: []Server{{Address: addr, Port: 80}}},
 		}

@@ -29,10 +29,26 @@ type Frontend struct {
 	// ProxyProtocol is "", "v1" or "v2": send the PROXY protocol header to the
 	// servers (send-proxy / send-proxy-v2).
 	ProxyProtocol string
-	// HealthCheck enables TCP health checks on every server.
+	// HealthCheck enables health checks on every server: a TCP connect,
+	// unless CheckHTTP.
 	HealthCheck bool
-	Servers     []Server
+	// CheckPort, when not 0, sends the checks to this port of each server
+	// instead of the server's own port (`check port N`): kube-proxy's
+	// healthCheckNodePort for a Service with externalTrafficPolicy Local.
+	CheckPort int
+	// CheckHTTP makes the check `GET /healthz` wanting status 200 instead of
+	// a TCP connect. A connect is not enough for kube-proxy's health port:
+	// it accepts on every node and answers 503 where the Service has no
+	// ready local endpoint, so only the status tells the nodes apart.
+	CheckHTTP bool
+	Servers   []Server
 }
+
+// httpCheck is the backend part of an HTTP health check (Frontend.CheckHTTP):
+// kube-proxy's health port answers GET with 200 where the Service has a
+// ready local endpoint and 503 where it has none, so exactly 200 is UP. The
+// request and status are fixed text: nothing a route carries reaches them.
+const httpCheck = "    option httpchk GET /healthz\n    http-check expect status 200\n"
 
 // Server is one backend endpoint. Address is a canonical IPv4 or IPv6 literal
 // (as netip.Addr.String prints it, no zone).
@@ -250,6 +266,9 @@ func render(s Settings, fes []Frontend, lay *layout, holes []int) (Rendered, *la
 			fmt.Fprintf(&b, "    stick-table type %s size 200k expire 30m\n", typ)
 			b.WriteString("    stick on src\n")
 		}
+		if fe.HealthCheck && fe.CheckHTTP {
+			b.WriteString(httpCheck)
+		}
 		opts := serverOptions(s, fe)
 		for _, sv := range sortServers(fe, reject) {
 			fmt.Fprintf(&b, "    server %s %s%s\n", serverName(sv), serverAddr(sv), opts)
@@ -342,6 +361,8 @@ func checkFrontend(fe Frontend) error {
 		return fmt.Errorf("frontend %q: invalid balance %q", fe.Name, fe.Balance)
 	case fe.ProxyProtocol != "" && fe.ProxyProtocol != "v1" && fe.ProxyProtocol != "v2":
 		return fmt.Errorf("frontend %q: invalid proxy protocol %q", fe.Name, fe.ProxyProtocol)
+	case fe.CheckPort < 0 || fe.CheckPort > 65535:
+		return fmt.Errorf("frontend %q: check port %d out of range", fe.Name, fe.CheckPort)
 	}
 	return nil
 }

@@ -48,6 +48,14 @@ func goldenCases() []struct {
 			{Port: 5001, Name: "v1", ProxyProtocol: "v1", HealthCheck: true, Servers: []Server{{"10.0.0.1", 5001}}},
 			{Port: 5002, Name: "v2", ProxyProtocol: "v2", Servers: []Server{{"10.0.0.1", 5002}}},
 		}},
+		{name: "check_port_http", fes: []Frontend{
+			{Port: 7001, Name: "local-http", Balance: "roundrobin", HealthCheck: true, CheckPort: 31500, CheckHTTP: true,
+				Servers: []Server{{"10.0.0.1", 30080}, {"10.0.0.2", 30080}}},
+			{Port: 7002, Name: "local-tcp", Sticky: true, HealthCheck: true, CheckPort: 31501, ProxyProtocol: "v2",
+				Servers: []Server{{"10.0.0.1", 30081}}},
+			{Port: 7003, Name: "http-default-port", HealthCheck: true, CheckHTTP: true, Servers: []Server{{"10.0.0.1", 30082}}},
+			{Port: 7004, Name: "checks-off", CheckPort: 31502, CheckHTTP: true, Servers: []Server{{"10.0.0.1", 30083}}},
+		}},
 		{name: "ipv6_backend", fes: []Frontend{
 			{Port: 6000, Name: "v6", Balance: "leastconn", Sticky: true, HealthCheck: true,
 				Servers: []Server{{"2001:db8::1", 30808}, {"10.0.0.1", 30808}, {"::1", 80}}},

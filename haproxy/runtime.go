@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -111,7 +112,8 @@ func serverChanges(s Settings, ch change) (adds, dels []string, ok bool) {
 		return x
 	}
 	if !ch.had || !ch.has || a.Name != b.Name || norm(a.Balance) != norm(b.Balance) || a.Sticky != b.Sticky ||
-		a.ProxyProtocol != b.ProxyProtocol || a.HealthCheck != b.HealthCheck {
+		a.ProxyProtocol != b.ProxyProtocol || a.HealthCheck != b.HealthCheck || a.CheckPort != b.CheckPort ||
+		a.CheckHTTP != b.CheckHTTP {
 		return nil, nil, false
 	}
 	ignore := func(string, ...any) {}
@@ -148,6 +150,9 @@ func serverOptions(s Settings, fe Frontend) string {
 	var opts string
 	if fe.HealthCheck {
 		opts += " check inter " + formatDuration(s.CheckInterval)
+		if fe.CheckPort != 0 {
+			opts += " port " + strconv.Itoa(fe.CheckPort)
+		}
 	}
 	switch fe.ProxyProtocol {
 	case "v1":

@@ -595,6 +595,8 @@ func Frontends(routes []fsm.Route) []haproxy.Frontend {
 			Sticky:        r.Sticky,
 			ProxyProtocol: r.ProxyProtocol,
 			HealthCheck:   r.HealthCheck,
+			CheckPort:     r.CheckPort,
+			CheckHTTP:     r.CheckMode == fsm.CheckModeHTTP,
 			Servers:       make([]haproxy.Server, 0, len(r.Backends)),
 		}
 		for _, b := range r.Backends {
