@@ -20,13 +20,19 @@ type routeList struct {
 // take NewRoute's defaults (roundrobin, sticky, health checks on).
 type routeRequest struct {
 	// Port, when present, must equal the port in the path.
-	Port          *int             `json:"port"`
-	Name          string           `json:"name"`
-	Balance       string           `json:"balance"`
-	Sticky        *bool            `json:"sticky"`
-	ProxyProtocol string           `json:"proxy_protocol"`
-	HealthCheck   *bool            `json:"health_check"`
-	Backends      []backendRequest `json:"backends"`
+	Port          *int   `json:"port"`
+	Name          string `json:"name"`
+	Balance       string `json:"balance"`
+	Sticky        *bool  `json:"sticky"`
+	ProxyProtocol string `json:"proxy_protocol"`
+	HealthCheck   *bool  `json:"health_check"`
+	// CheckPort sends health checks to this port of every backend (0 or
+	// absent: the backend's own port); CheckMode "http" checks by GET
+	// /healthz wanting 200 ("" or absent: TCP connect). Both are
+	// validated by fsm.Route.Validate (400) and need health checks on.
+	CheckPort int              `json:"check_port"`
+	CheckMode string           `json:"check_mode"`
+	Backends  []backendRequest `json:"backends"`
 	// Force takes the port over from a route with another name.
 	Force bool `json:"force"`
 }
@@ -157,6 +163,7 @@ func (s *Server) handlePutRoute(w http.ResponseWriter, r *http.Request) error {
 	}
 	route := fsm.NewRoute(port, req.Name)
 	applyRouteOptions(&route, req.Balance, req.Sticky, req.ProxyProtocol, req.HealthCheck)
+	route.CheckPort, route.CheckMode = req.CheckPort, req.CheckMode
 	if tok != nil {
 		route.Token = tok.Name
 	}

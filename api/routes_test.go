@@ -71,6 +71,26 @@ func TestPutRoute(t *testing.T) {
 				return r
 			},
 		},
+		{
+			name: "check port and http check", path: "/v1/routes/8080",
+			body:       `{"name":"svc","check_port":31500,"check_mode":"http","backends":[{"address":"10.0.0.9","port":30808}]}`,
+			wantStatus: 200,
+			want: func() fsm.Route {
+				r := fsm.NewRoute(8080, "svc")
+				r.CheckPort, r.CheckMode = 31500, fsm.CheckModeHTTP
+				r.Backends = []fsm.Backend{{Address: "10.0.0.9", Port: 30808}}
+				return r
+			},
+		},
+		{name: "check port zero", path: "/v1/routes/8080", body: `{"name":"x","check_port":0}`, wantStatus: 200,
+			want: func() fsm.Route { return fsm.NewRoute(8080, "x") }},
+		{name: "check port too big", path: "/v1/routes/8080", body: `{"name":"x","check_port":65536}`, wantStatus: 400, wantMsg: "check_port 65536 out of range"},
+		{name: "check port negative", path: "/v1/routes/8080", body: `{"name":"x","check_port":-1}`, wantStatus: 400, wantMsg: "check_port -1 out of range"},
+		{name: "check port string", path: "/v1/routes/8080", body: `{"name":"x","check_port":"31500"}`, wantStatus: 400, wantMsg: `"check_port"`},
+		{name: "check port float", path: "/v1/routes/8080", body: `{"name":"x","check_port":31500.5}`, wantStatus: 400, wantMsg: `"check_port" must be a whole number`},
+		{name: "check mode unknown", path: "/v1/routes/8080", body: `{"name":"x","check_mode":"https"}`, wantStatus: 400, wantMsg: "check_mode"},
+		{name: "check mode injection", path: "/v1/routes/8080", body: `{"name":"x","check_mode":"http\n    option external-check"}`, wantStatus: 400, wantMsg: "check_mode"},
+		{name: "check mode without checks", path: "/v1/routes/8080", body: `{"name":"x","health_check":false,"check_mode":"http"}`, wantStatus: 400, wantMsg: "need health_check on"},
 		{name: "port mismatch", path: "/v1/routes/8080", body: `{"port":8081,"name":"x"}`, wantStatus: 400, wantMsg: "port 8081 in the body differs from port 8080"},
 		{name: "missing name", path: "/v1/routes/8080", body: `{"balance":"source"}`, wantStatus: 400, wantMsg: "name is required"},
 		{name: "bad name", path: "/v1/routes/8080", body: `{"name":"a b"}`, wantStatus: 400, wantMsg: `name "a b" must match`},
@@ -290,5 +310,16 @@ func TestDeregisterBackendRawV6Brackets(t *testing.T) {
 	// An explicit route stays when its last backend goes.
 	if r, ok := e.fsm.State().Route(8080); !ok || len(r.Backends) != 0 {
 		t.Fatalf("route after delete: %+v %v", r, ok)
+	}
+}
+
+func TestGetRouteShowsCheckFields(t *testing.T) {
+	e := newEnv(t)
+	e.must(200, http.MethodPut, "/v1/routes/8080", `{"name":"svc","check_port":31500,"check_mode":"http"}`)
+	for _, path := range []string{"/v1/routes/8080", "/v1/routes"} {
+		rec := e.must(200, http.MethodGet, path, "")
+		if body := rec.Body.String(); !strings.Contains(body, `"check_port":31500,"check_mode":"http"`) {
+			t.Errorf("GET %s does not show the check fields: %s", path, body)
+		}
 	}
 }

@@ -21,12 +21,17 @@ type RouteList struct {
 // optional fields take the API's defaults (roundrobin, sticky, health checks
 // on).
 type RouteSpec struct {
-	Name          string        `json:"name"`
-	Balance       string        `json:"balance,omitempty"`
-	Sticky        *bool         `json:"sticky,omitempty"`
-	ProxyProtocol string        `json:"proxy_protocol,omitempty"`
-	HealthCheck   *bool         `json:"health_check,omitempty"`
-	Backends      []BackendSpec `json:"backends"`
+	Name          string `json:"name"`
+	Balance       string `json:"balance,omitempty"`
+	Sticky        *bool  `json:"sticky,omitempty"`
+	ProxyProtocol string `json:"proxy_protocol,omitempty"`
+	HealthCheck   *bool  `json:"health_check,omitempty"`
+	// CheckPort sends health checks to this port of every backend (0: the
+	// backend's own port); CheckMode "http" checks by GET /healthz wanting
+	// 200 (empty: TCP connect).
+	CheckPort int           `json:"check_port,omitempty"`
+	CheckMode string        `json:"check_mode,omitempty"`
+	Backends  []BackendSpec `json:"backends"`
 	// Force takes the port over from a route with another name.
 	Force bool `json:"force,omitempty"`
 }
