@@ -72,6 +72,9 @@ const (
 	ReasonInvalidAnnotation   = "InvalidAnnotation"
 	ReasonNoAddress           = "NoExternalAddress"
 	ReasonNoPorts             = "NoRoutablePorts"
+	// ReasonInvalidHealthCheckPort: a Local Service's healthCheckNodePort
+	// is not a port; its backends are checked by TCP instead.
+	ReasonInvalidHealthCheckPort = "InvalidHealthCheckNodePort"
 )
 
 // gcKey is the queue item that removes managed routes no Service wants. It

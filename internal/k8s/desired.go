@@ -77,9 +77,22 @@ func desiredRoutes(prefix string, svc *corev1.Service, nodes []*corev1.Node, sli
 	}
 
 	eligible := eligibleNodes(nodes)
+	// With externalTrafficPolicy Local, kube-proxy answers GET on the
+	// Service's healthCheckNodePort with 200 on nodes that have a ready
+	// local endpoint and 503 on the others. HAProxy checks every backend
+	// there by HTTP (a TCP connect succeeds on every node), so a node that
+	// loses its last endpoint is taken out before the EndpointSlice watch
+	// catches up.
+	checkPort := 0
 	if svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
 		withEndpoints := nodesWithReadyEndpoints(slices_)
 		eligible = slices.DeleteFunc(eligible, func(n nodeAddr) bool { return !withEndpoints[n.name] })
+		switch hc := svc.Spec.HealthCheckNodePort; {
+		case hc >= 1 && hc <= 65535:
+			checkPort = int(hc)
+		case hc != 0:
+			bad(ReasonInvalidHealthCheckPort, "healthCheckNodePort %d is out of range 1-65535; backends are checked by TCP on their own port", hc)
+		}
 	}
 
 	var routes []fsm.Route
@@ -113,6 +126,9 @@ func desiredRoutes(prefix string, svc *corev1.Service, nodes []*corev1.Node, sli
 		r := fsm.NewRoute(public, routeName(prefix, svc.Namespace, svc.Name, p.Port))
 		r.Balance = balance
 		r.ProxyProtocol = proxyProtocol
+		if checkPort != 0 {
+			r.CheckPort, r.CheckMode = checkPort, fsm.CheckModeHTTP
+		}
 		for _, n := range eligible {
 			b := fsm.Backend{Address: n.addr, Port: int(p.NodePort)}
 			if fsm.ValidateName("owner", n.name) == nil {
@@ -255,6 +271,7 @@ func sameRoute(have, want fsm.Route) bool {
 	if have.Port != want.Port || have.Name != want.Name || have.Implicit ||
 		have.Balance != want.Balance || have.Sticky != want.Sticky ||
 		have.ProxyProtocol != want.ProxyProtocol || have.HealthCheck != want.HealthCheck ||
+		have.CheckPort != want.CheckPort || have.CheckMode != want.CheckMode ||
 		len(have.Backends) != len(want.Backends) {
 		return false
 	}

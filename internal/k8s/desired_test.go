@@ -139,6 +139,29 @@ func TestDesiredRoutes(t *testing.T) {
 			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 			return s
 		}(), want{routes: []string{"80 k8s.ns_web_80 10.0.0.2:30080"}}},
+		{"local traffic policy: checks on healthCheckNodePort by HTTP", func() *corev1.Service {
+			s := lbService("ns", "web", tcpPort("", 80, 30080), tcpPort("", 443, 30443))
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			s.Spec.HealthCheckNodePort = 31500
+			return s
+		}(), want{routes: []string{"80 k8s.ns_web_80 10.0.0.2:30080 check 31500 http", "443 k8s.ns_web_443 10.0.0.2:30443 check 31500 http"}}},
+		{"cluster traffic policy: no check port even if one is set", func() *corev1.Service {
+			s := lbService("ns", "web", tcpPort("", 80, 30080))
+			s.Spec.HealthCheckNodePort = 31500
+			return s
+		}(), want{routes: []string{"80 k8s.ns_web_80 10.0.0.1:30080,10.0.0.2:30080"}}},
+		{"local traffic policy: a healthCheckNodePort out of range", func() *corev1.Service {
+			s := lbService("ns", "web", tcpPort("", 80, 30080))
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			s.Spec.HealthCheckNodePort = 70000
+			return s
+		}(), want{routes: []string{"80 k8s.ns_web_80 10.0.0.2:30080"}, problems: []string{ReasonInvalidHealthCheckPort}}},
+		{"local traffic policy: a negative healthCheckNodePort", func() *corev1.Service {
+			s := lbService("ns", "web", tcpPort("", 80, 30080))
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			s.Spec.HealthCheckNodePort = -5
+			return s
+		}(), want{routes: []string{"80 k8s.ns_web_80 10.0.0.2:30080"}, problems: []string{ReasonInvalidHealthCheckPort}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -149,7 +172,11 @@ func TestDesiredRoutes(t *testing.T) {
 				for _, b := range r.Backends {
 					bs = append(bs, b.Key())
 				}
-				got = append(got, fmt.Sprintf("%d %s %s", r.Port, r.Name, strings.Join(bs, ",")))
+				line := fmt.Sprintf("%d %s %s", r.Port, r.Name, strings.Join(bs, ","))
+				if r.CheckPort != 0 || r.CheckMode != "" {
+					line += fmt.Sprintf(" check %d %s", r.CheckPort, r.CheckMode)
+				}
+				got = append(got, line)
 				if err := r.Validate(); err != nil {
 					t.Errorf("route %d does not validate: %v", r.Port, err)
 				}

@@ -44,7 +44,7 @@ func (a APIRoutes) ListRoutes(ctx context.Context) ([]fsm.Route, error) {
 func (a APIRoutes) PutRoute(ctx context.Context, r fsm.Route) error {
 	sticky, check := r.Sticky, r.HealthCheck
 	spec := client.RouteSpec{Name: r.Name, Balance: r.Balance, Sticky: &sticky, ProxyProtocol: r.ProxyProtocol,
-		HealthCheck: &check, Backends: []client.BackendSpec{}}
+		HealthCheck: &check, CheckPort: r.CheckPort, CheckMode: r.CheckMode, Backends: []client.BackendSpec{}}
 	for _, b := range r.Backends {
 		spec.Backends = append(spec.Backends, client.BackendSpec{Address: b.Address, Port: b.Port, Owner: b.Owner})
 	}
