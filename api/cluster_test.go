@@ -768,7 +768,7 @@ func TestSnapshotRestoreRefused(t *testing.T) {
 		{name: "empty", body: "", wantStatus: 400, wantMsg: "request body is empty"},
 		{name: "not JSON", body: "hello", wantStatus: 400, wantMsg: "read snapshot"},
 		{name: "no format", body: `{"routes":[]}`, wantStatus: 400, wantMsg: "not a drawbridge snapshot"},
-		{name: "newer format", body: `{"format":3,"routes":[]}`, wantStatus: 400, wantMsg: "format 3 is not supported"},
+		{name: "newer format", body: `{"format":4,"routes":[]}`, wantStatus: 400, wantMsg: "format 4 is not supported"},
 		{name: "trailing data", body: valid(`[]`) + `{}`, wantStatus: 400, wantMsg: "unexpected data after the snapshot"},
 		{name: "invalid route", body: valid(`[{"port":8080,"name":"Bad Name","mode":"tcp","balance":"roundrobin","backends":[]}]`),
 			wantStatus: 400, wantMsg: "name"},

@@ -32,6 +32,8 @@ type refRoute struct {
 	name, balance string
 	sticky        bool
 	implicit      bool
+	checkPort     int
+	checkMode     string
 	backends      map[refKey]refBackend
 }
 
@@ -62,6 +64,10 @@ var (
 	propBadOwners   = []string{"Pod", "pod 1"}
 	propBalances    = []string{"roundrobin", "leastconn"}
 	propBadBalances = []string{"rr", ""}
+	propCheckPorts  = []int{0, 0, 31500}
+	propBadCheck    = []int{-1, 65536}
+	propCheckModes  = []string{"", "", CheckModeHTTP}
+	propBadModes    = []string{"https", "tcp", "http\n"}
 	plusOne         = time.FixedZone("plus-one", 3600)
 )
 
@@ -123,7 +129,10 @@ func (g gen) route(port int, name string, nameOK bool) genRoute {
 	bal, bok := choose(g, propBalances, propBadBalances)
 	r := NewRoute(port, name)
 	r.Balance, r.Sticky, r.Implicit = bal, g.r.IntN(2) == 0, g.r.IntN(4) == 0
-	out := genRoute{valid: nameOK && bok && validPort(port), keys: map[refKey]refBackend{}}
+	cp, cpok := choose(g, propCheckPorts, propBadCheck)
+	cm, cmok := choose(g, propCheckModes, propBadModes)
+	r.CheckPort, r.CheckMode = cp, cm
+	out := genRoute{valid: nameOK && bok && validPort(port) && cpok && cmok, keys: map[refKey]refBackend{}}
 	for range g.r.IntN(4) {
 		b, k, rb, ok := g.backend()
 		if _, dup := out.keys[k]; dup || !ok {
@@ -155,7 +164,7 @@ func validPort(p int) bool { return p >= 1 && p <= 65535 }
 
 func newRef(gr genRoute, implicit bool) *refRoute {
 	r := &refRoute{name: gr.route.Name, balance: gr.route.Balance, sticky: gr.route.Sticky, implicit: implicit,
-		backends: map[refKey]refBackend{}}
+		checkPort: gr.route.CheckPort, checkMode: gr.route.CheckMode, backends: map[refKey]refBackend{}}
 	for k, b := range gr.keys {
 		r.backends[k] = b
 	}
@@ -325,7 +334,8 @@ func compareToModel(t *testing.T, step int, m refModel, s *State, res Result, wa
 		switch {
 		case ref == nil:
 			fail("unexpected route %d", r.Port)
-		case r.Name != ref.name || r.Balance != ref.balance || r.Sticky != ref.sticky || r.Implicit != ref.implicit:
+		case r.Name != ref.name || r.Balance != ref.balance || r.Sticky != ref.sticky || r.Implicit != ref.implicit ||
+			r.CheckPort != ref.checkPort || r.CheckMode != ref.checkMode:
 			fail("route %d = %+v, model %+v", r.Port, r, ref)
 		case len(r.Backends) != len(ref.backends):
 			fail("route %d has %d backends, model %d", r.Port, len(r.Backends), len(ref.backends))

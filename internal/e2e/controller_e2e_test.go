@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -496,7 +498,41 @@ func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 			b, _ := l.backendsOf(webPort)
 			return b == fmt.Sprintf("127.0.0.4:%d", np)
 		})
-		testenv.Eventually(t, 10*time.Second, "node-c answers", func() bool { return live(webPort, "node-c") })
+		// The API server allocated a healthCheckNodePort: the route checks
+		// every backend there by HTTP. Stand in for kube-proxy on node-c:
+		// 200 while it has a ready local endpoint, 503 when not.
+		s, err := l.service("web")
+		if err != nil || s.Spec.HealthCheckNodePort == 0 {
+			t.Fatalf("no healthCheckNodePort allocated: %v %+v", err, s.Spec)
+		}
+		hc := int(s.Spec.HealthCheckNodePort)
+		var healthy atomic.Bool
+		healthy.Store(true)
+		hln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.4", strconv.Itoa(hc)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hsrv := &http.Server{ReadHeaderTimeout: time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if healthy.Load() {
+				w.WriteHeader(http.StatusOK)
+				return
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+		})}
+		go func() { _ = hsrv.Serve(hln) }()
+		defer hsrv.Close()
+		testenv.Eventually(t, 20*time.Second, "route checks on the healthCheckNodePort by HTTP", func() bool {
+			_, m := l.routes()
+			r := m[webPort]
+			return r.CheckPort == hc && r.CheckMode == fsm.CheckModeHTTP
+		})
+		testenv.Eventually(t, 20*time.Second, "node-c answers", func() bool { return live(webPort, "node-c") })
+		// kube-proxy says node-c lost its endpoint before the slice does:
+		// HAProxy takes it out; and back in when it answers 200 again.
+		healthy.Store(false)
+		testenv.Eventually(t, 30*time.Second, "node-c taken out by its health check", func() bool { return !live(webPort, "node-c") })
+		healthy.Store(true)
+		testenv.Eventually(t, 30*time.Second, "node-c back", func() bool { return live(webPort, "node-c") })
 		if _, err := l.kube.CoreV1().Services("default").Patch(l.ctx, "web", types.MergePatchType,
 			[]byte(`{"spec":{"externalTrafficPolicy":"Cluster"}}`), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
@@ -505,6 +541,10 @@ func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 			b, _ := l.backendsOf(webPort)
 			return b == fmt.Sprintf("127.0.0.2:%d,127.0.0.4:%d", np, np)
 		})
+		_, m := l.routes()
+		if r := m[webPort]; r.CheckPort != 0 || r.CheckMode != "" {
+			t.Errorf("Cluster policy still checks on %d %q", r.CheckPort, r.CheckMode)
+		}
 	})
 
 	t.Run("UDP refused with an Event; conflict reported, other route untouched", func(t *testing.T) {
