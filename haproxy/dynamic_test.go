@@ -83,6 +83,7 @@ func TestRenderDynamicPassesCheck(t *testing.T) {
 		{Port: 8080, Name: "static", Servers: []Server{{"10.0.0.1", 80}}},
 		{Port: 31005, Name: "dyn", Sticky: true, HealthCheck: true, Servers: []Server{{"10.0.0.2", 80}, {"10.0.0.1", 80}}},
 		{Port: 31006, Name: "src", Balance: "source", ProxyProtocol: "v2", Servers: []Server{{"2001:db8::1", 443}}},
+		{Port: 31007, Name: "local", HealthCheck: true, CheckPort: 31500, CheckHTTP: true, Servers: []Server{{"10.0.0.3", 30080}}},
 	}
 	r, err := RenderAll(s, fes)
 	if err != nil {
@@ -98,6 +99,8 @@ func TestRenderDynamicPassesCheck(t *testing.T) {
 		"backend dyn_roundrobin_sticky_0\n    # route dyn port 31005\n",
 		"backend dyn_source_0\n    # route src port 31006\n    balance source\n    hash-type consistent\n",
 		"    server s_10_0_0_1_80 10.0.0.1:80 check inter 2s\n",
+		"backend dyn_roundrobin_httpchk_0\n    # route local port 31007\n    balance roundrobin\n    option httpchk GET /healthz\n    http-check expect status 200\n" +
+			"    server s_10_0_0_3_30080 10.0.0.3:30080 check inter 2s port 31500\n",
 	} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("missing %q in\n%s", want, cfg)
@@ -106,10 +109,10 @@ func TestRenderDynamicPassesCheck(t *testing.T) {
 	if strings.Contains(cfg, "fe_31005") {
 		t.Errorf("a route in the dynamic range got its own frontend:\n%s", cfg)
 	}
-	if want := "31005 dyn_roundrobin_sticky_0\n31006 dyn_source_0\n"; string(r.Map) != want {
+	if want := "31005 dyn_roundrobin_sticky_0\n31006 dyn_source_0\n31007 dyn_roundrobin_httpchk_0\n"; string(r.Map) != want {
 		t.Errorf("map %q, want %q", r.Map, want)
 	}
-	again, _ := RenderAll(s, []Frontend{fes[2], fes[0], fes[1]})
+	again, _ := RenderAll(s, []Frontend{fes[2], fes[3], fes[0], fes[1]})
 	if again.Hash() != r.Hash() {
 		t.Error("render depends on input order")
 	}

@@ -36,6 +36,10 @@ func randomRoutes(rng *rand.Rand, n int) []fsm.Route {
 		r.ProxyProtocol = proxies[rng.IntN(len(proxies))]
 		r.Sticky = rng.IntN(2) == 0
 		r.HealthCheck = rng.IntN(2) == 0
+		if rng.IntN(2) == 0 {
+			r.CheckPort = []int{0, 1, 65535, 1 + rng.IntN(65535), -1, 65536}[rng.IntN(6)]
+			r.CheckMode = []string{"", "http", "http", "https", "http\n", "tcp"}[rng.IntN(6)]
+		}
 		for b := rng.IntN(4); b > 0; b-- {
 			r.Backends = append(r.Backends, fsm.Backend{Address: addrs[rng.IntN(len(addrs))], Port: rng.IntN(70000)})
 		}
