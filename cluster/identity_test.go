@@ -54,6 +54,7 @@ func voterNames(m *testMember) []string {
 // raft address they announce never become voters, and a voter is never
 // re-pointed to an address that does not prove its name.
 func TestSecureClusterFormsAndRefusesUnprovenVoters(t *testing.T) {
+	testenv.SkipShort(t, "a three-node TLS cluster and unproven members")
 	ca := newTLSTestCA(t, "cluster CA")
 	ms := secureThree(t, ca)
 	l := leaderOf(ms...)
@@ -103,6 +104,7 @@ func TestSecureClusterFormsAndRefusesUnprovenVoters(t *testing.T) {
 // takes its name and announces an address where another certificate
 // holder listens.
 func TestGossipCannotRepointAVoter(t *testing.T) {
+	testenv.SkipShort(t, "a TLS cluster and a gossip member taking a voter's name")
 	ca := newTLSTestCA(t, "cluster CA")
 	o := memberOpts{ca: ca, key: make([]byte, 32), label: "test", expect: 2}
 	a := startMember(t, "a", o, nil)
@@ -272,6 +274,7 @@ func (ft *followerTarget) unchanged(t *testing.T, term uint64, attack string) {
 // own name, is let through to raft (credentialed nodes are trusted),
 // which shows the message itself would have worked.
 func TestRaftRefusesUnauthenticatedAndMisnamedMessages(t *testing.T) {
+	testenv.SkipShort(t, "forged raft messages against a three-node TLS cluster")
 	ca := newTLSTestCA(t, "cluster CA")
 	ft := newFollowerTarget(t, ca)
 	term := ft.follower.raft.CurrentTerm()
@@ -348,6 +351,7 @@ func TestRaftRefusesUnauthenticatedAndMisnamedMessages(t *testing.T) {
 // TestLeaderReplicatesOnlyToTheNamedServer: a server added at an address
 // where another certificate holder listens receives nothing.
 func TestLeaderReplicatesOnlyToTheNamedServer(t *testing.T) {
+	testenv.SkipShort(t, "a TLS cluster and a server at the wrong address")
 	ca := newTLSTestCA(t, "cluster CA")
 	c1 := tlsTimings(fastConfig(t, t.TempDir()))
 	c1.TLS = ca.raftTLS(t, "n1")
