@@ -207,14 +207,16 @@ func TestSecureLeaveNeedsTheLeaversOwnWord(t *testing.T) {
 // to aim raft messages at.
 type followerTarget struct {
 	leader, follower *Node
-	ffsm             *fsm.FSM
+	lfsm, ffsm       *fsm.FSM
 	addr             string
 }
 
+// newFollowerTarget starts a two-node TLS cluster, n1 leading, with one
+// route replicated to n2.
 func newFollowerTarget(t *testing.T, ca *tlsTestCA) *followerTarget {
 	c1 := tlsTimings(fastConfig(t, t.TempDir()))
 	c1.TLS = ca.raftTLS(t, "n1")
-	n1, _ := startNode(t, c1)
+	n1, f1 := startNode(t, c1)
 	c2 := tlsTimings(joinerConfig(t, "n2"))
 	c2.TLS = ca.raftTLS(t, "n2")
 	n2, f2 := startNode(t, c2)
@@ -226,7 +228,7 @@ func newFollowerTarget(t *testing.T, ca *tlsTestCA) *followerTarget {
 		_, ok := f2.State().Route(8080)
 		return ok
 	})
-	return &followerTarget{leader: n1, follower: n2, ffsm: f2, addr: c2.BindAddr}
+	return &followerTarget{leader: n1, follower: n2, lfsm: f1, ffsm: f2, addr: c2.BindAddr}
 }
 
 // forgedAppend is an AppendEntries in the leader's name, from a much later

@@ -160,22 +160,8 @@ func applyOrFatal(t testing.TB, n *Node, cmd fsm.Command) {
 func TestTLSClusterReplicatesAndRejectsNodesWithoutAValidCertificate(t *testing.T) {
 	testenv.SkipShort(t, "a TLS cluster and nodes without valid certificates")
 	ca := newTLSTestCA(t, "drawbridge test CA")
-
-	c1 := tlsTimings(fastConfig(t, t.TempDir()))
-	c1.TLS = ca.raftTLS(t, "n1")
-	n1, f1 := startNode(t, c1)
-
-	c2 := tlsTimings(joinerConfig(t, "n2"))
-	c2.TLS = ca.raftTLS(t, "n2")
-	_, f2 := startNode(t, c2)
-	if err := addVoterTo(n1, c2); err != nil {
-		t.Fatalf("add n2 over TLS: %v", err)
-	}
-	applyOrFatal(t, n1, register(8080, "web", "10.0.0.1", 30080))
-	testenv.Eventually(t, 10*time.Second, "n2 to replicate over TLS", func() bool {
-		_, ok := f2.State().Route(8080)
-		return ok
-	})
+	pair := newFollowerTarget(t, ca)
+	n1, f1, f2 := pair.leader, pair.lfsm, pair.ffsm
 
 	strangers := []struct {
 		name string
