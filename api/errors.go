@@ -23,7 +23,23 @@ type Error struct {
 	// notApplied marks a 503 refused before anything was proposed, so a
 	// node that forwarded the request may send it to the next leader.
 	notApplied bool
+	// Code, when set, is answered as "code" beside "error": a reason a
+	// program may act on without reading the message (CodePortTaken,
+	// CodeNotOwner).
+	Code string
 }
+
+// Codes of error answers, in the "code" field beside "error". A client acts
+// on them instead of the message, which is for people and may change.
+const (
+	// CodePortTaken: the public port belongs to a route of another name
+	// (409; an admin may force it).
+	CodePortTaken = "port_taken"
+	// CodeNotOwner: the route on the port belongs to another token, which
+	// this token may neither take nor change (403). A register token is
+	// told so only for ports and names within its own scope.
+	CodeNotOwner = "not_owner"
+)
 
 // Error implements error.
 func (e *Error) Error() string { return fmt.Sprintf("%d %s", e.Status, e.Message) }
@@ -50,6 +66,7 @@ func message(err error) string {
 // errorBody is the JSON shape of every error answer.
 type errorBody struct {
 	Error string `json:"error"`
+	Code  string `json:"code,omitempty"`
 }
 
 // Commit outcomes, the values of drawbridge_commits_total's result label.
@@ -64,24 +81,26 @@ const (
 	commitError       = "error"
 )
 
-// classify maps a domain error from fsm.Result.Err to an HTTP status and a
-// commit outcome.
-func classify(err error) (status int, outcome string) {
+// classify maps a domain error from fsm.Result.Err to an HTTP status, a
+// commit outcome and the answer's code ("" for none).
+func classify(err error) (status int, outcome, code string) {
 	switch {
 	case errors.Is(err, fsm.ErrInvalid):
-		return http.StatusBadRequest, commitInvalid
+		return http.StatusBadRequest, commitInvalid, ""
 	case errors.Is(err, fsm.ErrPortTaken):
-		return http.StatusConflict, commitConflict
+		return http.StatusConflict, commitConflict, CodePortTaken
 	case errors.Is(err, fsm.ErrNotFound):
-		return http.StatusNotFound, commitNotFound
+		return http.StatusNotFound, commitNotFound, ""
 	case errors.Is(err, fsm.ErrForbidden):
-		return http.StatusForbidden, commitForbidden
+		// Apply refuses a scoped command only for a route another token
+		// owns (two writers raced for one port).
+		return http.StatusForbidden, commitForbidden, CodeNotOwner
 	case errors.Is(err, fsm.ErrUnknownCommand):
 		// The leader runs an older drawbridge than the node that proposed:
 		// temporary while a rolling upgrade completes.
-		return http.StatusServiceUnavailable, commitUnavailable
+		return http.StatusServiceUnavailable, commitUnavailable, ""
 	}
-	return http.StatusInternalServerError, commitError
+	return http.StatusInternalServerError, commitError, ""
 }
 
 // writeJSON answers v as JSON with status.

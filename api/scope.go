@@ -12,6 +12,13 @@ func forbidden(format string, args ...any) *Error {
 	return errorf(http.StatusForbidden, format, args...)
 }
 
+// notOwner is a 403 for a route another token owns, with CodeNotOwner.
+func notOwner(format string, args ...any) *Error {
+	e := forbidden(format, args...)
+	e.Code = CodeNotOwner
+	return e
+}
+
 // authorizeRoute checks that tok may create or change the route name on
 // port, given the route there now (nil: none). An admin may; a register token
 // only within its ports and name globs, and only a route it owns (the route
@@ -34,11 +41,11 @@ func authorizeRoute(tok *Token, port int, name string, existing *fsm.Route) erro
 			// The FSM answers 409 for a name clash; say who owns it
 			// first, so the 403 names the reason.
 			if existing.Token != tok.Name {
-				return forbidden("port %d belongs to route %q of %s; token %s cannot take it", port, existing.Name, ownerDesc(existing), tok.Name)
+				return notOwner("port %d belongs to route %q of %s; token %s cannot take it", port, existing.Name, ownerDesc(existing), tok.Name)
 			}
 		}
 		if existing.Token != tok.Name {
-			return forbidden("route %q on port %d belongs to %s; token %s may change only its own routes", existing.Name, port, ownerDesc(existing), tok.Name)
+			return notOwner("route %q on port %d belongs to %s; token %s may change only its own routes", existing.Name, port, ownerDesc(existing), tok.Name)
 		}
 	}
 	return nil

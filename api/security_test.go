@@ -1,10 +1,13 @@
 package api_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -371,5 +374,58 @@ func TestLeaseGuardEndpoints(t *testing.T) {
 	e.req(adminSecret, 404, http.MethodPost, "/v1/leases/release", "", "holds nothing back")
 	if !strings.Contains(e.logs.String(), `change="release-held-leases expired=2 total=3"`) {
 		t.Fatal("release not audited")
+	}
+}
+
+// racer is an Applier that commits another writer's command first, once:
+// two writers racing for one port between the leader's checks and the log.
+type racer struct {
+	*fakeCluster
+	first fsm.Command
+	once  sync.Once
+}
+
+func (r *racer) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	r.once.Do(func() {
+		if res, err := r.fakeCluster.Apply(ctx, r.first); err != nil || res.Err != nil {
+			panic(fmt.Sprintf("the racing write failed: %v %v", err, res.Err))
+		}
+	})
+	return r.fakeCluster.Apply(ctx, cmd)
+}
+
+// A refusal because the port is someone else's carries a code a program
+// can act on (the Kubernetes controller reports it as a port conflict), on
+// every path: the admin's 409, a register token's 403 from the checks
+// before the log, and the 403 Apply gives when another token won a race.
+// A refusal of the token's scope carries none.
+func TestOwnershipRefusalsCarryACode(t *testing.T) {
+	code := func(t *testing.T, rec *httptest.ResponseRecorder, status int, want string) {
+		t.Helper()
+		got := decode[struct {
+			Error string `json:"error"`
+			Code  string `json:"code"`
+		}](t, rec)
+		if rec.Code != status || got.Code != want {
+			t.Fatalf("%d %q (%s), want %d with code %q", rec.Code, got.Code, got.Error, status, want)
+		}
+	}
+	e := newEnv(t, scoped)
+	e.req(testToken, 200, "PUT", "/v1/routes/27001", `{"name":"legacy-route"}`, "")
+	code(t, e.do("PUT", "/v1/routes/27001", bearer(adminSecret), `{"name":"other"}`), 409, api.CodePortTaken)
+	code(t, e.do("PUT", "/v1/routes/27001", bearer(gameSecret), `{"name":"other"}`), 403, api.CodeNotOwner)
+	code(t, e.do("PUT", "/v1/routes/27001", bearer(gameSecret), `{"name":"legacy-route"}`), 403, api.CodeNotOwner)
+	code(t, e.do("DELETE", "/v1/routes/27001?name=legacy-route", bearer(gameSecret), ""), 403, api.CodeNotOwner)
+	code(t, e.do("PUT", "/v1/routes/9999", bearer(gameSecret), `{"name":"g"}`), 403, "")
+	code(t, e.do("PUT", "/v1/routes/27002", bearer(gameSecret), `{"name":"g","backends":[{"address":"169.254.169.254","port":80}]}`), 400, "")
+
+	unifiFirst := fsm.NewRoute(27005, "first")
+	unifiFirst.Token = "unifi"
+	raced := newEnvDeps(t, func(d *api.Deps) {
+		d.Applier = &racer{fakeCluster: d.Applier.(*fakeCluster), first: &fsm.UpsertRoute{Route: unifiFirst, Scope: "unifi"}}
+	}, scoped)
+	code(t, raced.do("PUT", "/v1/routes/27005", bearer(gameSecret), `{"name":"second"}`), 403, api.CodeNotOwner)
+	if r, _ := raced.fsm.State().Route(27005); r.Name != "first" || r.Token != "unifi" {
+		t.Fatalf("the race's winner was changed: %+v", r)
 	}
 }

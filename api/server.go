@@ -252,7 +252,7 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, e.Status, e.body)
 		return
 	}
-	writeError(w, e.Status, e.Message)
+	writeJSON(w, e.Status, errorBody{Error: e.Message, Code: e.Code})
 }
 
 // Handler returns the API as an http.Handler (for tests, or to mount it in
@@ -414,9 +414,9 @@ func (s *Server) commit(ctx context.Context, cmd fsm.Command) (fsm.Result, error
 		return fsm.Result{}, &Error{Status: http.StatusServiceUnavailable, Message: msg}
 	}
 	if res.Err != nil {
-		status, outcome := classify(res.Err)
+		status, outcome, code := classify(res.Err)
 		s.metrics.commits.WithLabelValues(outcome).Inc()
-		return res, &Error{Status: status, Message: message(res.Err)}
+		return res, &Error{Status: status, Message: message(res.Err), Code: code}
 	}
 	s.metrics.commits.WithLabelValues(commitOK).Inc()
 	auditOf(ctx).index = res.Index

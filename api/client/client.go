@@ -29,6 +29,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drawbridge-lb/drawbridge/api"
 	"github.com/drawbridge-lb/drawbridge/internal/tlsutil"
 )
 
@@ -256,6 +257,7 @@ func (c *Client) Send(ctx context.Context, idx int, method, path string, body []
 	msg := strings.TrimSpace(string(data))
 	var e struct {
 		Error string `json:"error"`
+		Code  string `json:"code"`
 	}
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
 		msg = e.Error
@@ -263,8 +265,19 @@ func (c *Client) Send(ctx context.Context, idx int, method, path string, body []
 	if len(msg) > 300 {
 		msg = msg[:300] + "…"
 	}
-	return nil, &Error{Member: member, Status: resp.StatusCode, Message: msg}
+	if len(e.Code) > 64 {
+		e.Code = ""
+	}
+	return nil, &Error{Member: member, Status: resp.StatusCode, Message: msg, Code: e.Code}
 }
+
+// Codes the API gives in error answers (see api.CodePortTaken).
+const (
+	// CodePortTaken: the port belongs to a route of another name (409).
+	CodePortTaken = api.CodePortTaken
+	// CodeNotOwner: the route on the port belongs to another token (403).
+	CodeNotOwner = api.CodeNotOwner
+)
 
 // Error is a failed request to one member: a transport error (Status 0,
 // Err set) or an answer that is not 2xx (Status and the API's message).
@@ -275,6 +288,9 @@ type Error struct {
 	Status int
 	// Message is the API's error message (at most 300 bytes).
 	Message string
+	// Code is the API's machine-readable reason, when it gave one
+	// (CodePortTaken, CodeNotOwner).
+	Code string
 	// Err is the transport error when Status is 0.
 	Err error
 }

@@ -145,13 +145,16 @@ func TestFailoverAndRefusal(t *testing.T) {
 		t.Errorf("second call: %v, %d requests to the failing member; want it to start at the one that answered", err, len(failing.requests()))
 	}
 
-	conflict := newRecorder(t, http.StatusConflict, `{"error":"port taken: port 8080 belongs to route \"other\""}`)
+	conflict := newRecorder(t, http.StatusConflict, `{"error":"port taken: port 8080 belongs to route \"other\"","code":"port_taken"}`)
 	spare := newRecorder(t, http.StatusOK, `{}`)
 	c = newClient(t, conflict.srv.URL, spare.srv.URL)
 	err = c.DeleteRoute(context.Background(), 8080, "mine")
 	var e *Error
-	if !errors.As(err, &e) || e.Status != http.StatusConflict || e.Retryable() || StatusOf(err) != http.StatusConflict {
-		t.Fatalf("err = %v, want a 409 *Error", err)
+	if !errors.As(err, &e) {
+		t.Fatalf("err = %v, want an *Error", err)
+	}
+	if e.Status != http.StatusConflict || e.Retryable() || StatusOf(err) != http.StatusConflict || e.Code != CodePortTaken {
+		t.Fatalf("err = %v (code %q), want a 409 *Error with code %s", err, e.Code, CodePortTaken)
 	}
 	if n := len(spare.requests()); n != 0 {
 		t.Errorf("a 409 was sent on to another member (%d requests)", n)
