@@ -132,7 +132,11 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, tok *Token, reas
 		s.log.Warn(what, "reason", reason, "token", name,
 			"remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "status", status)
 	}
-	writeError(w, status, msg)
+	code := ""
+	if reason == authInvalid {
+		code = CodeInvalidToken
+	}
+	writeJSON(w, status, errorBody{Error: msg, Code: code})
 }
 
 // isWrite reports whether r changes state.

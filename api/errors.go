@@ -39,6 +39,9 @@ const (
 	// this token may neither take nor change (403). A register token is
 	// told so only for ports and names within its own scope.
 	CodeNotOwner = "not_owner"
+	// CodeInvalidToken: the API knows no token with this secret (403; a
+	// request without one gets 401).
+	CodeInvalidToken = "invalid_token"
 )
 
 // Error implements error.

@@ -398,7 +398,7 @@ func (r *racer) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) 
 // can act on (the Kubernetes controller reports it as a port conflict), on
 // every path: the admin's 409, a register token's 403 from the checks
 // before the log, and the 403 Apply gives when another token won a race.
-// A refusal of the token's scope carries none.
+// A refusal of the token's scope carries none; an unknown token its own.
 func TestOwnershipRefusalsCarryACode(t *testing.T) {
 	code := func(t *testing.T, rec *httptest.ResponseRecorder, status int, want string) {
 		t.Helper()
@@ -417,6 +417,8 @@ func TestOwnershipRefusalsCarryACode(t *testing.T) {
 	code(t, e.do("PUT", "/v1/routes/27001", bearer(gameSecret), `{"name":"legacy-route"}`), 403, api.CodeNotOwner)
 	code(t, e.do("DELETE", "/v1/routes/27001?name=legacy-route", bearer(gameSecret), ""), 403, api.CodeNotOwner)
 	code(t, e.do("PUT", "/v1/routes/9999", bearer(gameSecret), `{"name":"g"}`), 403, "")
+	code(t, e.do("PUT", "/v1/routes/27003", bearer("fake-unknown-secret-9999"), `{"name":"g"}`), 403, api.CodeInvalidToken)
+	code(t, e.do("GET", "/v1/routes", bearer("fake-unknown-secret-9999"), ""), 403, api.CodeInvalidToken)
 	code(t, e.do("PUT", "/v1/routes/27002", bearer(gameSecret), `{"name":"g","backends":[{"address":"169.254.169.254","port":80}]}`), 400, "")
 
 	unifiFirst := fsm.NewRoute(27005, "first")

@@ -277,6 +277,8 @@ const (
 	CodePortTaken = api.CodePortTaken
 	// CodeNotOwner: the route on the port belongs to another token (403).
 	CodeNotOwner = api.CodeNotOwner
+	// CodeInvalidToken: the API knows no such token (403).
+	CodeInvalidToken = api.CodeInvalidToken
 )
 
 // Error is a failed request to one member: a transport error (Status 0,
@@ -289,7 +291,7 @@ type Error struct {
 	// Message is the API's error message (at most 300 bytes).
 	Message string
 	// Code is the API's machine-readable reason, when it gave one
-	// (CodePortTaken, CodeNotOwner).
+	// (CodePortTaken, CodeNotOwner, CodeInvalidToken).
 	Code string
 	// Err is the transport error when Status is 0.
 	Err error

@@ -1,7 +1,9 @@
-// Package clienttest is a fake of the drawbridge API's backend endpoints,
-// for tests of programs that register backends (the Registrar, the register
-// command). It records every request and answers as the real API does,
-// unless told otherwise.
+// Package clienttest serves drawbridge's API to tests of its clients. API
+// is a fake of the backend endpoints, for tests of programs that register
+// backends (the Registrar, the register command): it records every request
+// and answers as the real API does, unless told otherwise. RealAPI is the
+// real API handler over an in-memory table, for tests of how a client
+// handles the API's checks (token scope, ownership, policy).
 package clienttest
 
 import (
