@@ -63,8 +63,16 @@ const (
 
 // Reasons of Events and of the routes condition.
 const (
-	ReasonRouted              = "Routed"
-	ReasonPortConflict        = "PortConflict"
+	ReasonRouted = "Routed"
+	// ReasonPortConflict: the public port belongs to another route (of
+	// another name, or another token's); it is left alone.
+	ReasonPortConflict = "PortConflict"
+	// ReasonForbidden: the controller's token may not make the route (a
+	// port outside its ports, a name outside its globs, a backend outside
+	// its CIDRs).
+	ReasonForbidden = "Forbidden"
+	// ReasonRefused: drawbridge refused the route for another reason (its
+	// backend policy, a reserved port, a limit).
 	ReasonRefused             = "Refused"
 	ReasonUnauthorized        = "Unauthorized"
 	ReasonUnsupportedProtocol = "UnsupportedProtocol"
@@ -519,7 +527,7 @@ func (c *Controller) reconcile(ctx context.Context, key string) (retryAfter time
 			if !isRefusal {
 				return 0, fmt.Errorf("put route %d (%s): %w", r.Port, r.Name, err)
 			}
-			problems = append(problems, problem{Reason: reason, Message: fmt.Sprintf("drawbridge refused route %d (%s): %v", r.Port, r.Name, err)})
+			problems = append(problems, refusalProblem(reason, r, err))
 			refused = true
 			continue
 		}
@@ -573,6 +581,22 @@ func (c *Controller) reconcile(ctx context.Context, key string) (retryAfter time
 		return c.cfg.RefusedRetry, nil
 	}
 	return 0, nil
+}
+
+// refusalProblem says on the Service why drawbridge refused route r.
+func refusalProblem(reason string, r fsm.Route, err error) problem {
+	var msg string
+	switch reason {
+	case ReasonPortConflict:
+		msg = fmt.Sprintf("public port %d belongs to another route, not this Service; it was left alone (free the port, or choose another with the %s annotation): drawbridge said %s",
+			r.Port, AnnotationPublicPorts, apiMessage(err))
+	case ReasonForbidden:
+		msg = fmt.Sprintf("the controller's drawbridge token may not make route %d (%s); widen the token's ports, names or backend_cidrs, or choose another port with the %s annotation: drawbridge said %s",
+			r.Port, r.Name, AnnotationPublicPorts, apiMessage(err))
+	default:
+		msg = fmt.Sprintf("drawbridge refused route %d (%s): %s", r.Port, r.Name, apiMessage(err))
+	}
+	return problem{Reason: reason, Message: msg}
 }
 
 // removeRoutes deletes the routes named with stem, except those in keep

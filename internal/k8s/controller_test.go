@@ -120,7 +120,7 @@ type harness struct {
 	ctx    context.Context
 }
 
-func startController(t *testing.T, kube *fake.Clientset, routes *memRoutes, cfg Config) *Controller {
+func startController(t *testing.T, kube *fake.Clientset, routes Routes, cfg Config) *Controller {
 	t.Helper()
 	// The fake clientset's watches do not resume from a resourceVersion: an
 	// object made between an informer's list and its watch is never seen.

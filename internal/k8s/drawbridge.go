@@ -3,6 +3,7 @@ package k8s
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/drawbridge-lb/drawbridge/api/client"
@@ -52,10 +53,12 @@ func (a APIRoutes) PutRoute(ctx context.Context, r fsm.Route) error {
 	return err
 }
 
-// DeleteRoute implements Routes.
+// DeleteRoute implements Routes. A route that is gone (404), now named
+// otherwise (409) or owned by another token (403 not_owner: the port was
+// freed and taken by someone else since the list) is not ours to delete.
 func (a APIRoutes) DeleteRoute(ctx context.Context, port int, name string) error {
 	err := a.C.DeleteRoute(ctx, port, name)
-	if s := client.StatusOf(err); s == http.StatusNotFound || s == http.StatusConflict {
+	if s := client.StatusOf(err); s == http.StatusNotFound || s == http.StatusConflict || codeOf(err) == client.CodeNotOwner {
 		return nil
 	}
 	return err
@@ -70,21 +73,52 @@ func (a APIRoutes) FloatingIP(ctx context.Context) (string, error) {
 	return st.FloatingIP.Address, nil
 }
 
-// refusal classifies an error from Routes: a conflict (the port belongs to
-// another route) or a refusal (a policy, the token's scope, an invalid
-// route) is a decision that retrying soon will not change, and is reported
-// on the Service; anything else (a node unreachable, no leader) is retried
-// with backoff.
+// refusal classifies an error from Routes. Decisions that retrying soon
+// will not change are reported on the Service:
+//   - ReasonPortConflict: the port belongs to a route of another name (409,
+//     seen with an admin token) or to another token's route (403
+//     not_owner: a register token sees only its own routes, so it learns of
+//     the other route only from this answer);
+//   - ReasonForbidden: the token's scope refuses it (403: a port outside
+//     its ports, a name outside its globs, a backend outside its CIDRs);
+//   - ReasonUnauthorized: drawbridge does not know the token (403
+//     invalid_token; 401 without one);
+//   - ReasonRefused: anything else drawbridge refused (400: the cluster's
+//     backend policy, a reserved port, a limit, an invalid route).
+//
+// Anything else (no member reachable, no leader, 5xx, 429) is retried with
+// backoff.
 func refusal(err error) (reason string, refused bool) {
 	var e *client.Error
 	if !errors.As(err, &e) || e.Retryable() || e.Status == 0 {
 		return "", false
 	}
-	switch e.Status {
-	case http.StatusConflict:
+	switch {
+	case e.Status == http.StatusConflict || e.Code == client.CodePortTaken || e.Code == client.CodeNotOwner:
 		return ReasonPortConflict, true
-	case http.StatusUnauthorized:
+	case e.Status == http.StatusUnauthorized || e.Code == client.CodeInvalidToken:
 		return ReasonUnauthorized, true
+	case e.Status == http.StatusForbidden:
+		return ReasonForbidden, true
 	}
 	return ReasonRefused, true
+}
+
+// codeOf returns the API's code in err's chain, "" when none.
+func codeOf(err error) string {
+	var e *client.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return ""
+}
+
+// apiMessage is what drawbridge said, without which member said it: the
+// Service's condition must not change when the client fails over.
+func apiMessage(err error) string {
+	var e *client.Error
+	if errors.As(err, &e) && e.Status != 0 {
+		return fmt.Sprintf("HTTP %d: %s", e.Status, e.Message)
+	}
+	return err.Error()
 }
