@@ -106,6 +106,8 @@ var defaults = map[string]any{
 	"leases.force":                        false,
 	"log.level":                           "info",
 	"log.format":                          "text",
+	// Runtime profiles on loopback only; off unless set.
+	"debug.pprof_addr": "",
 }
 
 // devDefaults replace some defaults under --dev: everything on loopback, data

@@ -89,6 +89,7 @@ type Agent struct {
 	clus         *cluster.Cluster
 	owner        *floatingip.Owner // nil when no floating IP is managed
 	ln           net.Listener
+	pprofLn      net.Listener       // debug.pprof_addr's, nil when off
 	stopLoops    context.CancelFunc // nil until the loops and the API run
 	loops        sync.WaitGroup
 	serveErr     chan error
@@ -374,6 +375,13 @@ func (a *Agent) start(ctx context.Context) error {
 		return fmt.Errorf("listen for the API on %s: %w", cfg.API.Addr, err)
 	}
 	a.ln = ln
+	if cfg.Debug.PprofAddr != "" {
+		pln, err := net.Listen("tcp", cfg.Debug.PprofAddr)
+		if err != nil {
+			return fmt.Errorf("listen for debug.pprof_addr on %s: %w", cfg.Debug.PprofAddr, err)
+		}
+		a.pprofLn = pln
+	}
 
 	// 7. The background loops, then the API serves.
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -395,6 +403,10 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	if owner != nil {
 		spawn(owner.Run)
+	}
+	if a.pprofLn != nil {
+		logger.Warn("serving runtime profiles without authentication on loopback (debug.pprof_addr)", "addr", a.pprofLn.Addr().String())
+		spawn(func(ctx context.Context) { servePprof(ctx, a.pprofLn, logger.With("component", "pprof")) })
 	}
 	a.serveErr = make(chan error, 1)
 	go func() { a.serveErr <- server.Serve(runCtx, ln) }()
@@ -452,6 +464,9 @@ func (a *Agent) stop() {
 		// opened without the goodbyes.
 		if a.ln != nil {
 			a.ln.Close()
+		}
+		if a.pprofLn != nil {
+			a.pprofLn.Close()
 		}
 		if a.members != nil {
 			a.members.Shutdown()

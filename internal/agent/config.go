@@ -54,6 +54,8 @@ type Config struct {
 	// Cluster is cluster-wide trust (see CheckTrust).
 	Cluster ClusterConfig `mapstructure:"cluster"`
 	Log     LogConfig     `mapstructure:"log"`
+	// Debug holds diagnostics, all off by default (see DebugConfig).
+	Debug DebugConfig `mapstructure:"debug"`
 }
 
 // APIConfig configures the HTTP API (webhook, REST, metrics).
@@ -456,6 +458,9 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q must be text or json", c.Log.Format))
+	}
+	if err := c.Debug.check(); err != nil {
+		errs = append(errs, err)
 	}
 	errs = append(errs, c.checkWorkable()...)
 	return errors.Join(errs...)
