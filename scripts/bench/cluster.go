@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -19,6 +20,15 @@ import (
 
 	"github.com/drawbridge-lb/drawbridge/internal/pki"
 	"github.com/drawbridge-lb/drawbridge/internal/tlsutil"
+)
+
+// Options of the three-node runs (flags in main).
+var (
+	// writesOnly stops a run after the sustained writes.
+	writesOnly bool
+	// cpuProfile, when set, is where the leader's CPU profile of the
+	// sustained writes goes (and the followers' beside it).
+	cpuProfile string
 )
 
 // startCluster starts three agents on loopback with default raft timings,
@@ -59,6 +69,10 @@ func startCluster(bin string, secure bool) ([]*agent, error) {
 		}
 		a := &agent{dir: dir, api: fmt.Sprintf("127.0.0.1:%d", freePort()), https: secure,
 			env: []string{"DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS=" + dynamicRange}}
+		if cpuProfile != "" {
+			a.pprof = fmt.Sprintf("127.0.0.1:%d", freePort())
+			a.env = append(a.env, "DRAWBRIDGE_DEBUG_PPROF_ADDR="+a.pprof)
+		}
 		if secure {
 			c := creds[names[i]]
 			a.env = append(append(a.env, c.Env()...), "DRAWBRIDGE_GOSSIP_KEY="+base64.StdEncoding.EncodeToString(gossipKey),
@@ -133,6 +147,10 @@ func (a *agent) put(client *http.Client, port, backendPort int) bool {
 	if err != nil {
 		return false
 	}
+	// Read the answer to its end: a body closed unread closes the
+	// connection, and every write would pay a new one (and under TLS a
+	// handshake), which no real client does.
+	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode == 200
 }
@@ -216,11 +234,24 @@ func runCluster(bin string, secure bool) (clusterFigures, error) {
 		}(c)
 	}
 	start := time.Now()
+	profErr := make(chan error, 1)
+	if cpuProfile != "" {
+		go func() { profErr <- profileAgents(agents, profileFile(secure)) }()
+	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	figs.writes = float64(ok.Load()) / elapsed.Seconds()
 	fmt.Printf("sustained writes, 64 clients to random nodes: %.0f committed writes/s (%d ok, %d failed in %v)\n",
 		figs.writes, ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
+	if cpuProfile != "" {
+		if err := <-profErr; err != nil {
+			return figs, err
+		}
+		fmt.Printf("CPU profiles of the sustained writes: %s (leader), %[1]s.follower-1 and -2\n", profileFile(secure))
+	}
+	if writesOnly {
+		return figs, nil
+	}
 
 	// Webhook -> live on all three HAProxies, posted to random nodes, on
 	// each path.
@@ -324,4 +355,56 @@ func roundAll(d []time.Duration) []time.Duration {
 		out[i] = x.Round(time.Millisecond)
 	}
 	return out
+}
+
+// profileFile is where a run's leader profile goes.
+func profileFile(secure bool) string {
+	if secure {
+		return cpuProfile + ".tls"
+	}
+	return cpuProfile
+}
+
+// profileAgents fetches a 4 s CPU profile from every agent's loopback pprof
+// listener at once, starting half a second into the sustained writes: the
+// leader's goes to file, the followers' to file.follower-1 and -2.
+func profileAgents(agents []*agent, file string) error {
+	time.Sleep(500 * time.Millisecond)
+	leader := leaderOf(agents)
+	if leader == nil {
+		return fmt.Errorf("cpu profile: no leader")
+	}
+	errs := make(chan error, len(agents))
+	n := 0
+	for _, a := range agents {
+		name := file
+		if a != leader {
+			n++
+			name = fmt.Sprintf("%s.follower-%d", file, n)
+		}
+		go func() { errs <- fetchProfile(a, name) }()
+	}
+	var first error
+	for range agents {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func fetchProfile(a *agent, file string) error {
+	resp, err := http.Get("http://" + a.pprof + "/debug/pprof/profile?seconds=4")
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("cpu profile: %s", resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	return os.WriteFile(file, b, 0o644)
 }

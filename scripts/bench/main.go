@@ -43,6 +43,8 @@ func main() {
 	tlsMode := flag.String("tls", "both", "three-node runs: off, on, or both (the cost of TLS, one after the other)")
 	flag.StringVar(&dynamicRange, "dynamic", dynamicRange, `haproxy.dynamic_ports of the agents (the new path's ports); "auto" picks a free one`)
 	sizes := flag.String("sizes", "1000,5000,10000", "route counts of -mode scale")
+	flag.BoolVar(&writesOnly, "writes-only", false, "three-node runs: measure the sustained writes only (no webhook -> live, no leader kills)")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "three-node runs: write the leader's CPU profile during the sustained writes to this file, the followers' to FILE.follower-1 and -2 (agents serve debug.pprof_addr on loopback); with -tls both, \".tls\" is added to the TLS run's files")
 	flag.Parse()
 	raiseNoFile()
 	if *mode != "scale" {
@@ -81,6 +83,8 @@ type agent struct {
 	api string
 	// https serves the API over TLS (the secure cluster run).
 	https bool
+	// pprof is the loopback address of the agent's profiles ("" when off).
+	pprof string
 	args  []string
 	env   []string
 	cmd   *exec.Cmd
