@@ -73,6 +73,58 @@ func (s *State) Route(port int) (Route, bool) {
 	return Route{}, false
 }
 
+// RouteChange is one port whose route differs between two States: Old is
+// its route in the earlier State and New in the later one (deep copies; nil
+// where the port has no route).
+type RouteChange struct {
+	Port     int
+	Old, New *Route
+}
+
+// ChangesSince returns the routes that differ between prev (nil: an empty
+// table) and s, by port. Every State shares the routes a command left
+// unchanged with the State it was built from, so those are told apart by
+// identity: between a State and one a few entries older this is a walk
+// over the table without copying it, plus a copy of each changed route.
+// States that share nothing (after a restore) compare as wholly changed,
+// which is still correct. Per-write checks use it to stay incremental.
+func (s *State) ChangesSince(prev *State) []RouteChange {
+	var old []*Route
+	if prev != nil {
+		old = prev.routes
+	}
+	cur := s.routes
+	if len(old) == len(cur) && (len(cur) == 0 || &old[0] == &cur[0]) {
+		return nil // the same slice: nothing changed
+	}
+	var out []RouteChange
+	copyOf := func(r *Route) *Route {
+		c := r.Clone()
+		return &c
+	}
+	i, j := 0, 0
+	for i < len(old) || j < len(cur) {
+		switch {
+		case i < len(old) && j < len(cur) && old[i] == cur[j]:
+			i++
+			j++
+		case j == len(cur) || (i < len(old) && old[i].Port < cur[j].Port):
+			out = append(out, RouteChange{Port: old[i].Port, Old: copyOf(old[i])})
+			i++
+		case i == len(old) || cur[j].Port < old[i].Port:
+			out = append(out, RouteChange{Port: cur[j].Port, New: copyOf(cur[j])})
+			j++
+		default:
+			if old[i] != cur[j] {
+				out = append(out, RouteChange{Port: cur[j].Port, Old: copyOf(old[i]), New: copyOf(cur[j])})
+			}
+			i++
+			j++
+		}
+	}
+	return out
+}
+
 // Len is the number of routes.
 func (s *State) Len() int { return len(s.routes) }
 

@@ -76,3 +76,81 @@ func TestAdmitAgainstTheLargestEdgeNode(t *testing.T) {
 		t.Fatalf("witness leader: %v", err)
 	}
 }
+
+// needs keeps its count by the routes that changed since the table it last
+// saw; over a random walk of tables (writes, a jump back to an older
+// table, a restored table sharing nothing) it must always equal the count
+// over the whole table, and Admit must refuse exactly what the whole count
+// refuses.
+func TestAdmitNeedsStaysExactIncrementally(t *testing.T) {
+	s := haproxy.Settings{MaxConn: 10, DynamicPorts: haproxy.PortRange{First: 20010, Last: 20019}}
+	info := &nodeInfo{cfg: &Config{NodeName: "edge-1"}, settings: s, fdLimit: 120, proxy: &haproxy.Manager{},
+		peers: func() []cluster.Member { return nil }}
+	full := func(st *fsm.State) int {
+		n := 0
+		for _, r := range st.Routes() {
+			n += haproxy.RouteDescriptors(s, r.Port, len(r.Backends), r.HealthCheck)
+		}
+		return n
+	}
+	f := fsm.New()
+	var seen []*fsm.State
+	refused, admitted := 0, 0
+	for i := 0; i < 400; i++ {
+		port := 20000 + i*7%30
+		var cmd fsm.Command
+		switch i % 5 {
+		case 0, 1:
+			r := fsm.NewRoute(port, "r")
+			r.HealthCheck = i%3 != 0
+			for b := 0; b <= i%4; b++ {
+				r.Backends = append(r.Backends, fsm.Backend{Address: "10.0.0.1", Port: 80 + b})
+			}
+			cmd = &fsm.UpsertRoute{Route: r, Force: true}
+		case 2:
+			cmd = &fsm.RegisterBackend{Port: port, Backend: fsm.Backend{Address: "10.0.0.2", Port: 90 + i%3}}
+		case 3:
+			cmd = &fsm.DeleteRoute{Port: port}
+		default:
+			cmd = &fsm.DeregisterBackend{Port: port, Address: "10.0.0.1", BackendPort: 80}
+		}
+		cur := f.State()
+		next, err := cur.Preview(cmd)
+		if next == nil {
+			t.Fatalf("step %d: no preview (%v)", i, err)
+		}
+		have, want := full(cur), full(next)
+		admitErr := info.Admit(cur, next)
+		if got := info.needs(cur); got != have {
+			t.Fatalf("step %d: needs %d, whole table %d", i, got, have)
+		}
+		if refuse := want > have && want > info.routeCapacity(); refuse != (admitErr != nil) {
+			t.Fatalf("step %d: need %d -> %d, capacity %d: Admit said %v", i, have, want, info.routeCapacity(), admitErr)
+		}
+		if admitErr == nil {
+			f.ApplyCommand(cur.Index+1, cmd)
+			admitted++
+		} else {
+			refused++
+		}
+		seen = append(seen, f.State())
+		switch {
+		case i%50 == 49: // an older table again (a stale reader)
+			old := seen[i/2]
+			if got := info.needs(old); got != full(old) {
+				t.Fatalf("step %d: older table: needs %d, whole %d", i, got, full(old))
+			}
+		case i%77 == 76: // a restored table shares no route with the last
+			restored, err := fsm.NewState(f.State().Index, f.State().Routes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := info.needs(restored); got != full(restored) {
+				t.Fatalf("step %d: restored table: needs %d, whole %d", i, got, full(restored))
+			}
+		}
+	}
+	if refused == 0 || admitted == 0 {
+		t.Fatalf("the walk never reached capacity or never fit: %d refused, %d admitted", refused, admitted)
+	}
+}

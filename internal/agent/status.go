@@ -255,19 +255,38 @@ func (s *nodeInfo) routeCapacity() int {
 	return haproxy.RouteCapacity(s.settings, s.fdLimit)
 }
 
-// needs is the descriptors st's routes need beyond the fixed part.
+// needs is the descriptors st's routes need beyond the fixed part. It is
+// kept for the last table asked about and moved to the next one by the
+// routes that changed between them, so a write costs a walk over the table
+// (no copy of it) however large it is.
 func (s *nodeInfo) needs(st *fsm.State) int {
 	s.needMu.Lock()
 	defer s.needMu.Unlock()
 	if st == s.needState {
 		return s.needCount
 	}
-	n := 0
-	for _, r := range st.Routes() {
-		n += haproxy.RouteDescriptors(s.settings, r.Port, len(r.Backends), r.HealthCheck)
+	n := s.needCount
+	if s.needState == nil {
+		n = 0 // ChangesSince(nil) is the whole table
 	}
+	n += s.needDelta(st.ChangesSince(s.needState))
 	s.needState, s.needCount = st, n
 	return n
+}
+
+// needDelta is how many more descriptors the routes after changes need
+// than the routes before them.
+func (s *nodeInfo) needDelta(changes []fsm.RouteChange) int {
+	d := 0
+	for _, c := range changes {
+		if c.Old != nil {
+			d -= haproxy.RouteDescriptors(s.settings, c.Old.Port, len(c.Old.Backends), c.Old.HealthCheck)
+		}
+		if c.New != nil {
+			d += haproxy.RouteDescriptors(s.settings, c.New.Port, len(c.New.Backends), c.New.HealthCheck)
+		}
+	}
+	return d
 }
 
 // Admit implements api.Admitter: a write that makes the table need more
@@ -277,11 +296,9 @@ func (s *nodeInfo) needs(st *fsm.State) int {
 // Nodes that publish no capacity (a witness, an older drawbridge) are not
 // counted; when none does, everything is admitted.
 func (s *nodeInfo) Admit(current, next *fsm.State) error {
-	need := 0
-	for _, r := range next.Routes() {
-		need += haproxy.RouteDescriptors(s.settings, r.Port, len(r.Backends), r.HealthCheck)
-	}
-	if need <= s.needs(current) {
+	have := s.needs(current)
+	need := have + s.needDelta(next.ChangesSince(current))
+	if need <= have {
 		return nil
 	}
 	best, bestNode, known := 0, "", false
