@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -33,6 +34,57 @@ func FreePort(tb testing.TB) int {
 	}
 	tb.Fatal("no port on 127.0.0.1 that this process has not handed out already")
 	return 0
+}
+
+// FreePortRange returns the first of n consecutive TCP ports on 127.0.0.1
+// that were all free a moment ago and that this process has not handed out,
+// for settings that take a port range (a register token's ports). It looks
+// in 20000-29999: below the kernel's default ephemeral range (32768-60999),
+// where the ":0" listeners of [FreePort] and of other programs land, and
+// below Kubernetes' NodePort range (30000-32767).
+func FreePortRange(tb testing.TB, n int) int {
+	tb.Helper()
+	const lo, hi = 20000, 30000
+	if n < 1 || n > 1000 {
+		tb.Fatalf("FreePortRange(%d): n must be from 1 to 1000", n)
+	}
+	for range 100 {
+		first := lo + rand.IntN(hi-lo-n)
+		if ok := claimRange(first, n); ok {
+			return first
+		}
+	}
+	tb.Fatalf("no %d free consecutive ports in %d-%d on 127.0.0.1", n, lo, hi-1)
+	return 0
+}
+
+// claimRange marks ports first..first+n-1 handed out when none was and
+// every one can be listened on now.
+func claimRange(first, n int) bool {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for p := first; p < first+n; p++ {
+		if portsGiven[p] {
+			return false
+		}
+	}
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for p := first; p < first+n; p++ {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			return false
+		}
+		lns = append(lns, ln)
+	}
+	for p := first; p < first+n; p++ {
+		portsGiven[p] = true
+	}
+	return true
 }
 
 // FreeAddr returns "127.0.0.1:port" for a port from [FreePort].

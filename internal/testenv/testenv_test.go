@@ -1,7 +1,9 @@
 package testenv
 
 import (
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -63,5 +65,23 @@ func TestFreePortNeverRepeats(t *testing.T) {
 			t.Fatalf("port %d handed out twice", p)
 		}
 		seen[p] = true
+	}
+}
+
+func TestFreePortRangeIsFreeAndNeverRepeats(t *testing.T) {
+	first := FreePortRange(t, 40)
+	if first < 20000 || first+40 > 30000 {
+		t.Fatalf("range %d-%d outside 20000-29999", first, first+39)
+	}
+	for p := first; p < first+40; p++ {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			t.Fatalf("port %d of the range is not free: %v", p, err)
+		}
+		ln.Close()
+	}
+	second := FreePortRange(t, 40)
+	if second < first+40 && first < second+40 {
+		t.Fatalf("ranges %d+40 and %d+40 overlap", first, second)
 	}
 }
