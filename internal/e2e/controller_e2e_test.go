@@ -6,6 +6,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -51,6 +53,26 @@ const controllerK8sToken = "controller-token-not-a-secret-0000"
 // true).
 const floatingIP = "192.0.2.10"
 
+// Secrets of the drawbridge tokens of the controller lab (obviously fake).
+const (
+	// controllerAPISecret is the controller's register token: the
+	// Secret of deploy/kubernetes/controller carries it, as the README
+	// has the operator create it.
+	controllerAPISecret = "fake-k8s-controller-drawbridge-token-1111"
+	// otherTeamSecret is another team's register token on the same ports.
+	otherTeamSecret = "fake-team-b-register-token-2222"
+)
+
+// Names of the lab's drawbridge tokens, and the backends the
+// controller's token may name (the test's "nodes" are 127.0.0.2-4).
+const (
+	controllerTokenName = "k8s-controller"
+	otherTeamTokenName  = "team-b"
+	nodeCIDR            = "127.0.0.0/29"
+	// publicPortCount is the size of the controller's port range.
+	publicPortCount = 64
+)
+
 // k8sLab is a real kube-apiserver and etcd, the controller's RBAC from
 // deploy/kubernetes/controller, a drawbridge dev agent with HAProxy, and
 // "nodes" on 127.0.0.x whose NodePorts answer with the node's name.
@@ -63,6 +85,10 @@ type k8sLab struct {
 	ctx        context.Context
 	nodeIPs    map[string]string
 	bound      map[string]bool // node ip:port already answering
+	// firstPublic..firstPublic+publicPortCount-1 are the ports the
+	// controller's token may route; nextPublic is the next one to hand
+	// to a Service.
+	firstPublic, nextPublic int
 }
 
 func newK8sLab(t *testing.T) *k8sLab {
@@ -78,11 +104,18 @@ func newK8sLab(t *testing.T) *k8sLab {
 	lab := &k8sLab{t: t, kas: kas, kube: kubernetes.NewForConfigOrDie(cfg), ctx: context.Background(),
 		kubeconfig: kas.Kubeconfig(t, controllerK8sToken), nodeIPs: map[string]string{}, bound: map[string]bool{}}
 	// Every manifest, in the order the README applies them, goes to the
-	// real API server, which validates it (no kubelet runs the Deployment).
+	// real API server, which validates it (no kubelet runs the Deployment;
+	// the example Secret is only checked, with a dry run).
 	for _, f := range []string{"namespace.yaml", "rbac.yaml", "deployment.yaml", "secret.yaml"} {
 		lab.apply(filepath.Join("..", "..", "deploy", "kubernetes", "controller", f))
 	}
 
+	// The edge node accepts the controller's register token, limited to
+	// its port range, the k8s.* names and the nodes' addresses, and
+	// another team's register token on the same ports: the api.tokens
+	// entries of the README, in an extra config file.
+	lab.firstPublic = testenv.FreePortRange(t, publicPortCount)
+	lab.nextPublic = lab.firstPublic
 	truePath, err := exec.LookPath("true")
 	if err != nil {
 		t.Fatal(err)
@@ -91,8 +124,89 @@ func newK8sLab(t *testing.T) *k8sLab {
 		"DRAWBRIDGE_FLOATING_IP_PROVIDER=exec",
 		"DRAWBRIDGE_FLOATING_IP_ADDRESS=" + floatingIP,
 		"DRAWBRIDGE_FLOATING_IP_EXEC_COMMAND=" + truePath,
-	})
+	}, "--config", lab.agentConfig())
+	lab.createControllerSecret()
 	return lab
+}
+
+// agentConfig writes the edge node's config file with the lab's tokens.
+func (l *k8sLab) agentConfig() string {
+	l.t.Helper()
+	sum := func(secret string) string { s := sha256.Sum256([]byte(secret)); return hex.EncodeToString(s[:]) }
+	ports := fmt.Sprintf("%d-%d", l.firstPublic, l.firstPublic+publicPortCount-1)
+	cfg := fmt.Sprintf(`api:
+  tokens:
+    - name: %s
+      role: register
+      sha256: %s
+      ports: ["%s"]
+      names: ["k8s.*"]
+      backend_cidrs: ["%s"]
+    - name: %s
+      role: register
+      sha256: %s
+      ports: ["%s"]
+      names: ["team-b-*"]
+`, controllerTokenName, sum(controllerAPISecret), ports, nodeCIDR, otherTeamTokenName, sum(otherTeamSecret), ports)
+	path := filepath.Join(l.t.TempDir(), "drawbridge.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		l.t.Fatal(err)
+	}
+	return path
+}
+
+// createControllerSecret creates the controller's Secret as the README's
+// kubectl command does: the register token and the edge nodes' API URLs.
+// The first URL is a node that is down (nothing listens there), so the
+// controller fails over to the live one from its first request on.
+func (l *k8sLab) createControllerSecret() {
+	l.t.Helper()
+	down := "http://" + testenv.FreeAddr(l.t)
+	if _, err := l.kube.CoreV1().Secrets("drawbridge-system").Create(l.ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "drawbridge-controller", Namespace: "drawbridge-system"},
+		StringData: map[string]string{"token": controllerAPISecret, "api": down + "," + l.agent.url("")},
+	}, metav1.CreateOptions{}); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+// controllerEnv is the environment the kubelet would give the
+// Deployment's container: every variable it takes from a Secret, read
+// from the API server.
+func (l *k8sLab) controllerEnv() []string {
+	l.t.Helper()
+	d, err := l.kube.AppsV1().Deployments("drawbridge-system").Get(l.ctx, "drawbridge-controller", metav1.GetOptions{})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	var env []string
+	for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+		if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			continue
+		}
+		ref := e.ValueFrom.SecretKeyRef
+		sec, err := l.kube.CoreV1().Secrets(d.Namespace).Get(l.ctx, ref.Name, metav1.GetOptions{})
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		v, ok := sec.Data[ref.Key]
+		if !ok {
+			l.t.Fatalf("secret %s has no key %s for %s", ref.Name, ref.Key, e.Name)
+		}
+		env = append(env, e.Name+"="+string(v))
+	}
+	return env
+}
+
+// publicPort hands out the next port of the controller's range.
+func (l *k8sLab) publicPort() int {
+	l.t.Helper()
+	if l.nextPublic >= l.firstPublic+publicPortCount {
+		l.t.Fatal("the controller's port range is used up")
+	}
+	p := l.nextPublic
+	l.nextPublic++
+	return p
 }
 
 // apply creates the objects of a manifest file the test needs (namespace,
@@ -130,7 +244,9 @@ func (l *k8sLab) apply(path string) {
 		case *rbacv1.RoleBinding:
 			_, err = l.kube.RbacV1().RoleBindings(o.Namespace).Create(l.ctx, o, metav1.CreateOptions{})
 		case *corev1.Secret:
-			_, err = l.kube.CoreV1().Secrets(o.Namespace).Create(l.ctx, o, metav1.CreateOptions{})
+			// An example whose values the operator replaces: validated,
+			// not stored (createControllerSecret makes the real one).
+			_, err = l.kube.CoreV1().Secrets(o.Namespace).Create(l.ctx, o, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		case *appsv1.Deployment:
 			_, err = l.kube.AppsV1().Deployments(o.Namespace).Create(l.ctx, o, metav1.CreateOptions{})
 			if err == nil {
@@ -180,20 +296,21 @@ type controllerProc struct {
 }
 
 // startController runs a controller replica with short leader-election
-// timings and resync, as the controller service account.
+// timings and resync, as the controller service account, with the
+// environment the Deployment takes from its Secret: the register token
+// and the API URLs.
 func (l *k8sLab) startController(name string, extra ...string) *controllerProc {
 	l.t.Helper()
 	c := &controllerProc{name: name}
 	args := append([]string{"controller",
 		"--kubeconfig", l.kubeconfig,
-		"--api", l.agent.url(""),
 		"--lease-namespace", "drawbridge-system",
 		"--identity", name,
 		"--resync", "1s",
 		"--lease-duration", "2s", "--renew-deadline", "1500ms", "--retry-period", "250ms",
 		"--log-level", "debug",
 	}, extra...)
-	c.launch(l.t, exec.Command(binPath, args...), nil)
+	c.launch(l.t, exec.Command(binPath, args...), l.controllerEnv())
 	l.t.Cleanup(func() {
 		c.stopOrKill(10 * time.Second)
 		if l.t.Failed() {
@@ -335,6 +452,45 @@ func live(port int, nodes ...string) bool {
 	return err == nil && slices.Contains(nodes, got)
 }
 
+// condition is the Service's routes condition, nil when it has none.
+func (l *k8sLab) condition(name string) *metav1.Condition {
+	s, err := l.service(name)
+	if err != nil {
+		return nil
+	}
+	return meta.FindStatusCondition(s.Status.Conditions, k8s.ConditionRoutes)
+}
+
+// route is the route on port as the admin token reads it (zero when none).
+func (l *k8sLab) route(port int) fsm.Route {
+	l.t.Helper()
+	_, m := l.routes()
+	return m[port]
+}
+
+// deleteService deletes a Service and waits until it is gone: the
+// controller removed its routes and then its finalizer.
+func (l *k8sLab) deleteService(t *testing.T, name string) {
+	t.Helper()
+	if err := l.kube.CoreV1().Services("default").Delete(l.ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, name+" gone (finalizer cleared)", func() bool {
+		_, err := l.service(name)
+		return apierrors.IsNotFound(err)
+	})
+}
+
+// waitGarbagePasses waits for n more full resyncs of the controller (each
+// ends with a garbage pass).
+func (l *k8sLab) waitGarbagePasses(t *testing.T, c *controllerProc, n int) {
+	t.Helper()
+	start := strings.Count(c.logs.String(), "garbage check done")
+	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d more resyncs", n), func() bool {
+		return strings.Count(c.logs.String(), "garbage check done") >= start+n
+	})
+}
+
 func (l *k8sLab) hasEvent(name, reason string) bool {
 	evs, err := l.kube.CoreV1().Events("default").List(l.ctx, metav1.ListOptions{})
 	if err != nil {
@@ -356,8 +512,10 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 }
 
 // TestE2EControllerAgainstKubeAPIServer runs the controller, as its own
-// service account with the RBAC of deploy/kubernetes/controller, against a
-// real kube-apiserver and etcd, and a drawbridge agent with a real HAProxy.
+// service account with the RBAC of deploy/kubernetes/controller and on the
+// register token its Secret carries (limited to its port range, the k8s.*
+// names and the nodes' addresses), against a real kube-apiserver and etcd,
+// and a drawbridge agent with a real HAProxy.
 func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 	l := newK8sLab(t)
 	l.addNode("node-a", "127.0.0.2")
@@ -370,7 +528,7 @@ func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		as := kubernetes.NewForConfigOrDie(cfg)
-		victim := l.createService("victim", testenv.FreePort(t))
+		victim := l.createService("victim", l.publicPort())
 		attempts := map[string]func() error{
 			"list secrets": func() error {
 				_, err := as.CoreV1().Secrets("drawbridge-system").List(l.ctx, metav1.ListOptions{})
@@ -423,7 +581,7 @@ func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 		}
 	})
 
-	webPort := testenv.FreePort(t)
+	webPort := l.publicPort()
 	var web *corev1.Service
 	t.Run("created: external IP and route live through HAProxy", func(t *testing.T) {
 		web = l.createService("web", webPort)
@@ -433,6 +591,12 @@ func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 		b, _ := l.backendsOf(webPort)
 		if want := fmt.Sprintf("127.0.0.2:%d,127.0.0.3:%d", np, np); b != want {
 			t.Fatalf("backends %s, want %s", b, want)
+		}
+		if r := l.route(webPort); r.Token != controllerTokenName {
+			t.Fatalf("the route belongs to token %q, not the controller's register token %q", r.Token, controllerTokenName)
+		}
+		if !strings.Contains(ctrl.logs.String(), "switched member") {
+			t.Error("the controller never failed over from the node that is down")
 		}
 		s, _ := l.service("web")
 		if !slices.Contains(s.Finalizers, k8s.Finalizer) {
@@ -547,34 +711,137 @@ func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 		}
 	})
 
-	t.Run("UDP refused with an Event; conflict reported, other route untouched", func(t *testing.T) {
-		l.createService("dns", testenv.FreePort(t), func(s *corev1.Service) {
+	t.Run("UDP refused with an Event", func(t *testing.T) {
+		l.createService("dns", l.publicPort(), func(s *corev1.Service) {
 			s.Spec.Ports = []corev1.ServicePort{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}
 		})
 		testenv.Eventually(t, 20*time.Second, "UnsupportedProtocol event", func() bool { return l.hasEvent("dns", k8s.ReasonUnsupportedProtocol) })
+	})
 
-		taken := testenv.FreePort(t)
-		backend := startBackend(t, "manual")
-		code, body := l.agent.request("PUT", fmt.Sprintf("/v1/routes/%d", taken), bearer(),
-			map[string]any{"name": "manual", "backends": []map[string]any{{"address": "127.0.0.1", "port": backend.port()}}})
+	// The controller's token sees only its own routes: another token's
+	// route on a port a Service asks for is known only from drawbridge's
+	// refusal, and must be reported, never overwritten.
+	t.Run("a port held by another token's route: conflict reported, that route untouched, the port taken once free", func(t *testing.T) {
+		taken := l.publicPort()
+		backend := startBackend(t, "team-b")
+		code, body := l.agent.request("PUT", fmt.Sprintf("/v1/routes/%d", taken), tokenHeader(otherTeamSecret),
+			map[string]any{"name": "team-b-app", "backends": []map[string]any{{"address": "127.0.0.1", "port": backend.port()}}})
 		if code != 200 {
-			t.Fatalf("PUT manual route: %d %s", code, body)
+			t.Fatalf("PUT team-b's route: %d %s", code, body)
 		}
 		l.createService("thief", taken)
-		testenv.Eventually(t, 20*time.Second, "conflict condition and event", func() bool {
-			s, err := l.service("thief")
-			if err != nil {
-				return false
-			}
-			c := meta.FindStatusCondition(s.Status.Conditions, k8s.ConditionRoutes)
+		testenv.Eventually(t, 20*time.Second, "PortConflict condition and Warning event", func() bool {
+			c := l.condition("thief")
 			return c != nil && c.Status == metav1.ConditionFalse && c.Reason == k8s.ReasonPortConflict &&
 				l.hasEvent("thief", k8s.ReasonPortConflict)
 		})
-		_, m := l.routes()
-		if r := m[taken]; r.Name != "manual" || len(r.Backends) != 1 || r.Backends[0].Port != backend.port() {
-			t.Fatalf("the manual route was changed: %+v", r)
+		c := l.condition("thief")
+		t.Logf("condition: %s: %s", c.Reason, c.Message)
+		// Several resyncs later, team-b's route is as team-b made it.
+		l.waitGarbagePasses(t, ctrl, 3)
+		if r := l.route(taken); r.Name != "team-b-app" || r.Token != otherTeamTokenName || len(r.Backends) != 1 ||
+			r.Backends[0].Address != "127.0.0.1" || r.Backends[0].Port != backend.port() {
+			t.Fatalf("team-b's route was changed: %+v", r)
 		}
-		testenv.Eventually(t, 10*time.Second, "the manual route answering", func() bool { return live(taken, "manual") })
+		testenv.Eventually(t, 10*time.Second, "team-b's route answering", func() bool { return live(taken, "team-b") })
+		if s, _ := l.service("thief"); len(s.Status.LoadBalancer.Ingress) != 0 {
+			t.Fatalf("thief got an address with no port routed: %+v", s.Status.LoadBalancer.Ingress)
+		}
+
+		// Team B frees the port: a resync takes it.
+		code, body = l.agent.request("DELETE", fmt.Sprintf("/v1/routes/%d?name=team-b-app", taken), tokenHeader(otherTeamSecret), nil)
+		if code != 200 {
+			t.Fatalf("DELETE team-b's route: %d %s", code, body)
+		}
+		testenv.Eventually(t, 20*time.Second, "thief routed on the freed port", func() bool {
+			r := l.route(taken)
+			c := l.condition("thief")
+			return r.Name == fmt.Sprintf("k8s.default_thief_%d", taken) && r.Token == controllerTokenName &&
+				c != nil && c.Status == metav1.ConditionTrue && l.served("thief")
+		})
+		testenv.Eventually(t, 10*time.Second, "thief live", func() bool { return live(taken, "node-a", "node-c") })
+		l.deleteService(t, "thief")
+		if r := l.route(taken); r.Name != "" {
+			t.Fatalf("thief's route outlived it: %+v", r)
+		}
+	})
+
+	t.Run("a public port outside the token's ports: Forbidden, nothing written", func(t *testing.T) {
+		outside := testenv.FreePort(t) // never in the token's range, which FreePort does not hand out
+		l.createService("outside", l.publicPort(), func(s *corev1.Service) {
+			s.Annotations = map[string]string{k8s.AnnotationPublicPorts: fmt.Sprintf("tcp=%d", outside)}
+		})
+		testenv.Eventually(t, 20*time.Second, "Forbidden condition and Warning event", func() bool {
+			c := l.condition("outside")
+			return c != nil && c.Status == metav1.ConditionFalse && c.Reason == k8s.ReasonForbidden &&
+				l.hasEvent("outside", k8s.ReasonForbidden)
+		})
+		c := l.condition("outside")
+		t.Logf("condition: %s: %s", c.Reason, c.Message)
+		if code, body := l.agent.request("GET", fmt.Sprintf("/v1/routes/%d", outside), bearer(), nil); code != 404 {
+			t.Fatalf("GET /v1/routes/%d: %d %s, want 404", outside, code, body)
+		}
+		_, m := l.routes()
+		for _, r := range m {
+			if strings.HasPrefix(r.Name, "k8s.default_outside_") {
+				t.Fatalf("a route was written for the Service: %+v", r)
+			}
+		}
+		l.deleteService(t, "outside")
+	})
+
+	t.Run("a node outside the token's backend CIDRs: Forbidden, the routes keep their backends", func(t *testing.T) {
+		before, _ := l.backendsOf(webPort)
+		l.addNode("node-x", "127.0.0.9")
+		testenv.Eventually(t, 20*time.Second, "web: Forbidden condition and Warning event", func() bool {
+			c := l.condition("web")
+			return c != nil && c.Status == metav1.ConditionFalse && c.Reason == k8s.ReasonForbidden &&
+				l.hasEvent("web", k8s.ReasonForbidden)
+		})
+		c := l.condition("web")
+		t.Logf("condition: %s: %s", c.Reason, c.Message)
+		if after, _ := l.backendsOf(webPort); after != before {
+			t.Fatalf("backends changed from %s to %s", before, after)
+		}
+		if err := l.kube.CoreV1().Nodes().Delete(l.ctx, "node-x", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		delete(l.nodeIPs, "node-x")
+		testenv.Eventually(t, 20*time.Second, "web routed again", func() bool {
+			c := l.condition("web")
+			return c != nil && c.Status == metav1.ConditionTrue
+		})
+		if after, _ := l.backendsOf(webPort); after != before {
+			t.Fatalf("backends changed from %s to %s", before, after)
+		}
+	})
+
+	t.Run("orphan removal deletes the controller's own routes only", func(t *testing.T) {
+		backend := startBackend(t, "other")
+		put := func(hdr map[string]string, port int, name string) {
+			t.Helper()
+			code, body := l.agent.request("PUT", fmt.Sprintf("/v1/routes/%d", port), hdr,
+				map[string]any{"name": name, "backends": []map[string]any{{"address": "127.0.0.1", "port": backend.port()}}})
+			if code != 200 {
+				t.Fatalf("PUT %d %s: %d %s", port, name, code, body)
+			}
+		}
+		ghost, keep, own := l.publicPort(), l.publicPort(), l.publicPort()
+		put(bearer(), ghost, "k8s.default_ghost_80")                      // an admin's, under the controller's prefix
+		put(tokenHeader(otherTeamSecret), keep, "team-b-keep")            // another team's, outside the prefix
+		put(tokenHeader(controllerAPISecret), own, "k8s.default_gone_80") // the controller's own; no Service wants it
+		testenv.Eventually(t, 20*time.Second, "the controller's orphan removed", func() bool { return l.route(own).Name == "" })
+		l.waitGarbagePasses(t, ctrl, 3)
+		for port, owner := range map[int]string{ghost: "legacy", keep: otherTeamTokenName} {
+			if r := l.route(port); r.Token != owner || len(r.Backends) != 1 || r.Backends[0].Port != backend.port() {
+				t.Errorf("route %d of %s was removed or changed: %+v", port, owner, r)
+			}
+		}
+		for port, name := range map[int]string{ghost: "k8s.default_ghost_80", keep: "team-b-keep"} {
+			if code, body := l.agent.request("DELETE", fmt.Sprintf("/v1/routes/%d?name=%s", port, name), bearer(), nil); code != 200 {
+				t.Fatalf("DELETE %d: %d %s", port, code, body)
+			}
+		}
 	})
 
 	t.Run("drift repaired: a route deleted by hand comes back", func(t *testing.T) {
@@ -604,7 +871,7 @@ func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 	t.Run("20 Services: time to external IP and live route", func(t *testing.T) {
 		var took []time.Duration
 		for i := range ports {
-			ports[i] = testenv.FreePort(t)
+			ports[i] = l.publicPort()
 			name := fmt.Sprintf("svc-%02d", i)
 			start := time.Now()
 			l.createService(name, ports[i])
@@ -644,7 +911,7 @@ func TestE2EControllerAgainstKubeAPIServer(t *testing.T) {
 		for i := range 10 {
 			name := fmt.Sprintf("burst-%02d", i)
 			names = append(names, name)
-			kports = append(kports, testenv.FreePort(t))
+			kports = append(kports, l.publicPort())
 			l.createService(name, kports[i])
 		}
 		testenv.Eventually(t, 30*time.Second, "the first burst route", func() bool {
