@@ -5,6 +5,8 @@ package kubernetes_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net/url"
@@ -366,4 +368,43 @@ func targetsContainer(target yaml.Node, svcPort int, containers []container) boo
 		}
 	}
 	return false
+}
+
+// TestControllerTokenExample: the controller's example Secret holds an
+// obviously fake token, and the api.tokens entry that secret.yaml and the
+// README show for the edge nodes is a register token limited to k8s.*
+// names whose sha256 is that very token's, so the example is consistent
+// without being usable.
+func TestControllerTokenExample(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("controller", "secret.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sec secret
+	if err := yaml.Unmarshal(data, &sec); err != nil {
+		t.Fatal(err)
+	}
+	token := sec.StringData["token"]
+	if !strings.Contains(token, "example") || !strings.Contains(token, "not-a-real") {
+		t.Fatalf("the example token %q must be obviously fake", token)
+	}
+	sum := sha256.Sum256([]byte(token))
+	digest := hex.EncodeToString(sum[:])
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range map[string]string{"controller/secret.yaml": string(data), "README.md": string(readme)} {
+		i := strings.Index(text, "name: k8s-controller")
+		if i < 0 {
+			t.Errorf("%s shows no api.tokens entry for the controller", name)
+			continue
+		}
+		entry := text[i:min(len(text), i+600)]
+		for _, want := range []string{"role: register", "sha256: " + digest, `names: ["k8s.*"]`, "ports:", "backend_cidrs:"} {
+			if !strings.Contains(entry, want) {
+				t.Errorf("%s: the controller's token entry lacks %q:\n%s", name, want, entry)
+			}
+		}
+	}
 }

@@ -588,11 +588,11 @@ func refusalProblem(reason string, r fsm.Route, err error) problem {
 	var msg string
 	switch reason {
 	case ReasonPortConflict:
-		msg = fmt.Sprintf("public port %d belongs to another route, not this Service; it was left alone (free the port, or choose another with the %s annotation): drawbridge said %s",
-			r.Port, AnnotationPublicPorts, apiMessage(err))
+		msg = fmt.Sprintf("public port %d belongs to another route, not this Service; it was left alone: drawbridge said %s (free the port, or choose another with the %s annotation)",
+			r.Port, apiMessage(err), AnnotationPublicPorts)
 	case ReasonForbidden:
-		msg = fmt.Sprintf("the controller's drawbridge token may not make route %d (%s); widen the token's ports, names or backend_cidrs, or choose another port with the %s annotation: drawbridge said %s",
-			r.Port, r.Name, AnnotationPublicPorts, apiMessage(err))
+		msg = fmt.Sprintf("the controller's drawbridge token may not make route %d (%s): drawbridge said %s (widen the token's ports, names or backend_cidrs on the edge nodes; a port can also be moved into its ports with the %s annotation)",
+			r.Port, r.Name, apiMessage(err), AnnotationPublicPorts)
 	default:
 		msg = fmt.Sprintf("drawbridge refused route %d (%s): %s", r.Port, r.Name, apiMessage(err))
 	}
