@@ -239,7 +239,10 @@ func (m *Manager) installMapFrom(src string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("write haproxy map: %w", err)
 	}
-	_, err = f.Write(data)
+	err = m.shareFile(f)
+	if err == nil {
+		_, err = f.Write(data)
+	}
 	if err == nil {
 		err = f.Sync()
 	}

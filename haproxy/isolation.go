@@ -53,8 +53,15 @@ func (c Config) chrootDir() string {
 }
 
 // prepareIsolation creates the chroot directory and, when HAProxy runs as
-// another user, hands Dir to its group: setgid (new files take the group)
-// and sticky (HAProxy cannot remove or rename the agent's files).
+// another user, hands Dir to HAProxy's group: mode 1770, so HAProxy's
+// master can create its pid file and sockets there, and sticky, so it
+// cannot remove or rename the agent's files.
+//
+// Dir carries no setgid bit: the systemd unit's RestrictSUIDSGID=yes
+// refuses to set one (on directories too), so each file HAProxy must read
+// (the configuration, the dynamic range's map) is handed to its group as
+// it is written (shareFile). Changing a file's group to one the agent's
+// user belongs to needs no capability.
 func (m *Manager) prepareIsolation() error {
 	if dir := m.cfg.chrootDir(); dir != "" {
 		if err := os.MkdirAll(dir, 0o555); err != nil {
@@ -74,23 +81,61 @@ func (m *Manager) prepareIsolation() error {
 	if !m.cfg.isolated() {
 		return nil
 	}
-	gid := -1
-	if m.cfg.Isolation.Group != "" {
-		g, err := lookupGroup(m.cfg.Isolation.Group)
-		if err != nil {
-			return err
-		}
-		gid = g
+	gid, err := isolationGroup(m.cfg.Isolation)
+	if err != nil {
+		return err
 	}
-	if gid >= 0 {
-		if err := os.Chown(m.cfg.Dir, -1, gid); err != nil {
-			return fmt.Errorf("give haproxy dir %s to group %s (the agent's user must be a member): %w", m.cfg.Dir, m.cfg.Isolation.Group, err)
-		}
+	m.shareGID = gid
+	if err := os.Chown(m.cfg.Dir, -1, gid); err != nil {
+		return fmt.Errorf("give haproxy dir %s to HAProxy's group %d (the agent's user must be a member of it): %w", m.cfg.Dir, gid, err)
 	}
-	if err := os.Chmod(m.cfg.Dir, 0o770|os.ModeSetgid|os.ModeSticky); err != nil {
+	if err := os.Chmod(m.cfg.Dir, 0o770|os.ModeSticky); err != nil {
 		return fmt.Errorf("haproxy dir: %w", err)
 	}
+	// Files from an older drawbridge, or written before the switch.
+	for _, p := range []string{m.cfgPath, m.lastGoodPath, m.mapPath, m.lastGoodMapPath} {
+		if p == "" {
+			continue
+		}
+		if err := shareExisting(p, gid); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// isolationGroup is the group HAProxy runs as: Isolation.Group, or the
+// primary group of Isolation.User. Never the agent's own group, which may
+// read the agent's secrets.
+func isolationGroup(iso Isolation) (int, error) {
+	if iso.Group != "" {
+		return lookupGroup(iso.Group)
+	}
+	return primaryGroup(iso.User)
+}
+
+// shareFile gives an open file the agent wrote to HAProxy's group, readable
+// (0640), when HAProxy runs as its own user.
+func (m *Manager) shareFile(f *os.File) error {
+	if !m.cfg.isolated() {
+		return nil
+	}
+	if err := f.Chown(-1, m.shareGID); err != nil {
+		return fmt.Errorf("give %s to HAProxy's group: %w", f.Name(), err)
+	}
+	return f.Chmod(0o640)
+}
+
+// shareExisting is shareFile for a file already in place ("" or missing:
+// nothing to do).
+func shareExisting(path string, gid int) error {
+	if err := os.Chown(path, -1, gid); err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("give %s to HAProxy's group: %w", path, err)
+	}
+	return os.Chmod(path, 0o640)
 }
 
 // masterCommand builds the command that starts the HAProxy master: haproxy
@@ -120,11 +165,9 @@ func (m *Manager) masterCommand(args ...string) (*exec.Cmd, error) {
 		}
 		pre := []string{"--inh-caps=" + set, "--ambient-caps=" + set}
 		if u := m.cfg.Isolation.User; u != "" {
-			pre = append(pre, "--reuid="+u)
-			if g := m.cfg.Isolation.Group; g != "" {
-				pre = append(pre, "--regid="+g)
-			}
-			pre = append(pre, "--clear-groups")
+			// Always a group too: without --regid HAProxy would keep the
+			// agent's group, which reads the agent's secrets.
+			pre = append(pre, "--reuid="+u, "--regid="+strconv.Itoa(m.shareGID), "--clear-groups")
 		}
 		pre = append(pre, "--", m.cfg.Bin)
 		cmd = exec.Command(bin, append(pre, args...)...)
@@ -184,4 +227,20 @@ func lookupGroup(name string) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("group %s does not exist (the drawbridge package creates drawbridge-haproxy)", name)
+}
+
+// primaryGroup resolves a user name or number to its primary group from
+// /etc/passwd.
+func primaryGroup(name string) (int, error) {
+	b, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return 0, fmt.Errorf("look up user %s: %w", name, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Split(strings.TrimSpace(line), ":")
+		if len(f) >= 4 && (f[0] == name || f[2] == name) {
+			return strconv.Atoi(f[3])
+		}
+	}
+	return 0, fmt.Errorf("user %s does not exist (the drawbridge package creates drawbridge-haproxy)", name)
 }

@@ -122,6 +122,9 @@ type Manager struct {
 	// exists while the running worker is ahead of the files (runtime
 	// changes not written yet).
 	mapPath, lastGoodMapPath, statePath, pendingPath string
+	// shareGID is HAProxy's group when it runs as its own user: the files
+	// it reads are handed to it (see prepareIsolation).
+	shareGID int
 
 	mu           sync.Mutex
 	status       Status
@@ -1015,13 +1018,11 @@ func (m *Manager) writeTemp(cfg []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if m.cfg.isolated() {
-		// HAProxy's own user reads it through the directory's group.
-		if err := f.Chmod(0o640); err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			return "", err
-		}
+	// HAProxy's own user reads it through its group.
+	if err := m.shareFile(f); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
 	}
 	if _, err := f.Write(cfg); err != nil {
 		f.Close()
