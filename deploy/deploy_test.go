@@ -264,7 +264,7 @@ func TestSystemdUnit(t *testing.T) {
 		"AmbientCapabilities":   "CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SYS_CHROOT CAP_KILL",
 		"CapabilityBoundingSet": "CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SYS_CHROOT CAP_KILL",
 		"SecureBits":            "noroot-locked",
-		"SystemCallFilter":      "~@mount @swap @reboot @raw-io @module @obsolete @cpu-emulation @debug",
+		"SystemCallFilter":      "~@swap @reboot @raw-io @module @obsolete @cpu-emulation @debug",
 		"ProtectProc":           "invisible",
 		"ProcSubset":            "pid",
 		"StateDirectoryMode":    "0711",
