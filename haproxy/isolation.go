@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -36,6 +37,8 @@ var haproxyEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 // Linux capability numbers (linux/capability.h).
 const (
+	capSetGID         = 6
+	capSetUID         = 7
 	capNetBindService = 10
 	capSysChroot      = 18
 )
@@ -78,6 +81,18 @@ func (m *Manager) prepareIsolation() error {
 			return fmt.Errorf("haproxy chroot: %w", err)
 		}
 	}
+	if !m.cfg.isolated() && !m.cfg.Isolation.Chroot {
+		return nil
+	}
+	if err := CheckIsolation(m.cfg.Isolation); err != nil {
+		return err
+	}
+	if missing := MissingCapabilities(m.cfg.Isolation); len(missing) > 0 {
+		return fmt.Errorf("isolating haproxy (haproxy.user, haproxy.chroot) needs %s, which this agent does not hold: "+
+			"run it under drawbridge.service (its AmbientCapabilities grant them) or as root; "+
+			"--dev, or a configuration without haproxy.user and haproxy.chroot, runs HAProxy as the agent's own user",
+			strings.Join(missing, ", "))
+	}
 	if !m.cfg.isolated() {
 		return nil
 	}
@@ -102,6 +117,86 @@ func (m *Manager) prepareIsolation() error {
 		}
 	}
 	return nil
+}
+
+// CheckIsolation reports what keeps iso from working on this machine for
+// this process: setpriv missing, HAProxy's user or group unknown, a group
+// that is the agent's own (which reads the agent's secrets), or, for an
+// agent that is not root, a group it is no member of (it hands HAProxy its
+// files and reaches HAProxy's sockets through it). It does not look at
+// capabilities: see MissingCapabilities.
+func CheckIsolation(iso Isolation) error {
+	if iso.User == "" && !iso.Chroot {
+		return nil
+	}
+	setpriv := iso.Setpriv
+	if setpriv == "" {
+		setpriv = "setpriv"
+	}
+	if _, err := exec.LookPath(setpriv); err != nil {
+		return fmt.Errorf("isolating haproxy needs setpriv (apt-get install util-linux): %w", err)
+	}
+	if iso.User == "" {
+		return nil
+	}
+	uid, err := lookupUser(iso.User)
+	if err != nil {
+		return err
+	}
+	gid, err := isolationGroup(iso)
+	if err != nil {
+		return err
+	}
+	if uid == 0 {
+		return fmt.Errorf("haproxy.user %s is root: name an unprivileged user of its own (the package makes drawbridge-haproxy)", iso.User)
+	}
+	if uid == os.Geteuid() {
+		return fmt.Errorf("haproxy.user %s is the agent's own user: name a user of its own (the package makes drawbridge-haproxy), or leave haproxy.user empty", iso.User)
+	}
+	if gid == os.Getegid() && gid != 0 {
+		return fmt.Errorf("haproxy.group %d is the agent's own group, which reads its secrets: give HAProxy a group of its own (drawbridge-haproxy)", gid)
+	}
+	if os.Geteuid() != 0 {
+		groups, _ := os.Getgroups()
+		if !slices.Contains(groups, gid) {
+			return fmt.Errorf("the agent's user is not a member of HAProxy's group %d, through which it hands HAProxy its configuration and reaches its sockets: usermod --append --groups %s $(id -un) (the package does this for drawbridge)", gid, groupName(iso))
+		}
+	}
+	return nil
+}
+
+// MissingCapabilities names the capabilities iso needs that this process
+// lacks in its permitted set: CAP_SETUID and CAP_SETGID to start HAProxy
+// as its user, CAP_SYS_CHROOT for HAProxy's workers to chroot (passed on
+// to HAProxy, which keeps it). Empty when it holds them (as root, or under
+// drawbridge.service).
+func MissingCapabilities(iso Isolation) []string {
+	prm, err := permittedCaps()
+	if err != nil {
+		prm = 0
+	}
+	var missing []string
+	need := func(name string, bit uint) {
+		if prm&(1<<bit) == 0 {
+			missing = append(missing, name)
+		}
+	}
+	if iso.User != "" {
+		need("CAP_SETUID", capSetUID)
+		need("CAP_SETGID", capSetGID)
+	}
+	if iso.Chroot {
+		need("CAP_SYS_CHROOT", capSysChroot)
+	}
+	return missing
+}
+
+// groupName is how an error names HAProxy's group.
+func groupName(iso Isolation) string {
+	if iso.Group != "" {
+		return iso.Group
+	}
+	return iso.User
 }
 
 // isolationGroup is the group HAProxy runs as: Isolation.Group, or the
@@ -226,7 +321,25 @@ func lookupGroup(name string) (int, error) {
 			return strconv.Atoi(f[2])
 		}
 	}
-	return 0, fmt.Errorf("group %s does not exist (the drawbridge package creates drawbridge-haproxy)", name)
+	return 0, fmt.Errorf("haproxy.group %s does not exist (the drawbridge package creates drawbridge-haproxy)", name)
+}
+
+// lookupUser resolves a user name or number to its uid from /etc/passwd.
+func lookupUser(name string) (int, error) {
+	b, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return 0, fmt.Errorf("look up user %s: %w", name, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Split(strings.TrimSpace(line), ":")
+		if len(f) >= 4 && (f[0] == name || f[2] == name) {
+			return strconv.Atoi(f[2])
+		}
+	}
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+		return n, nil // a number without an entry: setpriv takes it
+	}
+	return 0, fmt.Errorf("haproxy.user %s does not exist: install the drawbridge package, which creates drawbridge-haproxy, or create it (useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s)", name, name)
 }
 
 // primaryGroup resolves a user name or number to its primary group from
@@ -242,5 +355,8 @@ func primaryGroup(name string) (int, error) {
 			return strconv.Atoi(f[3])
 		}
 	}
-	return 0, fmt.Errorf("user %s does not exist (the drawbridge package creates drawbridge-haproxy)", name)
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+		return n, nil
+	}
+	return 0, fmt.Errorf("haproxy.user %s does not exist: install the drawbridge package, which creates drawbridge-haproxy, or create it (useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s)", name, name)
 }

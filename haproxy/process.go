@@ -132,6 +132,12 @@ func (m *Manager) startMaster(ctx context.Context) (procInfo, error) {
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
+			// A worker that exits at once (it could not chroot, say) leaves
+			// the master waiting: its alert says why.
+			out, _ := os.ReadFile(logPath)
+			if alerts := parseAlerts(string(out)); len(alerts) > 0 {
+				return procInfo{}, fmt.Errorf("start haproxy: master CLI %s not answering within %v: %s", m.sockPath, m.cfg.ReloadTimeout, strings.Join(alerts, "; "))
+			}
 			return procInfo{}, fmt.Errorf("start haproxy: master CLI %s not answering within %v", m.sockPath, m.cfg.ReloadTimeout)
 		}
 		time.Sleep(10 * time.Millisecond)

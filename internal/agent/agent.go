@@ -507,13 +507,9 @@ func newHAProxyManager(cfg *Config, logger *slog.Logger, reg prometheus.Register
 		OldWorkersMaxBytes: uint64(cfg.HAProxy.OldWorkersMaxMB) << 20,
 		QuietWindow:        cfg.HAProxy.QuietWindow,
 		MaxDelay:           cfg.HAProxy.MaxDelay,
-		Isolation: haproxy.Isolation{
-			User:   cfg.HAProxy.User,
-			Group:  cfg.HAProxy.Group,
-			Chroot: cfg.HAProxy.Chroot,
-		},
-		Logger:     logger,
-		Registerer: reg,
+		Isolation:          cfg.isolation(),
+		Logger:             logger,
+		Registerer:         reg,
 	})
 }
 

@@ -153,6 +153,16 @@ func (c *Config) Warnings() []string {
 	if c.API.HoldTimeout > 0 && c.API.ApplyTimeout > 0 && c.API.HoldTimeout >= c.API.ApplyTimeout {
 		w = append(w, fmt.Sprintf("api.hold_timeout %s is not below api.apply_timeout %s: a held write may time out at the client before it is committed", c.API.HoldTimeout, c.API.ApplyTimeout))
 	}
+	if c.devIsolationOff {
+		w = append(w, "--dev: HAProxy runs as this agent's user, not isolated (haproxy.user, haproxy.group and haproxy.chroot are ignored)")
+	}
+	if c.Role == roleEdge {
+		if missing := haproxy.MissingCapabilities(c.isolation()); len(missing) > 0 {
+			w = append(w, fmt.Sprintf("haproxy.user and haproxy.chroot need %s, which this process lacks: "+
+				"drawbridge.service grants them (AmbientCapabilities); run by hand without them, the agent refuses to start",
+				strings.Join(missing, ", ")))
+		}
+	}
 	if c.Leases.Interval > 0 && c.API.HookLease > 0 && c.Leases.Interval > c.API.HookLease {
 		w = append(w, fmt.Sprintf("leases.interval %s exceeds api.hook_lease %s: expired backends stay up to an interval longer", c.Leases.Interval, c.API.HookLease))
 	}
@@ -223,6 +233,18 @@ func (c *Config) CheckFiles() error {
 		if _, err := exec.LookPath(c.HAProxy.Bin); err != nil {
 			errs = append(errs, fmt.Errorf("haproxy.bin %q not found (install it, e.g. `apt-get install haproxy`): %w", c.HAProxy.Bin, err))
 		}
+		// HAProxy's user and group exist, the agent's user is in the
+		// group, setpriv is there; the chroot directory, when it exists
+		// already, is empty.
+		if err := haproxy.CheckIsolation(c.isolation()); err != nil {
+			errs = append(errs, err)
+		}
+		if c.HAProxy.Chroot {
+			chroot := filepath.Join(c.HAProxy.Dir, "empty")
+			if ents, err := os.ReadDir(chroot); err == nil && len(ents) > 0 {
+				errs = append(errs, fmt.Errorf("haproxy.chroot: %s must be empty (HAProxy's workers chroot into it)", chroot))
+			}
+		}
 	}
 	if st, err := os.Stat(c.DataDir); err == nil && !st.IsDir() {
 		errs = append(errs, fmt.Errorf("data_dir %s is not a directory", c.DataDir))
@@ -239,4 +261,9 @@ func resolveTokensReadOnly(c *Config) ([]api.Token, error) {
 	}
 	tokens, _, err := buildTokens(c, io.Discard)
 	return tokens, err
+}
+
+// isolation is how HAProxy is isolated from the agent.
+func (c *Config) isolation() haproxy.Isolation {
+	return haproxy.Isolation{User: c.HAProxy.User, Group: c.HAProxy.Group, Chroot: c.HAProxy.Chroot}
 }

@@ -56,6 +56,10 @@ type Config struct {
 	Log     LogConfig     `mapstructure:"log"`
 	// Debug holds diagnostics, all off by default (see DebugConfig).
 	Debug DebugConfig `mapstructure:"debug"`
+
+	// devIsolationOff records that Fill switched HAProxy's isolation off
+	// for --dev (Warnings says so).
+	devIsolationOff bool
 }
 
 // APIConfig configures the HTTP API (webhook, REST, metrics).
@@ -256,6 +260,13 @@ func (c *Config) Fill() {
 	c.absPaths()
 	if c.Role == roleWitness {
 		c.HAProxy.Dir = ""
+	}
+	// --dev is the zero-setup loopback node, run by whoever tries it:
+	// HAProxy runs as that user, not isolated (Warnings says so when a
+	// configuration asked for isolation).
+	if c.Dev && (c.HAProxy.User != "" || c.HAProxy.Group != "" || c.HAProxy.Chroot) {
+		c.HAProxy.User, c.HAProxy.Group, c.HAProxy.Chroot = "", "", false
+		c.devIsolationOff = true
 	}
 	// Peers dial the raft and API advertise addresses: when the listeners
 	// bind every address, advertise this host's private IP (as gossip does).
