@@ -86,6 +86,9 @@ type agentConfig struct {
 	} `yaml:"gossip"`
 	HAProxy struct {
 		BindAddress *string `yaml:"bind_address"`
+		User        string  `yaml:"user"`
+		Group       string  `yaml:"group"`
+		Chroot      bool    `yaml:"chroot"`
 	} `yaml:"haproxy"`
 	Routes struct {
 		DenyPorts []string `yaml:"deny_ports"`
@@ -315,6 +318,9 @@ func TestCloudInit(t *testing.T) {
 			}
 			if cfg.HAProxy.BindAddress == nil || *cfg.HAProxy.BindAddress != "" {
 				t.Error(`haproxy.bind_address must be "" (every address): the reserved IP arrives on the anchor IP`)
+			}
+			if h := cfg.HAProxy; h.User != testenv.HAProxyUser || h.Group != testenv.HAProxyUser || !h.Chroot {
+				t.Errorf("haproxy user %q group %q chroot %v: want HAProxy isolated as %s, chrooted", h.User, h.Group, h.Chroot, testenv.HAProxyUser)
 			}
 			if !slices.Equal(cfg.Routes.DenyPorts, []string{"22", "1-1023"}) {
 				t.Errorf("routes.deny_ports = %q, want SSH and the ports below the route range", cfg.Routes.DenyPorts)

@@ -11,7 +11,10 @@ set -euo pipefail
 # haproxy: the proxy under test. iproute2 (ip, tc), iptables (ebtables) and
 # iputils-ping: the network-namespace lab. python3-yaml: the cloud-init peers
 # script. dpkg-dev: building the .deb. shellcheck: the deploy scripts.
-PACKAGES=(haproxy iproute2 iptables iputils-ping python3 python3-yaml dpkg-dev shellcheck ca-certificates git make)
+# systemd (systemd-analyze: checks the unit and expands its syscall groups)
+# and python3-seccomp: deploy's TestAgentUnderUnit, which runs the agent
+# with the unit's privileges and seccomp filters without systemd as PID 1.
+PACKAGES=(haproxy iproute2 iptables iputils-ping python3 python3-yaml python3-seccomp systemd dpkg-dev shellcheck ca-certificates git make)
 
 required=0
 case "${1:-}" in

@@ -33,12 +33,21 @@ func ConfigPaths(config []byte) []string {
 	return out
 }
 
+// HAProxyUser is the user (and group) the package creates for HAProxy and
+// the shipped configurations run it as.
+const HAProxyUser = "drawbridge-haproxy"
+
 // Relocate returns an agent configuration with every /etc/drawbridge path
 // moved under dir (/etc/drawbridge/tls/ca.pem becomes dir/tls/ca.pem) and
 // the data dir /var/lib/drawbridge moved to dir/data, so a test can give
-// it real files without touching the machine.
+// it real files without touching the machine. HAProxy's user and group
+// (haproxy.user: drawbridge-haproxy) become empty too: they are this
+// machine's accounts, which only the package makes, and check-config
+// refuses a user that does not exist. deploy's TestAgentUnderUnit runs
+// the shipped configuration with the real accounts.
 func Relocate(config []byte, dir string) []byte {
-	return []byte(strings.NewReplacer(EtcDir+"/", dir+"/", "/var/lib/drawbridge", filepath.Join(dir, "data")).Replace(string(config)))
+	return []byte(strings.NewReplacer(EtcDir+"/", dir+"/", "/var/lib/drawbridge", filepath.Join(dir, "data"),
+		"user: "+HAProxyUser, `user: ""`, "group: "+HAProxyUser, `group: ""`).Replace(string(config)))
 }
 
 // WriteSecrets creates in dir what the sample configuration's setup steps
