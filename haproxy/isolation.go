@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Isolation runs HAProxy, the process that faces the internet, with less
@@ -197,6 +198,34 @@ func groupName(iso Isolation) string {
 		return iso.Group
 	}
 	return iso.User
+}
+
+// warnAdoptedUser logs when the adopted master runs as another user than
+// the configuration asks (isolation switched on or off since it started):
+// reloads keep its user, so the change waits for HAProxy to restart. The
+// pid file tells, as the master writes it: under the unit's
+// ProtectProc=invisible the agent cannot see another user's process.
+func (m *Manager) warnAdoptedUser() {
+	st, err := os.Stat(m.pidPath)
+	if err != nil {
+		return
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return
+	}
+	want := os.Geteuid()
+	if m.cfg.isolated() {
+		uid, err := lookupUser(m.cfg.Isolation.User)
+		if err != nil {
+			return
+		}
+		want = uid
+	}
+	if int(sys.Uid) != want {
+		m.log.Warn("the adopted HAProxy runs as another user than haproxy.user says; reloads keep its user, so the change takes effect when HAProxy restarts (systemctl kill --kill-whom=all drawbridge, then start it: this drops connections)",
+			"running_uid", sys.Uid, "want_uid", want)
+	}
 }
 
 // isolationGroup is the group HAProxy runs as: Isolation.Group, or the

@@ -2,6 +2,7 @@ package haproxy
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -91,5 +92,50 @@ func TestIsolatedHAProxy(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Join(dir, "empty")); len(entries) != 0 {
 		t.Errorf("chroot not empty: %v", entries)
+	}
+}
+
+// Switching isolation on while HAProxy runs as the agent's user: the next
+// manager adopts the running master (never restarting it, which would drop
+// connections), still reloads it through the files it now hands to
+// HAProxy's group, and warns that the switch waits for a restart.
+func TestIsolationSwitchedOnAdopts(t *testing.T) {
+	testenv.Root(t, "switching HAProxy to another user")
+	testenv.Command(t, "setpriv", "util-linux")
+	dir := t.TempDir()
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	backend := echoBackend(t, "still served")
+	port, port2 := testenv.FreePort(t), testenv.FreePort(t)
+
+	m1 := startManager(t, testConfig(t, dir))
+	m1.Submit(1, []Frontend{route(port, "web", backend)})
+	waitApplied(t, m1, 1)
+	master := m1.Status().MasterPID
+	if err := m1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs testenv.Buffer
+	cfg := testConfig(t, dir)
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	cfg.Isolation = Isolation{User: "65534", Group: "65534", Chroot: true}
+	m2 := startManager(t, cfg)
+	if st := m2.Status(); !st.Adopted || st.MasterPID != master {
+		t.Fatalf("not adopted: %+v", st)
+	}
+	if !strings.Contains(logs.String(), "the adopted HAProxy runs as another user than haproxy.user says") {
+		t.Errorf("no warning that the running HAProxy is not isolated:\n%s", logs.String())
+	}
+	m2.Submit(2, []Frontend{route(port, "web", backend), route(port2, "web2", backend)})
+	waitApplied(t, m2, 2)
+	for _, p := range []int{port, port2} {
+		if got, err := dialRead(p); err != nil || got != "still served" {
+			t.Errorf("port %d: %q, %v", p, got, err)
+		}
+	}
+	if uid := procField(t, m2.Status().MasterPID, "Uid"); uid != "0 0 0 0" {
+		t.Errorf("the reload changed the master's user to %s: a reload keeps it", uid)
 	}
 }

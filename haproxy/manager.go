@@ -286,6 +286,9 @@ func (m *Manager) start(ctx context.Context) error {
 	})
 	m.metrics.setRunning(true)
 	m.log.Info("haproxy master ready", "pid", p.MasterPID, "adopted", adopted, "version", p.Version)
+	if adopted {
+		m.warnAdoptedUser()
+	}
 
 	loopCtx, cancel := context.WithCancel(context.Background())
 	m.cancel, m.done = cancel, make(chan struct{})
