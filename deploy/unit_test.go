@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -41,11 +42,15 @@ func capMask(t *testing.T, list string) uint64 {
 	return m
 }
 
-// procStatus returns the fields of /proc/pid/status.
+// procStatus returns the fields of /proc/pid/status (nil when the process
+// is gone).
 func procStatus(t *testing.T, pid int) map[string]string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 	if err != nil {
+		if gone(err) {
+			return nil
+		}
 		t.Fatal(err)
 	}
 	out := map[string]string{}
@@ -56,6 +61,12 @@ func procStatus(t *testing.T, pid int) map[string]string {
 		}
 	}
 	return out
+}
+
+// gone reports whether err says the process has exited meanwhile (an old
+// worker finishing after a reload).
+func gone(err error) bool {
+	return os.IsNotExist(err) || errors.Is(err, syscall.ESRCH)
 }
 
 func hexCaps(t *testing.T, s string) uint64 {
@@ -408,8 +419,20 @@ func TestAgentUnderUnit(t *testing.T) {
 		if len(workers) == 0 {
 			t.Fatal("HAProxy has no worker")
 		}
+		checked := 0
 		for _, pid := range append([]int{master}, workers...) {
 			st := procStatus(t, pid)
+			env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
+			if st == nil || (err != nil && gone(err)) {
+				if pid == master {
+					t.Fatal("the HAProxy master is gone")
+				}
+				continue // an old worker that just finished
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			checked++
 			if st["Uid"] != strings.Repeat(hUser.Uid+" ", 3)+hUser.Uid || st["Gid"] != strings.Repeat(hGroup.Gid+" ", 3)+hGroup.Gid || st["Groups"] != "" {
 				t.Errorf("haproxy pid %d: Uid %q Gid %q Groups %q, want %s only", pid, st["Uid"], st["Gid"], st["Groups"], testenv.HAProxyUser)
 			}
@@ -421,18 +444,21 @@ func TestAgentUnderUnit(t *testing.T) {
 			if st["NoNewPrivs"] != "1" {
 				t.Errorf("haproxy pid %d: NoNewPrivs %q", pid, st["NoNewPrivs"])
 			}
-			env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
-			if err != nil {
-				t.Fatal(err)
-			}
 			for _, kv := range strings.Split(strings.TrimRight(string(env), "\x00"), "\x00") {
 				if strings.Contains(kv, envToken) || (!strings.HasPrefix(kv, "PATH=") && !strings.HasPrefix(kv, "HAPROXY_")) {
 					t.Errorf("haproxy pid %d has %q in its environment", pid, kv)
 				}
 			}
 		}
+		if checked < 2 {
+			t.Fatalf("checked %d HAProxy processes, want the master and a worker at least", checked)
+		}
 		for _, pid := range workers {
-			if root, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "root")); err != nil || root != filepath.Join(hdir, "empty") {
+			root, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "root"))
+			if err != nil && gone(err) {
+				continue
+			}
+			if err != nil || root != filepath.Join(hdir, "empty") {
 				t.Errorf("worker %d root %q (%v), want the chroot %s", pid, root, err, filepath.Join(hdir, "empty"))
 			}
 		}
