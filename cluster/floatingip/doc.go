@@ -23,6 +23,7 @@
 //     claims and never take it from a healthy holder.
 //   - "vip" ([VIP], Linux): adds the address to a local interface over
 //     netlink and announces it with gratuitous ARP; Release deletes it.
+//     It implements [Announcer]: the holder announces again every second.
 //     Held means the address is on the interface. For LANs, bare metal and
 //     tests in network namespaces.
 //   - "exec" ([Exec]): runs a user script, `SCRIPT claim|release IP NODE`,

@@ -49,6 +49,20 @@ type HolderReporter interface {
 	Self() int
 }
 
+// Announcer is implemented by providers whose network learns the holder
+// from the holder's own announcements (vip: gratuitous ARP) rather than from
+// a central API. The owner loop calls Announce about once a second while it
+// holds the address: if another node claimed it for a moment (a flapping
+// link shows it a holder as dead) and then let go, the hosts and switches
+// that heard that node's announcement would keep sending to it until their
+// ARP entries age out, tens of seconds later. The next announcement brings
+// them back within a second.
+type Announcer interface {
+	// Announce tells the network again that this node holds the address.
+	// It does nothing when the address is not held here.
+	Announce(ctx context.Context) error
+}
+
 // ErrReservedIPNotFound is wrapped by the digitalocean provider when the API
 // answers 404 for the reserved IP: it does not exist in the account the token
 // belongs to (wrong address, wrong account, or a token of another team).

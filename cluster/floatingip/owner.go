@@ -71,10 +71,19 @@ type OwnerConfig struct {
 	// VerifyInterval is how often a holder asks the provider whether it
 	// still holds the address (default 1s; cloud providers: 5s).
 	VerifyInterval time.Duration
-	// HoldDown is how long a node that lost the address to a newer claim
-	// waits before claiming again while another eligible node is alive
-	// (default 3s). With the newest-claim-wins rule it bounds moves when a
-	// link flaps.
+	// AnnounceInterval is how often a holder whose provider implements
+	// [Announcer] (vip) announces the address again (default 1s).
+	AnnounceInterval time.Duration
+	// HoldDown is how long a node that lost the address (to a newer claim,
+	// or the provider says it moved) or whose view just recovered from a
+	// minority waits before claiming again, whatever its view shows
+	// (default 3s). Such a node is typically the one whose own link flaps:
+	// its gossip marks the real holder dead for a while (the holder has not
+	// yet refuted it), and a claim then would pull the address, and the
+	// clients' ARP caches, to a node about to lose its link again. With the
+	// newest-claim-wins rule it bounds moves when a link flaps; the price is
+	// that when the winner of a conflict really dies within HoldDown, the
+	// takeover waits for the rest of it.
 	HoldDown time.Duration
 	// RetryInterval after a failed claim (default 1s).
 	RetryInterval time.Duration
@@ -87,8 +96,9 @@ type OwnerConfig struct {
 	// three or more alive is probably the one cut off; it releases the
 	// address and claims only after seeing so little this long (default
 	// 30s, so a lone survivor of a double failure still takes over). After
-	// the view recovers it waits HoldDown before claiming while another
-	// eligible node is alive.
+	// the view recovers it waits HoldDown before claiming at all: its
+	// gossip still marks as dead the members that declared it dead, and
+	// the holder among them may be alive and serving.
 	MinorityClaimAfter time.Duration
 }
 
@@ -121,8 +131,8 @@ type Owner struct {
 	claim    Claim
 	stopping bool
 	maxEpoch uint64
-	// quietUntil: after losing a conflict, this node claims again only if
-	// no other eligible node is alive until then.
+	// quietUntil: after losing the address or rejoining from a minority,
+	// this node does not claim until then (see HoldDown).
 	quietUntil time.Time
 	// joinBy: until then, a node that sees no other edge node does not
 	// claim (set by Run; see StartupWait).
@@ -153,6 +163,9 @@ func NewOwner(cfg OwnerConfig, p Provider, view View, healthy func() bool, publi
 	}
 	if cfg.HoldDown <= 0 {
 		cfg.HoldDown = 3 * time.Second
+	}
+	if cfg.AnnounceInterval <= 0 {
+		cfg.AnnounceInterval = time.Second
 	}
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
@@ -215,13 +228,17 @@ func (o *Owner) Run(ctx context.Context) {
 	}
 	tick := time.NewTicker(o.cfg.Interval)
 	defer tick.Stop()
-	lastVerify := time.Now()
+	lastVerify, lastAnnounce := time.Now(), time.Now()
 	for {
 		changed := o.view.Changed()
 		o.step(ctx)
 		if time.Since(lastVerify) >= o.cfg.VerifyInterval {
 			o.verify(ctx)
 			lastVerify = time.Now()
+		}
+		if time.Since(lastAnnounce) >= o.cfg.AnnounceInterval {
+			o.refresh(ctx)
+			lastAnnounce = time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -276,6 +293,8 @@ func (o *Owner) step(ctx context.Context) {
 		o.minoritySince = time.Now()
 	case !minority && !o.minoritySince.IsZero():
 		// Back in touch with most of the cluster: settle before claiming.
+		// The members that declared this node dead are still dead in its
+		// own view until they refute it; one of them may be the holder.
 		o.minoritySince = time.Time{}
 		o.quietUntil = time.Now().Add(o.cfg.HoldDown)
 	}
@@ -319,7 +338,10 @@ func (o *Owner) step(ctx context.Context) {
 		}
 		return
 	}
-	if !eligible || joining || isolated {
+	if !eligible || joining || isolated || quiet {
+		// quiet: this node just lost the address or rejoined from a
+		// minority; its view may still call the real holder dead (see
+		// HoldDown).
 		// joining: just started and no other edge node seen yet. Gossip
 		// joins within milliseconds when peers are up; claiming before
 		// that would take the address (and the client's ARP caches) from
@@ -353,11 +375,6 @@ func (o *Owner) step(ctx context.Context) {
 	if best != o.cfg.NodeName {
 		return
 	}
-	if quiet && o.otherEligible(peers) {
-		// This node just lost a conflict: let the others settle first, so
-		// a flapping link cannot bounce the address back and forth.
-		return
-	}
 	o.claimNow(ctx)
 }
 
@@ -383,14 +400,24 @@ func (o *Owner) reannounce(ctx context.Context, loser string) {
 	o.log.Info("re-announced the floating IP after a conflict", "other_holder", loser)
 }
 
-// otherEligible reports whether any other alive, eligible node exists.
-func (o *Owner) otherEligible(peers []Peer) bool {
-	for _, p := range peers {
-		if p.Alive && p.Eligible {
-			return true
-		}
+// refresh announces the address again while this node holds it, when the
+// provider supports it (see [Announcer]).
+func (o *Owner) refresh(ctx context.Context) {
+	a, ok := o.provider.(Announcer)
+	if !ok {
+		return
 	}
-	return false
+	o.mu.Lock()
+	holding, stopping := o.claim.Holding, o.stopping
+	o.mu.Unlock()
+	if !holding || stopping {
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.Announce(actx); err != nil {
+		o.log.Warn("announcing the floating IP again failed", "err", err)
+	}
 }
 
 // lastHolder returns the peer with the newest claim, dead or alive.

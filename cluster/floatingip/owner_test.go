@@ -351,3 +351,76 @@ func TestOwnerWinnerReannounces(t *testing.T) {
 		t.Errorf("re-announcements: %d, want exactly 1 within a second", after-before)
 	}
 }
+
+// announcingProvider is a fakeProvider that also counts announcements.
+type announcingProvider struct {
+	fakeProvider
+	announced int
+}
+
+func (p *announcingProvider) Announce(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held {
+		p.announced++
+	}
+	return nil
+}
+
+func (p *announcingProvider) announcements() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.announced
+}
+
+func TestOwnerHolderAnnouncesWhileHolding(t *testing.T) {
+	prov := &announcingProvider{}
+	view := newFakeView(Peer{Name: "edge-b", Alive: true, Eligible: true})
+	h := &boolFlag{v: true}
+	o := NewOwner(OwnerConfig{NodeName: "edge-a", Address: "192.0.2.10", Interval: 5 * time.Millisecond,
+		AnnounceInterval: 10 * time.Millisecond, HoldDown: time.Hour},
+		prov, view, h.get, nil, nil, prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { o.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.EventuallyEvery(t, 5*time.Second, 2*time.Millisecond, "repeated announcements while holding", func() bool {
+		return prov.announcements() >= 3
+	})
+	// Unhealthy: it releases and announces no more.
+	h.set(false)
+	o.Poke()
+	testenv.EventuallyEvery(t, 5*time.Second, 2*time.Millisecond, "release", func() bool { return !o.Claim().Holding })
+	n := prov.announcements()
+	// Observation window: ten announcement intervals.
+	time.Sleep(100 * time.Millisecond)
+	if got := prov.announcements(); got != n {
+		t.Errorf("%d announcements after the release", got-n)
+	}
+}
+
+// TestOwnerSettlesAfterMinority: a node whose view just recovered from a
+// minority still sees the holder as dead (gossip has not yet heard the
+// holder refute its death); it must not claim during the hold-down, and
+// claims after it if the holder is still gone.
+func TestOwnerSettlesAfterMinority(t *testing.T) {
+	o := newTestOwner("edge-a", 100, Peer{Name: "edge-b", Alive: false, Eligible: true, Holding: true, Epoch: 2})
+	o.view.setCensus(1, 3)
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("claimed while cut off")
+	}
+	// Back to 2 of 3 (the witness refuted first); edge-b still dead here.
+	o.view.setCensus(2, 3)
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("claimed from a holder its own stale view calls dead, right after rejoining")
+	}
+	o.mu.Lock()
+	o.quietUntil = time.Now().Add(-time.Millisecond)
+	o.mu.Unlock()
+	settle(o)
+	if c := o.Claim(); !c.Holding || c.Last.Reason != "holder edge-b failed" {
+		t.Fatalf("no takeover after the hold-down from a holder still dead: %+v", c)
+	}
+}

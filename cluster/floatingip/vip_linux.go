@@ -52,12 +52,20 @@ type VIP struct {
 	// talks to); nil runs it on the calling goroutine.
 	inNS func(fn func() error) error
 
+	// op serializes Claim, Release and Announce: the owner's periodic
+	// Announce must not send an announcement after a concurrent Release
+	// (a graceful stop) removed the address.
+	op sync.Mutex
+
 	mu       sync.Mutex
 	announce context.CancelFunc // stops background announcements
 	done     chan struct{}      // closed when they are over
 }
 
-var _ Provider = (*VIP)(nil)
+var (
+	_ Provider  = (*VIP)(nil)
+	_ Announcer = (*VIP)(nil)
+)
 
 // vipDeps let tests aim the provider at a throwaway network namespace.
 type vipDeps struct {
@@ -188,6 +196,8 @@ func (v *VIP) Held(ctx context.Context) (bool, error) {
 
 // Claim adds the address to the interface and announces it.
 func (v *VIP) Claim(ctx context.Context) error {
+	v.op.Lock()
+	defer v.op.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -202,7 +212,7 @@ func (v *VIP) Claim(ctx context.Context) error {
 	if len(found) > 0 {
 		// Already ours: announce again, so a network that last heard
 		// another holder's announcements comes back to this one.
-		v.startAnnounce(l)
+		v.startAnnounce(l, garpCount)
 		return nil
 	}
 	a := &netlink.Addr{IPNet: &net.IPNet{
@@ -213,12 +223,34 @@ func (v *VIP) Claim(ctx context.Context) error {
 		return fmt.Errorf("vip: add %s/%d to %s: %w", v.addr, v.prefixLen, v.ifname, err)
 	}
 	v.log.Info("floating IP added", "prefix_len", v.prefixLen)
-	v.startAnnounce(l)
+	v.startAnnounce(l, garpCount)
+	return nil
+}
+
+// Announce sends one gratuitous ARP for the address when it is on the
+// interface (the owner's periodic refresh; see [Announcer]).
+func (v *VIP) Announce(ctx context.Context) error {
+	v.op.Lock()
+	defer v.op.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l, err := v.link()
+	if err != nil {
+		return err
+	}
+	found, err := v.present(l)
+	if err != nil || len(found) == 0 {
+		return err
+	}
+	v.startAnnounce(l, 1)
 	return nil
 }
 
 // Release removes the address from the interface.
 func (v *VIP) Release(ctx context.Context) error {
+	v.op.Lock()
+	defer v.op.Unlock()
 	v.stopAnnounce()
 	if err := ctx.Err(); err != nil {
 		return err
@@ -241,10 +273,10 @@ func (v *VIP) Release(ctx context.Context) error {
 	return nil
 }
 
-// startAnnounce sends the first gratuitous ARP now and the others in the
-// background. Any announcement still running from an earlier claim is
+// startAnnounce sends the first of count gratuitous ARPs now and the others
+// in the background. Any announcement still running from an earlier claim is
 // stopped first.
-func (v *VIP) startAnnounce(l netlink.Link) {
+func (v *VIP) startAnnounce(l netlink.Link, count int) {
 	v.stopAnnounce()
 	attrs := l.Attrs()
 	if len(attrs.HardwareAddr) != 6 {
@@ -274,6 +306,10 @@ func (v *VIP) startAnnounce(l netlink.Link) {
 		}
 	}
 	send(1)
+	if count <= 1 {
+		conn.Close()
+		return
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -283,7 +319,7 @@ func (v *VIP) startAnnounce(l netlink.Link) {
 	go func() {
 		defer close(done)
 		defer conn.Close()
-		for n := 2; n <= garpCount; n++ {
+		for n := 2; n <= count; n++ {
 			if sleepCtx(ctx, garpInterval) != nil {
 				return
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
 	"github.com/mdlayher/packet"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -322,5 +323,84 @@ func TestGARPFrame(t *testing.T) {
 		p.Operation != arp.OperationRequest || p.SenderIP != ip || p.TargetIP != ip ||
 		p.SenderHardwareAddr.String() != hw.String() || p.TargetHardwareAddr.String() != "00:00:00:00:00:00" {
 		t.Fatalf("unexpected frame %+v / packet %+v", f, p)
+	}
+}
+
+// TestVIPHolderWinsBackAfterStrayClaim: while a holds the address, c claims
+// it for a moment (a flapping link made a look dead to c) and lets go. b,
+// the client, followed c's announcement. a never released, so it never
+// claims again; only its owner loop's periodic announcement brings b back.
+func TestVIPHolderWinsBackAfterStrayClaim(t *testing.T) {
+	netns.SkipIfUnavailable(t)
+	lab := netns.NewLab(t, "")
+	a, b, c := lab.AddHost("a"), lab.AddHost("b"), lab.AddHost("c")
+	vipStr := lab.NextAddr()
+	va := newTestVIP(t, a, vipStr, 24)
+	vc := newTestVIP(t, c, vipStr, 24)
+	ctx := context.Background()
+
+	o := NewOwner(OwnerConfig{NodeName: "a", Address: vipStr, Interval: 20 * time.Millisecond,
+		AnnounceInterval: 300 * time.Millisecond, StartupWait: time.Millisecond},
+		va, newFakeView(), func() bool { return true }, nil, nil, prometheus.NewRegistry())
+	octx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { o.Run(octx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.Eventually(t, 5*time.Second, "a to claim", func() bool { return o.Claim().Holding })
+	if out, err := b.Run("ping", "-c1", "-W2", vipStr); err != nil {
+		t.Fatalf("ping the VIP from %s: %v\n%s", b, err, out)
+	}
+	// Past neigh/locktime (1 s), so c's announcement is not ignored.
+	time.Sleep(1100 * time.Millisecond)
+
+	if err := vc.Claim(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 3*time.Second, "the client to follow the stray claim", func() bool {
+		return strings.EqualFold(neighMAC(b, vipStr), c.MAC)
+	})
+	if err := vc.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the holder's announcement to win the client back", func() bool {
+		return strings.EqualFold(neighMAC(b, vipStr), a.MAC)
+	})
+	if out, err := b.Run("ping", "-c1", "-W2", vipStr); err != nil {
+		t.Fatalf("ping the VIP from %s after the stray claim: %v\n%s", b, err, out)
+	}
+}
+
+// TestVIPAnnounceOnlyWhenHeld: Announce sends one announcement when the
+// address is here and none when it is not.
+func TestVIPAnnounceOnlyWhenHeld(t *testing.T) {
+	netns.SkipIfUnavailable(t)
+	lab := netns.NewLab(t, "")
+	a, b := lab.AddHost("a"), lab.AddHost("b")
+	vipStr := lab.NextAddr()
+	capture := captureGARP(t, b, netip.MustParseAddr(vipStr))
+	v := newTestVIP(t, a, vipStr, 32)
+	ctx := context.Background()
+	if err := v.Announce(ctx); err != nil {
+		t.Fatalf("Announce without the address: %v", err)
+	}
+	if err := v.Claim(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the claim's announcements", func() bool { return len(capture.get()) >= garpCount })
+	if err := v.Announce(ctx); err != nil {
+		t.Fatalf("Announce: %v", err)
+	}
+	testenv.Eventually(t, 5*time.Second, "one more announcement", func() bool { return len(capture.get()) == garpCount+1 })
+	if err := v.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Announce(ctx); err != nil {
+		t.Fatalf("Announce after Release: %v", err)
+	}
+	// Observation window: an announcement crosses the veth pair in well
+	// under a millisecond; nothing more may arrive.
+	time.Sleep(300 * time.Millisecond)
+	if n := len(capture.get()); n != garpCount+1 {
+		t.Errorf("%d announcements, want %d: Announce without the address sent one", n, garpCount+1)
 	}
 }

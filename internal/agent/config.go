@@ -205,8 +205,8 @@ type FloatingIPConfig struct {
 	PrefixLen int    `mapstructure:"prefix_len"`
 	// Priority: the eligible node with the highest priority claims first.
 	Priority int `mapstructure:"priority"`
-	// HoldDown: after losing the address to a newer claim, a node waits
-	// this long before claiming again while another eligible node lives.
+	// HoldDown: after losing the address (to a newer claim) or rejoining
+	// from a minority view, a node waits this long before claiming again.
 	HoldDown time.Duration `mapstructure:"hold_down"`
 	// LagGrace: how long HAProxy may run an older table than this node's
 	// before the node stops being eligible (and a holder hands over).
