@@ -105,6 +105,9 @@ func (v *FloatingIPView) Census() (alive, total int) {
 	return alive, total
 }
 
+// LocalHealth implements floatingip.View with gossip's awareness score.
+func (v *FloatingIPView) LocalHealth() int { return v.members.HealthScore() }
+
 // Changed implements floatingip.View.
 func (v *FloatingIPView) Changed() <-chan struct{} { return v.members.Changed() }
 

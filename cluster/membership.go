@@ -437,6 +437,13 @@ func (m *Membership) reap(now time.Time) {
 	}
 }
 
+// HealthScore is memberlist's Lifeguard awareness of this node's own health:
+// 0 is healthy; it grows when this node's probes fail without the other
+// members confirming (a nack) that the target is unreachable from them too,
+// and when it has to refute suspicions of itself: both signs that the
+// trouble is this node's own network. It decays with successful probes.
+func (m *Membership) HealthScore() int { return m.ml.GetHealthScore() }
+
 // LocalName is this node's gossip name.
 func (m *Membership) LocalName() string { return m.ml.LocalNode().Name }
 

@@ -50,6 +50,11 @@ type View interface {
 	Census() (alive, total int)
 	// Changed returns a channel closed at the next membership change.
 	Changed() <-chan struct{}
+	// LocalHealth is gossip's view of this node's own health (memberlist's
+	// Lifeguard awareness score): 0 is healthy; above 0, this node's own
+	// probes failed without other members confirming, or others suspected
+	// it: its own link is the likely trouble.
+	LocalHealth() int
 }
 
 // Claim is this node's published floating-IP state (gossiped by the caller).
@@ -102,6 +107,10 @@ type OwnerConfig struct {
 	MinorityClaimAfter time.Duration
 }
 
+// minorityConfirm is how long a holder whose gossip rates it healthy must
+// see a minority before it releases (see Owner.step).
+const minorityConfirm = time.Second
+
 // Owner decides, on every edge node, whether this node should hold the
 // floating IP, and moves it through a Provider:
 //   - the current holder keeps the address while it is eligible (alive,
@@ -143,9 +152,11 @@ type Owner struct {
 	// announced: when this node last re-announced after winning a conflict.
 	announced time.Time
 	lostAt    time.Time // when this node first saw no eligible holder
-	lastFrom  string    // the holder before the address was lost
-	why       string
-	wake      chan struct{}
+	// suspectLogged: the current loss was logged as a suspect takeover.
+	suspectLogged bool
+	lastFrom      string // the holder before the address was lost
+	why           string
+	wake          chan struct{}
 }
 
 // NewOwner returns an owner loop. healthy reports this node's own
@@ -277,6 +288,7 @@ func (o *Owner) step(ctx context.Context) {
 	// node's own Claim, which takes o.mu.
 	peers := o.view.Peers()
 	alive, total := o.view.Census()
+	health := o.view.LocalHealth()
 	o.mu.Lock()
 	for _, p := range peers {
 		if p.Epoch > o.maxEpoch {
@@ -299,6 +311,12 @@ func (o *Owner) step(ctx context.Context) {
 		o.quietUntil = time.Now().Add(o.cfg.HoldDown)
 	}
 	isolated := minority && time.Since(o.minoritySince) < o.cfg.MinorityClaimAfter
+	// A holder lets go of a minority view at once when gossip also rates
+	// its own network unhealthy (a node cut off fails its probes with
+	// nobody confirming), and otherwise only once the view has lasted
+	// minorityConfirm: a healthy node can see a minority for a moment when
+	// a flapping member spreads rumours that the others are dead.
+	cutOff := isolated && (health > 0 || time.Since(o.minoritySince) >= minorityConfirm)
 	quiet := time.Now().Before(o.quietUntil)
 	o.mu.Unlock()
 	if stopping {
@@ -318,7 +336,7 @@ func (o *Owner) step(ctx context.Context) {
 		switch {
 		case !eligible:
 			o.release(ctx, "this node is not healthy (HAProxy not running the latest config)")
-		case isolated:
+		case cutOff:
 			// Most of the cluster is out of sight: this node is probably
 			// the one cut off, and the others will claim. Letting go now
 			// avoids two holders when the link comes back.
@@ -351,7 +369,7 @@ func (o *Owner) step(ctx context.Context) {
 	}
 	if len(holders) > 0 {
 		o.mu.Lock()
-		o.lostAt, o.lastFrom = time.Time{}, holders[0].Name
+		o.lostAt, o.lastFrom, o.suspectLogged = time.Time{}, holders[0].Name, false
 		o.mu.Unlock()
 		return
 	}
@@ -364,7 +382,23 @@ func (o *Owner) step(ctx context.Context) {
 		}
 		o.why = lossReason(peers, o.lastFrom)
 	}
+	lostFor := time.Since(o.lostAt)
 	o.mu.Unlock()
+	if total >= 3 && !minority && lostFor < o.cfg.HoldDown {
+		if h := health; h > 0 {
+			// Gossip says this node's own network is in trouble: the
+			// holder it calls dead is probably alive, and will say so
+			// within moments. A real failure seen by a healthy node
+			// leaves the score at 0 (the other members confirm the
+			// holder is unreachable), so this delays only suspect
+			// takeovers, by at most HoldDown. A pair without a witness
+			// cannot tell (nobody confirms), so it is left out, and so
+			// is a lone survivor, which already waited
+			// MinorityClaimAfter.
+			o.logSuspectTakeover(h)
+			return
+		}
+	}
 	best := o.cfg.NodeName
 	bestPrio := o.cfg.Priority
 	for _, p := range peers {
@@ -453,6 +487,18 @@ func lossReason(peers []Peer, last string) string {
 	return "holder " + last + " gone"
 }
 
+// logSuspectTakeover says, once per loss, why this node does not claim yet.
+func (o *Owner) logSuspectTakeover(health int) {
+	o.mu.Lock()
+	first := !o.suspectLogged
+	o.suspectLogged = true
+	why := o.why
+	o.mu.Unlock()
+	if first {
+		o.log.Info("not claiming yet: gossip rates this node's own network unhealthy", "health_score", health, "reason", why, "wait_up_to", o.cfg.HoldDown)
+	}
+}
+
 func (o *Owner) claimNow(ctx context.Context) {
 	o.mu.Lock()
 	from, why, lostAt := o.lastFrom, o.why, o.lostAt
@@ -488,7 +534,7 @@ func (o *Owner) claimNow(ctx context.Context) {
 	o.claim.Holding = true
 	o.claim.Epoch = o.maxEpoch
 	o.claim.Last = &Failover{At: time.Now(), From: from, To: o.cfg.NodeName, Duration: dur, Reason: why}
-	o.lostAt, o.lastFrom = time.Time{}, o.cfg.NodeName
+	o.lostAt, o.lastFrom, o.suspectLogged = time.Time{}, o.cfg.NodeName, false
 	o.mu.Unlock()
 	o.metrics.holder.Set(1)
 	o.metrics.failover.Observe(dur.Seconds())

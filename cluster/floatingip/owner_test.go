@@ -20,6 +20,19 @@ type fakeView struct {
 	// alive and total override the census (0: this node plus peers, as
 	// their Alive says).
 	alive, total int
+	health       int
+}
+
+func (v *fakeView) LocalHealth() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.health
+}
+
+func (v *fakeView) setHealth(h int) {
+	v.mu.Lock()
+	v.health = h
+	v.mu.Unlock()
 }
 
 func (v *fakeView) Census() (int, int) {
@@ -312,9 +325,11 @@ func TestOwnerCutOffNodeReleasesAndWaits(t *testing.T) {
 	if !o.Claim().Holding {
 		t.Fatal("did not claim")
 	}
-	// Now it sees 1 of 3 members alive: probably the one cut off.
+	// Now it sees 1 of 3 members alive and gossip rates its own network
+	// unhealthy: it is the one cut off.
 	o.view.set(Peer{Name: "edge-b", Alive: false, Eligible: true})
 	o.view.setCensus(1, 3)
+	o.view.setHealth(2)
 	settle(o)
 	if o.Claim().Holding {
 		t.Fatal("a node that sees a minority kept the address")
@@ -422,5 +437,82 @@ func TestOwnerSettlesAfterMinority(t *testing.T) {
 	settle(o)
 	if c := o.Claim(); !c.Holding || c.Last.Reason != "holder edge-b failed" {
 		t.Fatalf("no takeover after the hold-down from a holder still dead: %+v", c)
+	}
+}
+
+// TestOwnerUnhealthyNodeDoesNotRushTakeover: gossip rates this node's own
+// network unhealthy (its link flapped) and marks the holder dead on this
+// node's word alone: it waits up to HoldDown for the holder to come back
+// before claiming. A healthy node takes over at once; so does a pair
+// without a witness, where nobody can confirm.
+func TestOwnerUnhealthyNodeDoesNotRushTakeover(t *testing.T) {
+	holderDead := Peer{Name: "edge-b", Alive: false, Eligible: true, Holding: true, Epoch: 2}
+	o := newTestOwner("edge-a", 0, holderDead)
+	o.view.setCensus(2, 3)
+	o.view.setHealth(3)
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("an unhealthy node claimed from a holder only it calls dead")
+	}
+	// The holder comes back: nothing happened.
+	o.view.set(Peer{Name: "edge-b", Alive: true, Eligible: true, Holding: true, Epoch: 2})
+	settle(o)
+	if c, _ := o.prov.counts(); c != 0 || o.Claim().Holding {
+		t.Fatalf("claims = %d after the holder came back", c)
+	}
+	// It dies for real and stays dead past the hold-down: claim.
+	o.view.set(holderDead)
+	settle(o)
+	o.mu.Lock()
+	o.lostAt = time.Now().Add(-2 * o.cfg.HoldDown)
+	o.mu.Unlock()
+	settle(o)
+	if !o.Claim().Holding {
+		t.Fatal("no takeover after the hold-down")
+	}
+
+	healthy := newTestOwner("edge-a", 0, holderDead)
+	healthy.view.setCensus(2, 3)
+	settle(healthy)
+	if !healthy.Claim().Holding {
+		t.Fatal("a healthy node waited to take over from a failed holder")
+	}
+	pair := newTestOwner("edge-a", 0, holderDead)
+	pair.view.setHealth(3)
+	settle(pair)
+	if !pair.Claim().Holding {
+		t.Fatal("a pair without a witness waited to take over")
+	}
+}
+
+// TestOwnerHealthyHolderRidesOutMinorityRumour: a flapping member spreads
+// "dead" rumours, and a healthy holder sees a minority for a moment; it keeps
+// the address unless the view lasts minorityConfirm.
+func TestOwnerHealthyHolderRidesOutMinorityRumour(t *testing.T) {
+	o := newTestOwner("edge-a", 100)
+	settle(o)
+	if !o.Claim().Holding {
+		t.Fatal("did not claim")
+	}
+	o.view.set(Peer{Name: "edge-b", Alive: false, Eligible: true})
+	o.view.setCensus(1, 3)
+	settle(o)
+	if !o.Claim().Holding {
+		t.Fatal("a healthy holder let go at the first sight of a minority")
+	}
+	o.view.setCensus(2, 3)
+	settle(o)
+	if !o.Claim().Holding {
+		t.Fatal("lost the address after the rumour passed")
+	}
+	// A minority that lasts is believed, health or not.
+	o.view.setCensus(1, 3)
+	settle(o)
+	o.mu.Lock()
+	o.minoritySince = time.Now().Add(-minorityConfirm)
+	o.mu.Unlock()
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("kept the address through a lasting minority view")
 	}
 }
