@@ -107,10 +107,6 @@ type OwnerConfig struct {
 	MinorityClaimAfter time.Duration
 }
 
-// minorityConfirm is how long a holder whose gossip rates it healthy must
-// see a minority before it releases (see Owner.step).
-const minorityConfirm = time.Second
-
 // Owner decides, on every edge node, whether this node should hold the
 // floating IP, and moves it through a Provider:
 //   - the current holder keeps the address while it is eligible (alive,
@@ -312,11 +308,12 @@ func (o *Owner) step(ctx context.Context) {
 	}
 	isolated := minority && time.Since(o.minoritySince) < o.cfg.MinorityClaimAfter
 	// A holder lets go of a minority view at once when gossip also rates
-	// its own network unhealthy (a node cut off fails its probes with
-	// nobody confirming), and otherwise only once the view has lasted
-	// minorityConfirm: a healthy node can see a minority for a moment when
-	// a flapping member spreads rumours that the others are dead.
-	cutOff := isolated && (health > 0 || time.Since(o.minoritySince) >= minorityConfirm)
+	// its own network unhealthy, and otherwise only once the view has lasted
+	// HoldDown: a healthy node can see a minority for a while when a
+	// flapping member spreads rumours that the others are dead, whereas a
+	// node really cut off fails its probes with nobody confirming, and its
+	// score rises within a probe interval.
+	cutOff := isolated && (health > 0 || time.Since(o.minoritySince) >= o.cfg.HoldDown)
 	quiet := time.Now().Before(o.quietUntil)
 	o.mu.Unlock()
 	if stopping {

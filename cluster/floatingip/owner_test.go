@@ -487,7 +487,7 @@ func TestOwnerUnhealthyNodeDoesNotRushTakeover(t *testing.T) {
 
 // TestOwnerHealthyHolderRidesOutMinorityRumour: a flapping member spreads
 // "dead" rumours, and a healthy holder sees a minority for a moment; it keeps
-// the address unless the view lasts minorityConfirm.
+// the address unless the view lasts HoldDown.
 func TestOwnerHealthyHolderRidesOutMinorityRumour(t *testing.T) {
 	o := newTestOwner("edge-a", 100)
 	settle(o)
@@ -509,7 +509,8 @@ func TestOwnerHealthyHolderRidesOutMinorityRumour(t *testing.T) {
 	o.view.setCensus(1, 3)
 	settle(o)
 	o.mu.Lock()
-	o.minoritySince = time.Now().Add(-minorityConfirm)
+	o.cfg.HoldDown = 10 * time.Millisecond
+	o.minoritySince = time.Now().Add(-2 * o.cfg.HoldDown)
 	o.mu.Unlock()
 	settle(o)
 	if o.Claim().Holding {

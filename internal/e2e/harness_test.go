@@ -449,7 +449,8 @@ func hookPayload(name string, frontend, backendPort int, ip, action string) map[
 // ownConfigFile gives an `agent` command without --config an empty config
 // file of its own. Without one, an agent reads /etc/drawbridge/drawbridge.yaml
 // whenever it exists, and the deploy tests install the package on this
-// machine while these tests run.
+// machine while these tests run. Both builds count, also behind a wrapper
+// (`ip netns exec NS BIN agent ...`).
 func ownConfigFile(t testing.TB, cmd *exec.Cmd) {
 	t.Helper()
 	at := -1
@@ -457,7 +458,7 @@ func ownConfigFile(t testing.TB, cmd *exec.Cmd) {
 		if a == "--config" || strings.HasPrefix(a, "--config=") {
 			return
 		}
-		if a == "agent" && at < 0 && i > 0 && cmd.Args[i-1] == binPath {
+		if a == "agent" && at < 0 && i > 0 && (cmd.Args[i-1] == binPath || cmd.Args[i-1] == timingBinPath) {
 			at = i
 		}
 	}
