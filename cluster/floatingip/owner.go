@@ -353,6 +353,14 @@ func (o *Owner) step(ctx context.Context) {
 		}
 		return
 	}
+	if len(holders) > 0 {
+		// A holder is alive: any loss this node was timing is over, even
+		// when it is not allowed to claim below (the suspect-takeover wait
+		// counts from the last time the holder was seen).
+		o.mu.Lock()
+		o.lostAt, o.lastFrom, o.suspectLogged = time.Time{}, holders[0].Name, false
+		o.mu.Unlock()
+	}
 	if !eligible || joining || isolated || quiet {
 		// quiet: this node just lost the address or rejoined from a
 		// minority; its view may still call the real holder dead (see
@@ -365,9 +373,6 @@ func (o *Owner) step(ctx context.Context) {
 		return
 	}
 	if len(holders) > 0 {
-		o.mu.Lock()
-		o.lostAt, o.lastFrom, o.suspectLogged = time.Time{}, holders[0].Name, false
-		o.mu.Unlock()
 		return
 	}
 	// Nobody eligible holds the address. Note when that started and why.

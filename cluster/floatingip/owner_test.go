@@ -517,3 +517,29 @@ func TestOwnerHealthyHolderRidesOutMinorityRumour(t *testing.T) {
 		t.Fatal("kept the address through a lasting minority view")
 	}
 }
+
+// TestOwnerSuspectWaitCountsFromLastSighting: a node that could not claim
+// for a while (quiet) but saw the holder alive meanwhile times a new loss
+// from then, not from an older one.
+func TestOwnerSuspectWaitCountsFromLastSighting(t *testing.T) {
+	holderDead := Peer{Name: "edge-b", Alive: false, Eligible: true, Holding: true, Epoch: 2}
+	o := newTestOwner("edge-a", 0, holderDead)
+	o.cfg.HoldDown = 50 * time.Millisecond
+	o.view.setCensus(2, 3)
+	o.view.setHealth(3)
+	settle(o) // a loss starts; the unhealthy node waits
+	o.mu.Lock()
+	o.quietUntil = time.Now().Add(time.Hour) // and then may not claim at all
+	o.mu.Unlock()
+	time.Sleep(2 * o.cfg.HoldDown)
+	o.view.set(Peer{Name: "edge-b", Alive: true, Eligible: true, Holding: true, Epoch: 2})
+	settle(o) // sees the holder alive while quiet
+	o.view.set(holderDead)
+	o.mu.Lock()
+	o.quietUntil = time.Time{}
+	o.mu.Unlock()
+	settle(o)
+	if o.Claim().Holding {
+		t.Fatal("claimed at once on a loss timed from before the holder was last seen alive")
+	}
+}
