@@ -458,6 +458,7 @@ func (c *Controller) reconcile(ctx context.Context, key string) (retryAfter time
 			return 0, nil
 		}
 		if err := c.removeRoutes(ctx, stem, nil); err != nil {
+			c.reportRemovalRefused(svc, err)
 			return 0, err
 		}
 		if svc.DeletionTimestamp == nil {
@@ -497,6 +498,17 @@ func (c *Controller) reconcile(ctx context.Context, key string) (retryAfter time
 	want, problems := desiredRoutes(c.cfg.NamePrefix, svc, nodes, eps)
 
 	have, err := c.routes.ListRoutes(ctx)
+	if reason, refused := refusal(err); refused {
+		// drawbridge refuses the controller itself (an unknown token, one
+		// an edge node lacks): every Service says so, and keeps its
+		// address and the routes it has.
+		cond := metav1.Condition{Type: ConditionRoutes, Status: metav1.ConditionFalse, Reason: reason,
+			Message: "drawbridge refused to list the routes: " + apiMessage(err), ObservedGeneration: svc.Generation}
+		if err := c.writeStatus(ctx, svc, svc.Status.LoadBalancer.Ingress, cond, []problem{{Reason: reason, Message: cond.Message}}); err != nil {
+			return 0, err
+		}
+		return c.cfg.RefusedRetry, nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("list routes: %w", err)
 	}
@@ -541,6 +553,7 @@ func (c *Controller) reconcile(ctx context.Context, key string) (retryAfter time
 		keep[r.Port] = r.Name
 	}
 	if err := c.removeRoutes(ctx, stem, keep, have...); err != nil {
+		c.reportRemovalRefused(svc, err)
 		return 0, err
 	}
 
@@ -597,6 +610,17 @@ func refusalProblem(reason string, r fsm.Route, err error) problem {
 		msg = fmt.Sprintf("drawbridge refused route %d (%s): %s", r.Port, r.Name, apiMessage(err))
 	}
 	return problem{Reason: reason, Message: msg}
+}
+
+// reportRemovalRefused records a Warning Event when drawbridge refused to
+// remove one of the Service's routes (the token's scope was narrowed since
+// the controller made it): the finalizer stays, and the removal is retried
+// with backoff, until the token allows it or an admin deletes the route.
+func (c *Controller) reportRemovalRefused(svc *corev1.Service, err error) {
+	if reason, refused := refusal(err); refused {
+		c.recorder.Event(svc, corev1.EventTypeWarning, reason, fmt.Sprintf(
+			"drawbridge refused to remove a route of this Service: %v; retrying (widen the controller's token, or delete the route with an admin token)", err))
+	}
 }
 
 // removeRoutes deletes the routes named with stem, except those in keep

@@ -3,6 +3,7 @@ package k8s
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,17 +26,31 @@ const (
 	teamBSecret      = "fake-team-b-register-secret-2222"
 )
 
-// scopedAPI is drawbridge's real API handler with an admin token (ops), the
-// controller's register token (k8s-controller: ports 31000-31099, names
-// k8s.*, backends in 10.0.0.0/24, as the README configures it) and another
-// team's register token on the same ports (team-b: any name). Port 31050
-// is reserved.
+// scopedTokens are an admin token (ops), the controller's register token
+// (k8s-controller: ports controllerPorts, names k8s.*, backends in
+// 10.0.0.0/24, as the README configures it) and another team's register
+// token on 31000-31099 (team-b: any name).
+func scopedTokens(t *testing.T, controllerPorts string) []api.Token {
+	t.Helper()
+	ports := func(s string) fsm.PortRanges {
+		p, err := fsm.ParsePortRanges([]string{s})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return []api.Token{
+		{Name: "ops", Role: api.RoleAdmin, SHA256: api.HashSecret(opsSecret)},
+		{Name: "k8s-controller", Role: api.RoleRegister, SHA256: api.HashSecret(controllerSecret), Ports: ports(controllerPorts),
+			Names: []string{"k8s.*"}, BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}},
+		{Name: "team-b", Role: api.RoleRegister, SHA256: api.HashSecret(teamBSecret), Ports: ports("31000-31099"), Names: []string{"*"}},
+	}
+}
+
+// scopedAPI is drawbridge's real API handler with scopedTokens (the
+// controller's on 31000-31099); port 31050 is reserved.
 func scopedAPI(t *testing.T) *clienttest.RealAPI {
 	t.Helper()
-	ports, err := fsm.ParsePortRanges([]string{"31000-31099"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	reserved, err := fsm.ParsePortRanges([]string{"31050"})
 	if err != nil {
 		t.Fatal(err)
@@ -43,12 +58,7 @@ func scopedAPI(t *testing.T) *clienttest.RealAPI {
 	cfg := api.DefaultConfig()
 	cfg.Limits.Rate = 0
 	cfg.ReservedPorts = reserved
-	cfg.ScopedTokens = []api.Token{
-		{Name: "ops", Role: api.RoleAdmin, SHA256: api.HashSecret(opsSecret)},
-		{Name: "k8s-controller", Role: api.RoleRegister, SHA256: api.HashSecret(controllerSecret), Ports: ports,
-			Names: []string{"k8s.*"}, BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}},
-		{Name: "team-b", Role: api.RoleRegister, SHA256: api.HashSecret(teamBSecret), Ports: ports, Names: []string{"*"}},
-	}
+	cfg.ScopedTokens = scopedTokens(t, "31000-31099")
 	return clienttest.NewRealAPI(t, cfg, testenv.Logger(t))
 }
 
@@ -215,5 +225,78 @@ func TestControllerOnARegisterToken(t *testing.T) {
 		c := condition("thief")
 		return ok && r.Token == "k8s-controller" && r.Name == "k8s.default_thief_31005" &&
 			c != nil && c.Status == metav1.ConditionTrue
+	})
+}
+
+// A token drawbridge does not know is said on every Service (it could be
+// missing from one edge node's api.tokens), and nothing is written.
+func TestControllerReportsAnUnknownToken(t *testing.T) {
+	a := scopedAPI(t)
+	kube := fake.NewClientset()
+	h := &harness{t: t, kube: kube, ctx: context.Background()}
+	h.create(readyNode("n1", "10.0.0.1"))
+	startController(t, kube, routesAs(t, a, "fake-unknown-token-9999"), Config{ExternalIP: "203.0.113.10", Resync: time.Hour, RefusedRetry: time.Hour})
+	h.create(lbService("default", "web", tcpPort("", 31020, 30080)))
+	testenv.Eventually(t, 10*time.Second, "Unauthorized condition and Warning event", func() bool {
+		c := meta.FindStatusCondition(h.service("default", "web").Status.Conditions, ConditionRoutes)
+		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == ReasonUnauthorized &&
+			h.hasEvent("default", corev1.EventTypeWarning, ReasonUnauthorized)
+	})
+	if n := a.FSM.State().Len(); n != 0 {
+		t.Fatalf("%d routes written with an unknown token", n)
+	}
+}
+
+// When the token's scope was narrowed after the controller made a route,
+// drawbridge refuses to remove it: the Service says so with a Warning
+// Event and keeps its finalizer, and the route goes once the token allows
+// it again.
+func TestControllerKeepsTheFinalizerWhileRemovalIsRefused(t *testing.T) {
+	a := scopedAPI(t)
+	kube := fake.NewClientset()
+	h := &harness{t: t, kube: kube, ctx: context.Background()}
+	h.create(readyNode("n1", "10.0.0.1"))
+	c := startController(t, kube, routesAs(t, a, controllerSecret), Config{ExternalIP: "203.0.113.10", Resync: 200 * time.Millisecond, RefusedRetry: time.Hour})
+	h.create(lbService("default", "old", tcpPort("", 31030, 30080)))
+	testenv.Eventually(t, 10*time.Second, "routed", func() bool { _, ok := a.Route(31030); return ok })
+	// Its status written, and a few resyncs later in the controller's
+	// cache too: the fake clientset's status update replaces the whole
+	// object (a real API server keeps the spec), so a status write from a
+	// stale cache must not race the spec change below.
+	testenv.Eventually(t, 10*time.Second, "finalizer and status", func() bool {
+		s := h.service("default", "old")
+		c := meta.FindStatusCondition(s.Status.Conditions, ConditionRoutes)
+		return hasFinalizer(s) && c != nil && c.Status == metav1.ConditionTrue
+	})
+	n := c.Reconciled()
+	testenv.Eventually(t, 10*time.Second, "three more resyncs", func() bool { return c.Reconciled() >= n+6 })
+
+	if err := a.API.SetTokens(scopedTokens(t, "31000-31010")); err != nil {
+		t.Fatal(err)
+	}
+	s := h.service("default", "old")
+	s.Spec.Type = corev1.ServiceTypeNodePort
+	s.Spec.LoadBalancerClass = nil
+	h.updateService(s)
+	testenv.Eventually(t, 10*time.Second, "Warning event: removal refused", func() bool {
+		for _, e := range h.events("default") {
+			if e.Type == corev1.EventTypeWarning && e.Reason == ReasonForbidden && strings.Contains(e.Message, "refused to remove") {
+				return true
+			}
+		}
+		return false
+	})
+	n = c.Reconciled()
+	testenv.Eventually(t, 10*time.Second, "more attempts", func() bool { return c.Reconciled() >= n+3 })
+	if _, ok := a.Route(31030); !ok || !hasFinalizer(h.service("default", "old")) {
+		t.Fatal("the route or the finalizer went while drawbridge refused the removal")
+	}
+
+	if err := a.API.SetTokens(scopedTokens(t, "31000-31099")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 40*time.Second, "released once the token allows it", func() bool {
+		_, ok := a.Route(31030)
+		return !ok && !hasFinalizer(h.service("default", "old"))
 	})
 }

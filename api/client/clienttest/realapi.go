@@ -19,6 +19,8 @@ import (
 // API is the fake for scripted ones.
 type RealAPI struct {
 	Srv *httptest.Server
+	// API is the server behind Srv (SetTokens changes its tokens).
+	API *api.Server
 	// FSM is the table the API commits to; read it to see what a request
 	// changed.
 	FSM *fsm.FSM
@@ -39,7 +41,7 @@ func NewRealAPI(tb testing.TB, cfg api.Config, log *slog.Logger) *RealAPI {
 	if err != nil {
 		tb.Fatalf("api.New: %v", err)
 	}
-	r := &RealAPI{Srv: httptest.NewServer(srv.Handler()), FSM: f}
+	r := &RealAPI{Srv: httptest.NewServer(srv.Handler()), API: srv, FSM: f}
 	tb.Cleanup(r.Srv.Close)
 	return r
 }
