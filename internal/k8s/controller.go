@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -192,6 +193,10 @@ type Controller struct {
 	queue       workqueue.TypedRateLimitingInterface[string]
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
+
+	// warnedUnscoped is set once the controller warned that its token
+	// sees other tokens' routes.
+	warnedUnscoped atomic.Bool
 
 	// mu guards reconciled.
 	mu sync.Mutex
@@ -654,6 +659,7 @@ func (c *Controller) collectGarbage(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)
 	}
+	c.warnIfUnscoped(have)
 	svcs, err := c.services.List(labels.Everything())
 	if err != nil {
 		return err
@@ -680,6 +686,24 @@ func (c *Controller) collectGarbage(ctx context.Context) error {
 	}
 	c.log.Debug("garbage check done", "routes", len(have), "services", len(wanted))
 	return nil
+}
+
+// warnIfUnscoped warns once when the table the controller reads holds
+// routes of more than one token: a register token lists only its own, so
+// the controller runs on an admin (or read) token, which may change every
+// route. The README shows the register token to give it instead.
+func (c *Controller) warnIfUnscoped(have []fsm.Route) {
+	if c.warnedUnscoped.Load() {
+		return
+	}
+	owners := map[string]bool{}
+	for _, r := range have {
+		owners[r.Token] = true
+	}
+	if len(owners) > 1 && !c.warnedUnscoped.Swap(true) {
+		c.log.Warn("the controller's drawbridge token sees routes of other tokens: it is not a register token, and may change any route; give it a register token limited to its ports, its name prefix and the nodes' CIDRs",
+			"owners", len(owners))
+	}
 }
 
 // floatingIP asks drawbridge for the floating IP and checks it is one.

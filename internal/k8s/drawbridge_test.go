@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -299,4 +300,40 @@ func TestControllerKeepsTheFinalizerWhileRemovalIsRefused(t *testing.T) {
 		_, ok := a.Route(31030)
 		return !ok && !hasFinalizer(h.service("default", "old"))
 	})
+}
+
+// On a token that sees other tokens' routes (an admin token), the
+// controller warns once that it should run on a register token; on its
+// register token it never does.
+func TestControllerWarnsWhenItsTokenIsNotScoped(t *testing.T) {
+	a := scopedAPI(t)
+	ctx := context.Background()
+	if err := routesAs(t, a, teamBSecret).PutRoute(ctx, route(31005, "team-b-app", "10.0.0.9:30000")); err != nil {
+		t.Fatal(err)
+	}
+	if err := routesAs(t, a, controllerSecret).PutRoute(ctx, route(31006, "k8s.default_web_80", "10.0.0.1:30080")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, secret string
+		warns        int
+	}{{"k8s-controller", controllerSecret, 0}, {"ops", opsSecret, 1}} {
+		logs := &testenv.Buffer{}
+		kube := fake.NewClientset()
+		c, err := New(Config{}, Clients{Core: kube.CoreV1(), Discovery: kube.DiscoveryV1(), Coordination: kube.CoordinationV1()},
+			routesAs(t, a, tc.secret), slog.New(slog.NewTextHandler(logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			have, err := c.routes.ListRoutes(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.warnIfUnscoped(have)
+		}
+		if n := strings.Count(logs.String(), "is not a register token"); n != tc.warns {
+			t.Errorf("token %s: %d warnings, want %d:\n%s", tc.name, n, tc.warns, logs)
+		}
+	}
 }
