@@ -154,8 +154,11 @@ func CheckIsolation(iso Isolation) error {
 	if uid == os.Geteuid() {
 		return fmt.Errorf("haproxy.user %s is the agent's own user: name a user of its own (the package makes drawbridge-haproxy), or leave haproxy.user empty", iso.User)
 	}
-	if gid == os.Getegid() && gid != 0 {
-		return fmt.Errorf("haproxy.group %d is the agent's own group, which reads its secrets: give HAProxy a group of its own (drawbridge-haproxy)", gid)
+	if gid == 0 {
+		return fmt.Errorf("haproxy.group %s is root's group: give HAProxy a group of its own (the package makes drawbridge-haproxy)", groupName(iso))
+	}
+	if gid == os.Getegid() {
+		return fmt.Errorf("haproxy.group %s is the agent's own group, which reads its secrets: give HAProxy a group of its own (drawbridge-haproxy)", groupName(iso))
 	}
 	if os.Geteuid() != 0 {
 		groups, _ := os.Getgroups()

@@ -132,6 +132,23 @@ func TestCheckFilesOpensEveryFile(t *testing.T) {
 				DigitalOcean: FloatingIPDOConfig{TokenFile: missing}}
 		}, "floating_ip.digitalocean.token_file"},
 		{"haproxy binary", func(c *Config) { c.HAProxy.Bin = missing }, "haproxy.bin"},
+		// HAProxy's isolation: accounts only the package makes, named as
+		// such, and never root's or the agent's.
+		{"haproxy user", func(c *Config) { c.HAProxy.User = "no-such-haproxy-user" },
+			"haproxy.user no-such-haproxy-user does not exist: install the drawbridge package"},
+		{"haproxy group", func(c *Config) { c.HAProxy.User, c.HAProxy.Group = "nobody", "no-such-haproxy-group" },
+			"haproxy.group no-such-haproxy-group does not exist"},
+		{"haproxy as root", func(c *Config) { c.HAProxy.User = "root" }, "haproxy.user root is root"},
+		{"haproxy in root's group", func(c *Config) { c.HAProxy.User, c.HAProxy.Group = "nobody", "0" }, "haproxy.group 0 is root's group"},
+		{"chroot not empty", func(c *Config) {
+			c.HAProxy.Chroot = true
+			if err := os.MkdirAll(filepath.Join(c.HAProxy.Dir, "empty"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(c.HAProxy.Dir, "empty", "etc"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "empty must be empty (HAProxy's workers chroot into it)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -168,5 +185,31 @@ func TestWarnings(t *testing.T) {
 		if !strings.Contains(w, want) {
 			t.Errorf("warnings lack %q:\n%s", want, w)
 		}
+	}
+}
+
+// --dev is the zero-setup node of whoever tries drawbridge: HAProxy's
+// isolation, which needs the unit's capabilities, is off, and the agent
+// says so.
+func TestDevRunsHAProxyUnisolated(t *testing.T) {
+	c := validEdge(t, t.TempDir())
+	c.Dev = true
+	c.HAProxy.User, c.HAProxy.Group, c.HAProxy.Chroot = "drawbridge-haproxy", "drawbridge-haproxy", true
+	c.Fill()
+	if iso := c.isolation(); iso.User != "" || iso.Group != "" || iso.Chroot {
+		t.Errorf("--dev isolates HAProxy: %+v", iso)
+	}
+	if w := strings.Join(c.Warnings(), "\n"); !strings.Contains(w, "--dev: HAProxy runs as this agent's user, not isolated") {
+		t.Errorf("warnings do not say isolation is off:\n%s", w)
+	}
+	if err := c.CheckFiles(); err != nil && strings.Contains(err.Error(), "haproxy") {
+		t.Errorf("--dev checks HAProxy's accounts: %v", err)
+	}
+
+	c = validEdge(t, t.TempDir())
+	c.HAProxy.User, c.HAProxy.Chroot = "nobody", true
+	c.Fill()
+	if iso := c.isolation(); iso.User != "nobody" || !iso.Chroot {
+		t.Errorf("outside --dev the configured isolation is dropped: %+v", iso)
 	}
 }
