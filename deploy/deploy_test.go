@@ -265,7 +265,7 @@ func TestSystemdUnit(t *testing.T) {
 		"CapabilityBoundingSet": "CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SYS_CHROOT CAP_KILL",
 		"SecureBits":            "noroot-locked",
 		"SystemCallFilter":      "~@swap @reboot @raw-io @module @obsolete @cpu-emulation @debug",
-		"ProtectProc":           "invisible",
+		"ProtectProc":           "default", // the agent reads the RSS of HAProxy's workers (another user)
 		"ProcSubset":            "pid",
 		"StateDirectoryMode":    "0711",
 	}

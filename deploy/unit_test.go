@@ -182,8 +182,8 @@ type unitAgent struct {
 // deploy/systemd/drawbridge.service gives it, read from the unit by
 // testdata/unitsandbox.py (user drawbridge with its groups, only the unit's
 // ambient capabilities and bounding set, NoNewPrivileges, the unit's
-// seccomp filters, ProtectSystem=strict, ProtectProc=invisible and the
-// rest), on the shipped drawbridge.yaml (HAProxy isolated: own user,
+// seccomp filters, ProtectSystem=strict, ProcSubset=pid and the rest), on
+// the shipped drawbridge.yaml (HAProxy isolated: own user,
 // chroot), moved to a test directory and test ports. The package's users
 // come from the package's own preinst.
 //
@@ -193,8 +193,10 @@ type unitAgent struct {
 // a token); a route change reloads without dropping an open connection; a
 // route in haproxy.dynamic_ports goes in through the runtime API; the agent
 // restarts (a new sandbox, as systemd makes one per start) and adopts the
-// running HAProxy, then reloads it and adds to it. HAProxy's user cannot
-// read the agent's secrets or its raft data.
+// running HAProxy, then reloads it and adds to it; the old workers' memory
+// budget stops an old worker of HAProxy's user. HAProxy's user cannot read
+// the agent's secrets or its raft data. Each capability of the unit is
+// needed by one of these steps.
 func TestAgentUnderUnit(t *testing.T) {
 	testenv.SkipShort(t, "runs the agent and HAProxy under the unit's privileges")
 	testenv.Root(t, "creating the package's users and switching to them")
@@ -324,15 +326,18 @@ func TestAgentUnderUnit(t *testing.T) {
 		}
 	})
 
-	start := func() *unitAgent {
+	start := func(env ...string) *unitAgent {
 		t.Helper()
 		a := &unitAgent{log: &testenv.Buffer{}, done: make(chan error, 1)}
-		a.cmd = exec.Command(py, "testdata/unitsandbox.py", "--unit", "systemd/drawbridge.service",
-			"--path-map", "/var/lib/drawbridge="+state,
-			"--env", "DRAWBRIDGE_API_TOKEN="+envToken,
+		args := []string{"testdata/unitsandbox.py", "--unit", "systemd/drawbridge.service",
+			"--path-map", "/var/lib/drawbridge=" + state,
+			"--env", "DRAWBRIDGE_API_TOKEN=" + envToken,
 			// The test's backends are on loopback.
-			"--env", "DRAWBRIDGE_ROUTES_ALLOW_LOOPBACK_BACKENDS=true",
-			"--", bin, "agent", "--config", confPath)
+			"--env", "DRAWBRIDGE_ROUTES_ALLOW_LOOPBACK_BACKENDS=true"}
+		for _, e := range env {
+			args = append(args, "--env", e)
+		}
+		a.cmd = exec.Command(py, append(args, "--", bin, "agent", "--config", confPath)...)
 		a.cmd.Env = cleanEnv()
 		a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 		if err := a.cmd.Start(); err != nil {
@@ -423,7 +428,9 @@ func TestAgentUnderUnit(t *testing.T) {
 		for _, pid := range append([]int{master}, workers...) {
 			st := procStatus(t, pid)
 			env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
-			if st == nil || (err != nil && gone(err)) {
+			// A worker that is exiting has no memory left, and an empty
+			// environment.
+			if st == nil || (err != nil && gone(err)) || (err == nil && len(env) == 0 && pid != master) {
 				if pid == master {
 					t.Fatal("the HAProxy master is gone")
 				}
@@ -536,6 +543,23 @@ func TestAgentUnderUnit(t *testing.T) {
 		t.Errorf("the open connection did not survive the agent's restart: %v", err)
 	}
 	checkHAProxy()
+
+	// The old workers' memory budget stops an old worker of HAProxy's
+	// user, whose memory the agent reads in /proc (ProtectProc=default)
+	// and which it may signal only with CAP_KILL: with a budget of 1 MB the
+	// worker holding the connection opened before the first reload goes,
+	// and with it the connection.
+	a.stop(t)
+	a = start("DRAWBRIDGE_HAPROXY_OLD_WORKERS_MAX_MB=1")
+	testenv.Eventually(t, 20*time.Second, "the old worker stopped by the memory budget", func() bool {
+		return strings.Contains(a.log.String(), "old haproxy worker stopped")
+	})
+	testenv.Eventually(t, 10*time.Second, "the old worker's connection closed", func() bool {
+		return held.say("still there?") != nil
+	})
+	if !serves(static1) {
+		t.Error("the current worker stopped serving")
+	}
 }
 
 // exited reports whether the agent process has ended.

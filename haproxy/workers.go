@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -189,6 +190,11 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 		o := live[0]
 		live = live[1:]
 		if err := syscall.Kill(o.pid, syscall.SIGTERM); err != nil {
+			if errors.Is(err, syscall.EPERM) {
+				// An isolated HAProxy's workers are another user's: only
+				// CAP_KILL (the unit grants it) lets the agent stop them.
+				m.log.Warn("cannot stop an old haproxy worker over the memory budget: the agent may not signal it (it lacks CAP_KILL)", "pid", o.pid)
+			}
 			continue
 		}
 		if m.stopping == nil {

@@ -205,9 +205,9 @@ def sandbox_mounts(svc, pmap):
         die("ProtectHome=%s is not emulated" % last(svc, "ProtectHome"))
 
     opts = []
-    if last(svc, "ProtectProc"):
+    if last(svc, "ProtectProc") not in ("", "default"):
         opts.append("hidepid=" + last(svc, "ProtectProc"))
-    if last(svc, "ProcSubset"):
+    if last(svc, "ProcSubset") not in ("", "all"):
         opts.append("subset=" + last(svc, "ProcSubset"))
     if opts:
         run("mount", "-t", "proc", "-o", ",".join(["nosuid", "nodev", "noexec"] + opts), "proc", "/proc")
