@@ -407,7 +407,7 @@ func (m *Manager) startFromDisk(ctx context.Context) (procInfo, error) {
 		}
 		return p, nil
 	}
-	return procInfo{}, fmt.Errorf("start haproxy: %w", errors.Join(errs...))
+	return procInfo{}, errors.Join(errs...) // each says "start haproxy"
 }
 
 // Submit hands the Manager the frontends of route table index. It never

@@ -281,7 +281,7 @@ func (a *Agent) start(ctx context.Context) error {
 	// config on disk. It keeps serving what it served before.
 	if a.proxy != nil {
 		if err := a.proxy.Start(ctx); err != nil {
-			return fmt.Errorf("start haproxy: %w", err)
+			return fmt.Errorf("haproxy: %w", err)
 		}
 		a.proxyStarted = true
 	}
