@@ -2,7 +2,6 @@ package haproxy
 
 import (
 	"context"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -260,18 +259,8 @@ func TestPlanRuntimeDynamic(t *testing.T) {
 // range, that can be bound now.
 func freeRange(t *testing.T, n int) PortRange {
 	t.Helper()
-	for try := 0; try < 50; try++ {
-		first := 20000 + rand.IntN(9000)
-		ok := true
-		for p := first; p < first+n && ok; p++ {
-			ok = probePort("127.0.0.1", p) == nil
-		}
-		if ok {
-			return PortRange{first, first + n - 1}
-		}
-	}
-	t.Fatal("no free port range")
-	return PortRange{}
+	first := testenv.FreePortRange(t, n)
+	return PortRange{first, first + n - 1}
 }
 
 // dynConfig is testConfig with a runtime API and a dynamic range of n ports.

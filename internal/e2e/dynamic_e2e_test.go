@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -11,35 +9,13 @@ import (
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
-// freeRangeE2E finds n consecutive ports on 127.0.0.1 below the ephemeral
-// range that can be bound now.
-func freeRangeE2E(t *testing.T, n int) int {
-	t.Helper()
-	for try := 0; try < 50; try++ {
-		first := 20000 + rand.IntN(9000)
-		ok := true
-		for p := first; p < first+n && ok; p++ {
-			l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", p))
-			if err == nil {
-				l.Close()
-			}
-			ok = err == nil
-		}
-		if ok {
-			return first
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
-}
-
 // TestE2EDynamicRange: with haproxy.dynamic_ports set, the recipe's webhook
 // adds and removes a route in the range without a reload, its neighbours
 // are refused, /v1/status and `drawbridge status` report the range and the
 // workers, and a route outside the range still reloads.
 func TestE2EDynamicRange(t *testing.T) {
 	requireHAProxy(t)
-	first := freeRangeE2E(t, 20)
+	first := testenv.FreePortRange(t, 20)
 	a := startDevAgentEnv(t, []string{fmt.Sprintf("DRAWBRIDGE_HAPROXY_DYNAMIC_PORTS=%d-%d", first, first+19)})
 	be := startBackend(t, "dynamic")
 	legacy := map[string]string{"X-Funkypenguin-Token": testToken}
