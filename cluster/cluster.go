@@ -49,14 +49,7 @@ func (c *Cluster) Node() *Node { return c.node }
 func (c *Cluster) Members() *Membership { return c.members }
 
 // member returns the gossip member with the given name.
-func (c *Cluster) member(name string) (Member, bool) {
-	for _, m := range c.members.Members() {
-		if m.Name == name {
-			return m, true
-		}
-	}
-	return Member{}, false
-}
+func (c *Cluster) member(name string) (Member, bool) { return c.members.Member(name) }
 
 // LeaderAPI returns the API base URL of the raft leader, and whether the
 // leader is this node. The error explains why no leader is known.
@@ -64,10 +57,15 @@ func (c *Cluster) LeaderAPI() (string, bool, error) {
 	if c.node.IsLeader() {
 		return "", true, nil
 	}
-	if err := c.node.checkLeader(); errors.Is(err, ErrNoLeader) || errors.Is(err, ErrShutdown) {
-		return "", false, err
-	}
 	addr, id := c.node.Leader()
+	if addr == "" || c.node.raft.State() == raft.Shutdown {
+		// No leader known, or stopped: checkLeader says why. (Asked
+		// only then: it formats its error, and this runs per request.)
+		if err := c.node.checkLeader(); errors.Is(err, ErrNoLeader) || errors.Is(err, ErrShutdown) {
+			return "", false, err
+		}
+		addr, id = c.node.Leader()
+	}
 	m, ok := c.member(string(id))
 	if !ok || m.Meta.APIURL == "" {
 		return "", false, fmt.Errorf("%w: the leader %s is not visible in gossip yet", ErrNoLeader, id)

@@ -467,6 +467,36 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
+// Gossiped lists every node gossip knows, this one included, sorted by
+// name, as gossip last carried them. Unlike Members it never calls the
+// metadata function: this node's entry holds the metadata it last
+// published, whose addresses never change while it runs. Per-request code
+// that needs only members' addresses reads this.
+func (m *Membership) Gossiped() []Member {
+	m.mu.Lock()
+	out := make([]Member, 0, len(m.nodes))
+	for _, n := range m.nodes {
+		out = append(out, n)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Member returns the node named name as Members would: another node as
+// gossip carries it (a map look-up), this node with its metadata read
+// fresh.
+func (m *Membership) Member(name string) (Member, bool) {
+	m.mu.Lock()
+	mem, ok := m.nodes[name]
+	m.mu.Unlock()
+	if ok && name == m.ml.LocalNode().Name {
+		mem.Meta = m.meta()
+		mem.Status = StatusAlive
+	}
+	return mem, ok
+}
+
 // Others lists the other nodes gossip knows, sorted by name. Unlike
 // Members it never calls the metadata function, so code that function calls
 // (the floating-IP owner's Claim and the eligibility it asks for) may use
