@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"sync"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
 )
@@ -47,17 +48,54 @@ type Endpoint struct {
 	Addr netip.AddrPort
 }
 
+// MemberAddresser may be implemented by a ClusterSource: every member's
+// listener addresses alone (Name, RaftAddr, GossipAddr and APIURL set), as
+// the cluster view knows them. Every write checks its ports and backends
+// against them; this spares building the whole cluster status per write.
+type MemberAddresser interface {
+	MemberAddresses() []MemberStatus
+}
+
+// memberView is the endpoints and reserved ports parsed from one list of
+// member addresses. Members change rarely and writes often: the last view
+// is kept and reused while the addresses are the same.
+type memberView struct {
+	mu       sync.Mutex
+	members  []MemberStatus // the addresses the view was parsed from
+	eps      []Endpoint
+	reserved fsm.PortRanges
+}
+
 // endpoints returns every member's API, raft and gossip listener, as this
-// node's cluster view knows them, plus this node's own.
+// node's cluster view knows them, plus this node's own. The slice is
+// shared: callers only read it.
 func (s *Server) endpoints() []Endpoint {
-	out := append([]Endpoint(nil), s.cfg.OwnEndpoints...)
-	if s.cluster == nil {
-		return out
+	eps, _ := s.members()
+	return eps
+}
+
+// members returns the endpoints and the ports no route may take (see
+// reservedPorts), parsed again only when a member's addresses changed.
+func (s *Server) members() ([]Endpoint, fsm.PortRanges) {
+	var ms []MemberStatus
+	switch c := s.cluster.(type) {
+	case nil:
+	case MemberAddresser:
+		ms = c.MemberAddresses()
+	default:
+		ms = c.Cluster().Members
 	}
-	for _, m := range s.cluster.Cluster().Members {
+	v := &s.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.eps != nil && sameAddresses(v.members, ms) {
+		return v.eps, v.reserved
+	}
+	eps := append([]Endpoint(nil), s.cfg.OwnEndpoints...)
+	for _, m := range ms {
 		add := func(what, hostport string) {
 			if ap, err := netip.ParseAddrPort(hostport); err == nil {
-				out = append(out, Endpoint{Node: m.Name, What: what, Addr: ap})
+				eps = append(eps, Endpoint{Node: m.Name, What: what, Addr: ap})
 			}
 		}
 		add("raft", m.RaftAddr)
@@ -66,7 +104,29 @@ func (s *Server) endpoints() []Endpoint {
 			add("API", u.Host)
 		}
 	}
-	return out
+	if eps == nil {
+		eps = []Endpoint{} // cached: nil means "not parsed yet"
+	}
+	v.members = make([]MemberStatus, len(ms))
+	for i, m := range ms {
+		v.members[i] = MemberStatus{Name: m.Name, RaftAddr: m.RaftAddr, GossipAddr: m.GossipAddr, APIURL: m.APIURL}
+	}
+	v.eps, v.reserved = eps, s.reservedPorts(eps)
+	return v.eps, v.reserved
+}
+
+// sameAddresses reports whether a and b name the same members at the same
+// addresses, in the same order.
+func sameAddresses(a, b []MemberStatus) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || a[i].RaftAddr != b[i].RaftAddr || a[i].GossipAddr != b[i].GossipAddr || a[i].APIURL != b[i].APIURL {
+			return false
+		}
+	}
+	return true
 }
 
 // reservedPorts is Config.ReservedPorts plus every member's API, raft and

@@ -149,8 +149,9 @@ func (s *Server) handlePutRoute(w http.ResponseWriter, r *http.Request) error {
 	if req.Name == "" {
 		return errorf(http.StatusBadRequest, "name is required")
 	}
-	tok, eps := identity(r.Context()), s.endpoints()
-	if err := s.checkPort(port, eps); err != nil {
+	tok := identity(r.Context())
+	eps, reserved := s.members()
+	if err := s.checkPort(port, reserved); err != nil {
 		return err
 	}
 	if req.Force && tok != nil && tok.Role != RoleAdmin {
@@ -332,8 +333,9 @@ func (s *Server) handleDeregisterBackend(w http.ResponseWriter, r *http.Request)
 // hook's) and runs every check that happens before the log: reserved ports,
 // the token's scope and ownership, the backend policy and the limits.
 func (s *Server) admitRegistration(r *http.Request, cmd *fsm.RegisterBackend) error {
-	tok, eps := identity(r.Context()), s.endpoints()
-	if err := s.checkPort(cmd.Port, eps); err != nil {
+	tok := identity(r.Context())
+	eps, reserved := s.members()
+	if err := s.checkPort(cmd.Port, reserved); err != nil {
 		return err
 	}
 	if cmd.Create != nil && tok != nil {

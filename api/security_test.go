@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -429,5 +430,69 @@ func TestOwnershipRefusalsCarryACode(t *testing.T) {
 	code(t, raced.do("PUT", "/v1/routes/27005", bearer(gameSecret), `{"name":"second"}`), 403, api.CodeNotOwner)
 	if r, _ := raced.fsm.State().Route(27005); r.Name != "first" || r.Token != "unifi" {
 		t.Fatalf("the race's winner was changed: %+v", r)
+	}
+}
+
+// changingMembers is a cluster view a test changes between requests; with
+// addresser set it also answers MemberAddresses (as the agent does), with
+// the same members.
+type changingMembers struct {
+	mu      sync.Mutex
+	members []api.MemberStatus
+}
+
+func (c *changingMembers) Cluster() api.ClusterStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return api.ClusterStatus{Members: slices.Clone(c.members)}
+}
+
+func (c *changingMembers) set(ms ...api.MemberStatus) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.members = ms
+}
+
+type changingAddresses struct{ *changingMembers }
+
+func (c changingAddresses) MemberAddresses() []api.MemberStatus { return c.Cluster().Members }
+
+// The members' endpoints are parsed once and kept, so each write does not
+// pay for it; they must still follow every change of the membership: a
+// member that joins has its ports reserved and its address refused as a
+// backend at once, one that moves is checked at its new address, and one
+// that is gone no longer holds anything.
+func TestMemberChecksFollowMembership(t *testing.T) {
+	for _, addresser := range []bool{false, true} {
+		t.Run(fmt.Sprintf("addresser=%v", addresser), func(t *testing.T) {
+			view := &changingMembers{}
+			var src api.ClusterSource = view
+			if addresser {
+				src = changingAddresses{view}
+			}
+			e := newEnvDeps(t, func(d *api.Deps) { d.Cluster = src })
+			put := func(port int, addr string, want int, msg string) {
+				t.Helper()
+				e.req(testToken, want, http.MethodPut, fmt.Sprintf("/v1/routes/%d", port),
+					fmt.Sprintf(`{"name":"r%d","backends":[{"address":%q,"port":80}]}`, port, addr), msg)
+			}
+			view.set(api.MemberStatus{Name: "edge-1", RaftAddr: "10.0.0.1:9001", GossipAddr: "10.0.0.1:9002", APIURL: "https://10.0.0.1:9000"})
+			put(7001, "10.0.0.3", 200, "")
+			put(7002, "10.0.0.2", 200, "")
+			// edge-2 joins with its listeners on 7001-7003.
+			view.set(api.MemberStatus{Name: "edge-1", RaftAddr: "10.0.0.1:9001", GossipAddr: "10.0.0.1:9002", APIURL: "https://10.0.0.1:9000"},
+				api.MemberStatus{Name: "edge-2", RaftAddr: "10.0.0.2:7001", GossipAddr: "10.0.0.2:7002", APIURL: "https://10.0.0.2:7003"})
+			put(7003, "10.0.0.3", 400, "is reserved")
+			put(8080, "10.0.0.2", 400, "cluster member edge-2's own address")
+			// edge-2 moves to 10.0.0.4 (same ports).
+			view.set(api.MemberStatus{Name: "edge-1", RaftAddr: "10.0.0.1:9001", GossipAddr: "10.0.0.1:9002", APIURL: "https://10.0.0.1:9000"},
+				api.MemberStatus{Name: "edge-2", RaftAddr: "10.0.0.4:7001", GossipAddr: "10.0.0.4:7002", APIURL: "https://10.0.0.4:7003"})
+			put(8080, "10.0.0.2", 200, "")
+			put(8081, "10.0.0.4", 400, "cluster member edge-2's own address")
+			// edge-2 is gone: its ports and address are free again.
+			view.set(api.MemberStatus{Name: "edge-1", RaftAddr: "10.0.0.1:9001", GossipAddr: "10.0.0.1:9002", APIURL: "https://10.0.0.1:9000"})
+			put(7003, "10.0.0.4", 200, "")
+			put(9001, "10.0.0.5", 400, "is reserved")
+		})
 	}
 }

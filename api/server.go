@@ -59,6 +59,7 @@ type Server struct {
 	metrics *metrics
 	certs   *CertReloader // nil: plain HTTP
 	empty   *fsm.State    // served while the StateReader has none yet
+	view    memberView    // the members' endpoints, parsed once per change
 
 	mux       *http.ServeMux
 	unmatched http.Handler
@@ -440,8 +441,8 @@ func validate(cmd fsm.Command) error {
 // checkPort refuses a public port that is out of range, reserved on this
 // node, or any member's API, raft or gossip port. It runs on the leader
 // before proposing, never in the FSM: nodes' reserved sets may differ.
-func (s *Server) checkPort(port int, eps []Endpoint) error {
-	if err := fsm.CheckPort(port, s.reservedPorts(eps)); err != nil {
+func (s *Server) checkPort(port int, reserved fsm.PortRanges) error {
+	if err := fsm.CheckPort(port, reserved); err != nil {
 		return badRequest(err)
 	}
 	return nil

@@ -60,8 +60,7 @@ func (s *Server) handleSnapshotRestore(w http.ResponseWriter, r *http.Request) e
 		return badRequest(err)
 	}
 	routes := st.Routes()
-	eps := s.endpoints()
-	reserved := s.reservedPorts(eps)
+	eps, reserved := s.members()
 	for _, rt := range routes {
 		if err := fsm.CheckPort(rt.Port, reserved); err != nil {
 			return errorf(http.StatusBadRequest, "route %s: %s", strconv.Quote(rt.Name), message(err))

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"strconv"
 	"testing"
 	"time"
@@ -98,6 +99,15 @@ func TestRunServesUntilShutdownThenStopsInOrder(t *testing.T) {
 	}
 	if len(cl.Members) != 1 || cl.Members[0].Name != "w1" || !cl.Members[0].Voter || cl.Leader != "w1" {
 		t.Errorf("cluster = %+v; want w1 alone, leading and voting", cl)
+	}
+	// The per-write checks read the members' addresses alone: the same
+	// ones the cluster status reports.
+	var want []api.MemberStatus
+	for _, m := range a.info.Cluster().Members {
+		want = append(want, api.MemberStatus{Name: m.Name, RaftAddr: m.RaftAddr, GossipAddr: m.GossipAddr, APIURL: m.APIURL})
+	}
+	if got := a.info.MemberAddresses(); !reflect.DeepEqual(got, want) || len(got) != 1 || got[0].RaftAddr == "" {
+		t.Errorf("MemberAddresses = %+v; want the cluster status's %+v", got, want)
 	}
 	pid, err := os.ReadFile(PIDFile(dir))
 	if err != nil || string(pid) != strconv.Itoa(os.Getpid())+"\n" {

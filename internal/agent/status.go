@@ -248,7 +248,30 @@ func (s *nodeInfo) Cluster() api.ClusterStatus {
 	return st
 }
 
-var _ api.Admitter = (*nodeInfo)(nil)
+var (
+	_ api.Admitter        = (*nodeInfo)(nil)
+	_ api.MemberAddresser = (*nodeInfo)(nil)
+)
+
+// MemberAddresses implements api.MemberAddresser: the addresses Cluster
+// reports for every member (gossip's, and raft's for voters gossip does
+// not know), without this node's metadata or the rest of the status.
+func (s *nodeInfo) MemberAddresses() []api.MemberStatus {
+	members := s.cluster.Members().Gossiped()
+	out := make([]api.MemberStatus, 0, len(members)+1)
+	seen := make(map[string]bool, len(members))
+	for _, m := range members {
+		seen[m.Name] = true
+		out = append(out, api.MemberStatus{Name: m.Name, RaftAddr: m.Meta.RaftAddr, GossipAddr: m.Addr, APIURL: m.Meta.APIURL})
+	}
+	for id, v := range s.cluster.Voters() {
+		if !seen[id] {
+			out = append(out, api.MemberStatus{Name: id, RaftAddr: string(v.Address)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
 
 // routeCapacity is how many descriptors this node has for routes.
 func (s *nodeInfo) routeCapacity() int {
