@@ -583,10 +583,13 @@ func feedHAProxy(ctx context.Context, node *cluster.Node, table *fsm.FSM, proxy 
 		}
 	}
 	logger.Debug("route table replayed", "index", table.State().Index)
+	var prev *fsm.State
+	var fes []haproxy.Frontend
 	for {
 		changed := table.Changed()
 		st := table.State()
-		proxy.Submit(st.Index, Frontends(st.Routes()))
+		fes, prev = frontendsSince(fes, prev, st), st
+		proxy.Submit(st.Index, fes)
 		select {
 		case <-ctx.Done():
 			return
@@ -599,23 +602,58 @@ func feedHAProxy(ctx context.Context, node *cluster.Node, table *fsm.FSM, proxy 
 func Frontends(routes []fsm.Route) []haproxy.Frontend {
 	out := make([]haproxy.Frontend, 0, len(routes))
 	for _, r := range routes {
-		fe := haproxy.Frontend{
-			Port:          r.Port,
-			Name:          r.Name,
-			Balance:       r.Balance,
-			Sticky:        r.Sticky,
-			ProxyProtocol: r.ProxyProtocol,
-			HealthCheck:   r.HealthCheck,
-			CheckPort:     r.CheckPort,
-			CheckHTTP:     r.CheckMode == fsm.CheckModeHTTP,
-			Servers:       make([]haproxy.Server, 0, len(r.Backends)),
-		}
-		for _, b := range r.Backends {
-			fe.Servers = append(fe.Servers, haproxy.Server{Address: b.Address, Port: b.Port})
-		}
-		out = append(out, fe)
+		out = append(out, frontendOf(r))
 	}
 	return out
+}
+
+// frontendsSince returns Frontends of st's routes, given fes, the
+// Frontends of prev's (nil and nil at first): only the routes that changed
+// between them are converted, the others are taken from fes as they were
+// (their Servers shared, never modified), so feeding HAProxy after a write
+// converts one route, not the whole table.
+func frontendsSince(fes []haproxy.Frontend, prev, st *fsm.State) []haproxy.Frontend {
+	changes := st.ChangesSince(prev)
+	if prev == nil || fes == nil {
+		fes = nil // everything is in changes
+	}
+	if len(changes) == 0 && fes != nil {
+		return fes
+	}
+	out := make([]haproxy.Frontend, 0, st.Len())
+	i := 0
+	for _, c := range changes {
+		for i < len(fes) && fes[i].Port < c.Port {
+			out = append(out, fes[i])
+			i++
+		}
+		if i < len(fes) && fes[i].Port == c.Port {
+			i++ // replaced or removed
+		}
+		if c.New != nil {
+			out = append(out, frontendOf(*c.New))
+		}
+	}
+	return append(out, fes[i:]...)
+}
+
+// frontendOf converts one route.
+func frontendOf(r fsm.Route) haproxy.Frontend {
+	fe := haproxy.Frontend{
+		Port:          r.Port,
+		Name:          r.Name,
+		Balance:       r.Balance,
+		Sticky:        r.Sticky,
+		ProxyProtocol: r.ProxyProtocol,
+		HealthCheck:   r.HealthCheck,
+		CheckPort:     r.CheckPort,
+		CheckHTTP:     r.CheckMode == fsm.CheckModeHTTP,
+		Servers:       make([]haproxy.Server, 0, len(r.Backends)),
+	}
+	for _, b := range r.Backends {
+		fe.Servers = append(fe.Servers, haproxy.Server{Address: b.Address, Port: b.Port})
+	}
+	return fe
 }
 
 func newToken() (string, error) {
