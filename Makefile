@@ -51,7 +51,7 @@ k8s-testbin: ## Build kube-apiserver and etcd for the controller's integration t
 
 .PHONY: bench
 bench: build ## Run the benchmarks and print the figures
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./fsm ./haproxy ./cluster
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./fsm ./haproxy ./cluster ./internal/agent
 	$(GO) run ./scripts/bench -bin $(BIN)
 
 .PHONY: bench-scale
