@@ -3,6 +3,7 @@ package haproxy
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -137,5 +138,50 @@ func TestIsolationSwitchedOnAdopts(t *testing.T) {
 	}
 	if uid := procField(t, m2.Status().MasterPID, "Uid"); uid != "0 0 0 0" {
 		t.Errorf("the reload changed the master's user to %s: a reload keeps it", uid)
+	}
+}
+
+// An isolated HAProxy's descriptors are another user's: an agent that is
+// not root cannot read them in /proc. The ports its current worker serves
+// come from the worker itself then, so a port the files forget (after
+// adopting a worker ahead of them) is still served, not held back; a port
+// another process holds never counts.
+func TestIsolatedOwnPortsFromWorker(t *testing.T) {
+	testenv.Root(t, "switching HAProxy to another user")
+	testenv.Command(t, "setpriv", "util-linux")
+	dir := t.TempDir()
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, dir)
+	cfg.Isolation = Isolation{User: "65534", Group: "65534"}
+	m := startManager(t, cfg)
+	backend := echoBackend(t, "own")
+	port := testenv.FreePort(t)
+	m.Submit(1, []Frontend{route(port, "web", backend)})
+	waitApplied(t, m, 1)
+	squatter, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	other := squatter.Addr().(*net.TCPAddr).Port
+
+	own := openFrontendPorts(context.Background(), m.sockPath)
+	if !own[port] || own[other] || len(own) != 1 {
+		t.Fatalf("worker reports %v: want %d alone", own, port)
+	}
+
+	m.opMu.Lock()
+	delete(m.served, port)
+	m.opMu.Unlock()
+	m.Submit(2, []Frontend{route(port, "web", backend), route(other, "squatted", backend)})
+	waitServed(t, m, 2)
+	st := m.Status()
+	if len(st.FailedPorts) != 1 || st.FailedPorts[0].Port != other {
+		t.Fatalf("held back %+v: want the squatted port %d alone", st.FailedPorts, other)
+	}
+	if got, err := dialRead(port); err != nil || got != "own" {
+		t.Fatalf("port %d after the reload: %q, %v", port, got, err)
 	}
 }

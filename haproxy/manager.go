@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -962,6 +963,11 @@ func (m *Manager) probe(fes []Frontend) (kept []Frontend, failed []PortFailure) 
 					pid := m.status.MasterPID
 					m.mu.Unlock()
 					own = listeningPorts(pid)
+					if m.cfg.isolated() {
+						// Another user's descriptors are closed to the
+						// agent: ask the current worker what it serves.
+						maps.Copy(own, openFrontendPorts(context.Background(), m.sockPath))
+					}
 				}
 				if !own[fe.Port] {
 					failed = append(failed, PortFailure{Port: fe.Port, Name: fe.Name, Error: err.Error()})

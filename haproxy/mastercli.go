@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -118,4 +119,32 @@ func (p procInfo) hasNewWorker() bool {
 		}
 	}
 	return false
+}
+
+// openFrontendPorts asks the current worker, through the master CLI, for
+// the route frontends (fe_PORT) it has open: the ports it listens on. An
+// isolated HAProxy's descriptors are another user's, so /proc cannot tell
+// the agent (listeningPorts). Empty when the worker does not answer.
+func openFrontendPorts(ctx context.Context, sock string) map[int]bool {
+	ports := map[int]bool{}
+	out, err := masterCommand(ctx, sock, "@1 show stat -1 1 -1")
+	if err != nil {
+		return ports
+	}
+	status := -1
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Split(line, ",")
+		if strings.HasPrefix(line, "# ") {
+			f[0] = strings.TrimPrefix(f[0], "# ")
+			status = slices.Index(f, "status")
+			continue
+		}
+		if status < 0 || len(f) <= status || f[1] != "FRONTEND" || f[status] != "OPEN" {
+			continue
+		}
+		if p, err := strconv.Atoi(strings.TrimPrefix(f[0], "fe_")); err == nil && strings.HasPrefix(f[0], "fe_") {
+			ports[p] = true
+		}
+	}
+	return ports
 }

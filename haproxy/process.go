@@ -249,15 +249,18 @@ func boundPorts(cfg []byte) map[int]bool {
 
 // listeningPorts returns the TCP ports that the master pid or its workers
 // listen on, from /proc: the socket inodes of their descriptors, matched
-// against the LISTEN entries of /proc/net/tcp and tcp6. It is empty when
-// /proc cannot tell (not Linux, no permission).
+// against the LISTEN entries of /proc/self/net/tcp and tcp6. It is empty
+// when /proc cannot tell (not Linux, no permission: an isolated HAProxy's
+// descriptors are another user's).
 func listeningPorts(pid int) map[int]bool {
 	ports := map[int]bool{}
 	if pid <= 1 {
 		return ports
 	}
 	inodes := map[string]int{} // socket inode -> port, listening sockets only
-	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+	// /proc/self/net, not /proc/net: the unit's ProcSubset=pid hides the
+	// latter (HAProxy shares the agent's network namespace).
+	for _, f := range []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			continue
