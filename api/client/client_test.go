@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
+	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
 const testToken = "example-client-token-not-a-secret"
@@ -127,9 +128,7 @@ func mustJSON(t *testing.T, v any) string {
 // A member that fails (5xx, unreachable) passes the request on and the
 // client stays with the member that answered; a refusal (409) is the answer.
 func TestFailoverAndRefusal(t *testing.T) {
-	down := httptest.NewServer(http.NotFoundHandler())
-	downURL := down.URL
-	down.Close()
+	downURL := testenv.DeadURL(t)
 	failing := newRecorder(t, http.StatusServiceUnavailable, `{"error":"not committed: no leader"}`)
 	good := newRecorder(t, http.StatusOK, `{"index":7,"routes":[]}`)
 	c := newClient(t, downURL, failing.srv.URL, good.srv.URL)

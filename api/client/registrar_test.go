@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -146,9 +145,7 @@ func TestRegistrarDeregistersIPv6(t *testing.T) {
 
 func TestRegistrarFailsOverToNextMember(t *testing.T) {
 	// The first member is dead from the start.
-	dead := httptest.NewServer(http.NotFoundHandler())
-	deadURL := dead.URL
-	dead.Close()
+	deadURL := testenv.DeadURL(t)
 	a, b := clienttest.New(t, regToken), clienttest.New(t, regToken)
 	r, logs := newTestRegistrar(t, testRegisterConfig(50*time.Millisecond), deadURL, a.Srv.URL, b.Srv.URL)
 	cancel, done := startRegistrar(t, r)

@@ -444,9 +444,7 @@ func TestDigitalOceanDropletID(t *testing.T) {
 		fmt.Fprint(w, "<html>captive portal</html>")
 	}))
 	defer bad.Close()
-	dead := httptest.NewServer(http.NotFoundHandler())
-	deadURL := dead.URL + "/metadata/v1/id"
-	dead.Close()
+	deadURL := testenv.DeadURL(t) + "/metadata/v1/id"
 	for name, url := range map[string]string{"garbage": bad.URL + "/metadata/v1/id", "unreachable": deadURL} {
 		t.Run(name, func(t *testing.T) {
 			_, err := New(Config{Provider: "digitalocean", Address: testIP, DOToken: testToken,

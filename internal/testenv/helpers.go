@@ -93,6 +93,16 @@ func FreeAddr(tb testing.TB) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(tb)))
 }
 
+// DeadURL returns "http://127.0.0.1:port" where nothing listens, for a
+// member that is down. The port comes from [FreePortRange]'s range, below
+// the kernel's ephemeral ports: a server closed to make a dead URL frees a
+// port that the next ":0" listener (often the test's own live member) may
+// be handed, and the "dead" member answers.
+func DeadURL(tb testing.TB) string {
+	tb.Helper()
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePortRange(tb, 1)))
+}
+
 var (
 	portsMu    sync.Mutex
 	portsGiven = map[int]bool{}
