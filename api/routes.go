@@ -162,6 +162,11 @@ func (s *Server) handlePutRoute(w http.ResponseWriter, r *http.Request) error {
 	if err := authorizeRoute(tok, port, req.Name, existing); err != nil {
 		return err
 	}
+	if tok != nil && tok.Role == RoleRegister && tok.MaxTTL > 0 && len(req.Backends) > 0 {
+		// PUT's backends carry no lease: a token bound to leases would
+		// otherwise place permanent ones.
+		return forbidden("token %s registers leased backends only: PUT sets backends without a lease; register each with POST /v1/routes/%d/backends and a ttl of at most %s", tok.Name, port, tok.MaxTTL)
+	}
 	route := fsm.NewRoute(port, req.Name)
 	applyRouteOptions(&route, req.Balance, req.Sticky, req.ProxyProtocol, req.HealthCheck)
 	route.CheckPort, route.CheckMode = req.CheckPort, req.CheckMode
