@@ -186,26 +186,29 @@ func (v *VIP) present(l netlink.Link) ([]netlink.Addr, error) {
 
 // Held reports whether the address is on the interface.
 func (v *VIP) Held(ctx context.Context) (bool, error) {
+	_, found, err := v.lookup(ctx)
+	return len(found) > 0, err
+}
+
+// lookup finds the interface and the addresses on it that carry v.addr,
+// after checking ctx.
+func (v *VIP) lookup(ctx context.Context) (netlink.Link, []netlink.Addr, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	l, err := v.link()
 	if err != nil {
-		return false, err
+		return nil, nil, err
 	}
 	found, err := v.present(l)
-	return len(found) > 0, err
+	return l, found, err
 }
 
 // Claim adds the address to the interface and announces it.
 func (v *VIP) Claim(ctx context.Context) error {
 	v.op.Lock()
 	defer v.op.Unlock()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	l, err := v.link()
-	if err != nil {
-		return err
-	}
-	found, err := v.present(l)
+	l, found, err := v.lookup(ctx)
 	if err != nil {
 		return err
 	}
@@ -232,14 +235,7 @@ func (v *VIP) Claim(ctx context.Context) error {
 func (v *VIP) Announce(ctx context.Context) error {
 	v.op.Lock()
 	defer v.op.Unlock()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	l, err := v.link()
-	if err != nil {
-		return err
-	}
-	found, err := v.present(l)
+	l, found, err := v.lookup(ctx)
 	if err != nil || len(found) == 0 {
 		return err
 	}
@@ -252,14 +248,7 @@ func (v *VIP) Release(ctx context.Context) error {
 	v.op.Lock()
 	defer v.op.Unlock()
 	v.stopAnnounce()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	l, err := v.link()
-	if err != nil {
-		return err
-	}
-	found, err := v.present(l)
+	l, found, err := v.lookup(ctx)
 	if err != nil {
 		return err
 	}
