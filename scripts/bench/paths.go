@@ -22,7 +22,10 @@ var dynamicRange = "auto"
 var autoRanges = []string{"30000-32767", "26000-28767", "22500-25267"}
 
 // pickRange resolves "auto": other agents' HAProxies on a shared machine
-// may hold the default range on 127.0.0.1.
+// may hold the default range on 127.0.0.1, or on the 127.0.1.x addresses
+// the three-node run binds (a range held there leaves every port of it a
+// hole the agents probe again at each reload, which is not what is being
+// measured).
 func pickRange() {
 	if dynamicRange != "auto" {
 		return
@@ -31,12 +34,14 @@ func pickRange() {
 		first, last := parseRange(r)
 		free := true
 		for p := first; p <= last && free; p++ {
-			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				free = false
-				continue
+			for _, host := range []string{"127.0.0.1", "127.0.1.1", "127.0.1.2", "127.0.1.3"} {
+				ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", host, p))
+				if err != nil {
+					free = false
+					break
+				}
+				ln.Close()
 			}
-			ln.Close()
 		}
 		if free {
 			dynamicRange = r
