@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -48,12 +49,17 @@ type Endpoint struct {
 	Addr netip.AddrPort
 }
 
+// MemberAddress is where one member listens, as the cluster view knows it.
+type MemberAddress struct {
+	Name, RaftAddr, GossipAddr, APIURL string
+}
+
 // MemberAddresser may be implemented by a ClusterSource: every member's
-// listener addresses alone (Name, RaftAddr, GossipAddr and APIURL set), as
-// the cluster view knows them. Every write checks its ports and backends
-// against them; this spares building the whole cluster status per write.
+// listener addresses alone, as Cluster reports them. Every write checks its
+// ports and backends against them; this spares building the whole cluster
+// status per write.
 type MemberAddresser interface {
-	MemberAddresses() []MemberStatus
+	MemberAddresses() []MemberAddress
 }
 
 // memberView is the endpoints and reserved ports parsed from one list of
@@ -61,7 +67,7 @@ type MemberAddresser interface {
 // is kept and reused while the addresses are the same.
 type memberView struct {
 	mu       sync.Mutex
-	members  []MemberStatus // the addresses the view was parsed from
+	members  []MemberAddress // the addresses the view was parsed from
 	eps      []Endpoint
 	reserved fsm.PortRanges
 }
@@ -77,13 +83,15 @@ func (s *Server) endpoints() []Endpoint {
 // members returns the endpoints and the ports no route may take (see
 // reservedPorts), parsed again only when a member's addresses changed.
 func (s *Server) members() ([]Endpoint, fsm.PortRanges) {
-	var ms []MemberStatus
+	var ms []MemberAddress
 	switch c := s.cluster.(type) {
 	case nil:
 	case MemberAddresser:
 		ms = c.MemberAddresses()
 	default:
-		ms = c.Cluster().Members
+		for _, m := range c.Cluster().Members {
+			ms = append(ms, MemberAddress{Name: m.Name, RaftAddr: m.RaftAddr, GossipAddr: m.GossipAddr, APIURL: m.APIURL})
+		}
 	}
 	v := &s.view
 	v.mu.Lock()
@@ -107,27 +115,14 @@ func (s *Server) members() ([]Endpoint, fsm.PortRanges) {
 	if eps == nil {
 		eps = []Endpoint{} // cached: nil means "not parsed yet"
 	}
-	v.members = make([]MemberStatus, len(ms))
-	for i, m := range ms {
-		v.members[i] = MemberStatus{Name: m.Name, RaftAddr: m.RaftAddr, GossipAddr: m.GossipAddr, APIURL: m.APIURL}
-	}
+	v.members = slices.Clone(ms)
 	v.eps, v.reserved = eps, s.reservedPorts(eps)
 	return v.eps, v.reserved
 }
 
 // sameAddresses reports whether a and b name the same members at the same
 // addresses, in the same order.
-func sameAddresses(a, b []MemberStatus) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i].Name != b[i].Name || a[i].RaftAddr != b[i].RaftAddr || a[i].GossipAddr != b[i].GossipAddr || a[i].APIURL != b[i].APIURL {
-			return false
-		}
-	}
-	return true
-}
+func sameAddresses(a, b []MemberAddress) bool { return slices.Equal(a, b) }
 
 // reservedPorts is Config.ReservedPorts plus every member's API, raft and
 // gossip ports: a route on any of them would bind over that member's

@@ -458,7 +458,13 @@ func (c *changingMembers) set(ms ...api.MemberStatus) {
 
 type changingAddresses struct{ *changingMembers }
 
-func (c changingAddresses) MemberAddresses() []api.MemberStatus { return c.Cluster().Members }
+func (c changingAddresses) MemberAddresses() []api.MemberAddress {
+	var out []api.MemberAddress
+	for _, m := range c.Cluster().Members {
+		out = append(out, api.MemberAddress{Name: m.Name, RaftAddr: m.RaftAddr, GossipAddr: m.GossipAddr, APIURL: m.APIURL})
+	}
+	return out
+}
 
 // The members' endpoints are parsed once and kept, so each write does not
 // pay for it; they must still follow every change of the membership: a

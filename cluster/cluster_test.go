@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,6 +177,16 @@ func TestBootstrapExpectFormsOneClusterAndReplicates(t *testing.T) {
 		}
 		if self != (m == l) || (!self && url != l.apiURL()) {
 			t.Errorf("%s: LeaderAPI = %q self=%v, leader is %s", m.name, url, self, l.name)
+		}
+	}
+	// Addresses, read per write, is Members' addresses without the rest.
+	for _, m := range ms {
+		var want []Address
+		for _, mem := range m.cluster.Members().Members() {
+			want = append(want, Address{Name: mem.Name, Addr: mem.Addr, RaftAddr: mem.Meta.RaftAddr, APIURL: mem.Meta.APIURL})
+		}
+		if got := m.cluster.Members().Addresses(); !slices.Equal(got, want) || len(got) != 3 {
+			t.Errorf("%s: Addresses = %+v; Members say %+v", m.name, got, want)
 		}
 	}
 	// wait=applied sees every alive edge node reach the index.

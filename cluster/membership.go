@@ -467,19 +467,27 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
-// Gossiped lists every node gossip knows, this one included, sorted by
-// name, as gossip last carried them. Unlike Members it never calls the
-// metadata function: this node's entry holds the metadata it last
-// published, whose addresses never change while it runs. Per-request code
-// that needs only members' addresses reads this.
-func (m *Membership) Gossiped() []Member {
+// Address is where one member listens, as gossip carries it.
+type Address struct {
+	Name     string
+	Addr     string // gossip
+	RaftAddr string
+	APIURL   string
+}
+
+// Addresses lists where every node gossip knows listens, this one
+// included, sorted by name. Unlike Members it never calls the metadata
+// function (this node's entry holds the addresses it last published, which
+// never change while it runs) and copies nothing else: per-request code
+// that needs only addresses reads this.
+func (m *Membership) Addresses() []Address {
 	m.mu.Lock()
-	out := make([]Member, 0, len(m.nodes))
+	out := make([]Address, 0, len(m.nodes))
 	for _, n := range m.nodes {
-		out = append(out, n)
+		out = append(out, Address{Name: n.Name, Addr: n.Addr, RaftAddr: n.Meta.RaftAddr, APIURL: n.Meta.APIURL})
 	}
 	m.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(a, b Address) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 

@@ -102,9 +102,9 @@ func TestRunServesUntilShutdownThenStopsInOrder(t *testing.T) {
 	}
 	// The per-write checks read the members' addresses alone: the same
 	// ones the cluster status reports.
-	var want []api.MemberStatus
+	var want []api.MemberAddress
 	for _, m := range a.info.Cluster().Members {
-		want = append(want, api.MemberStatus{Name: m.Name, RaftAddr: m.RaftAddr, GossipAddr: m.GossipAddr, APIURL: m.APIURL})
+		want = append(want, api.MemberAddress{Name: m.Name, RaftAddr: m.RaftAddr, GossipAddr: m.GossipAddr, APIURL: m.APIURL})
 	}
 	if got := a.info.MemberAddresses(); !reflect.DeepEqual(got, want) || len(got) != 1 || got[0].RaftAddr == "" {
 		t.Errorf("MemberAddresses = %+v; want the cluster status's %+v", got, want)

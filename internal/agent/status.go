@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -256,20 +258,24 @@ var (
 // MemberAddresses implements api.MemberAddresser: the addresses Cluster
 // reports for every member (gossip's, and raft's for voters gossip does
 // not know), without this node's metadata or the rest of the status.
-func (s *nodeInfo) MemberAddresses() []api.MemberStatus {
-	members := s.cluster.Members().Gossiped()
-	out := make([]api.MemberStatus, 0, len(members)+1)
-	seen := make(map[string]bool, len(members))
-	for _, m := range members {
-		seen[m.Name] = true
-		out = append(out, api.MemberStatus{Name: m.Name, RaftAddr: m.Meta.RaftAddr, GossipAddr: m.Addr, APIURL: m.Meta.APIURL})
+func (s *nodeInfo) MemberAddresses() []api.MemberAddress {
+	addrs := s.cluster.Members().Addresses()
+	out := make([]api.MemberAddress, 0, len(addrs)+1)
+	for _, a := range addrs {
+		out = append(out, api.MemberAddress{Name: a.Name, RaftAddr: a.RaftAddr, GossipAddr: a.Addr, APIURL: a.APIURL})
 	}
-	for id, v := range s.cluster.Voters() {
-		if !seen[id] {
-			out = append(out, api.MemberStatus{Name: id, RaftAddr: string(v.Address)})
+	servers, _ := s.node.Servers()
+	added := false
+	for _, v := range servers {
+		known := slices.ContainsFunc(addrs, func(a cluster.Address) bool { return a.Name == string(v.ID) })
+		if !known {
+			out = append(out, api.MemberAddress{Name: string(v.ID), RaftAddr: string(v.Address)})
+			added = true
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	if added {
+		slices.SortFunc(out, func(a, b api.MemberAddress) int { return strings.Compare(a.Name, b.Name) })
+	}
 	return out
 }
 
