@@ -167,6 +167,9 @@ func canInstall(t *testing.T) {
 	case os.Geteuid() != 0:
 		skip("not root: not installing the package (CI runs this as root)")
 	}
+	// Another test process on this machine (two go test runs at once)
+	// installs the same package and makes the same users: one at a time.
+	machineLock(t)
 	if _, err := exec.LookPath("dpkg"); err != nil {
 		skip("dpkg is not installed")
 	}

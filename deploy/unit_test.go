@@ -170,6 +170,20 @@ func serves(port int) bool {
 	return e.say("ping") == nil
 }
 
+// unitStatus is what TestAgentUnderUnit reads of `drawbridge status --json`.
+type unitStatus struct {
+	State struct {
+		Index uint64 `json:"index"`
+	} `json:"state"`
+	HAProxy struct {
+		MasterPID      int    `json:"master_pid"`
+		Adopted        bool   `json:"adopted"`
+		AppliedIndex   uint64 `json:"applied_index"`
+		Reloads        int    `json:"reloads"`
+		RuntimeUpdates int    `json:"runtime_updates"`
+	} `json:"haproxy"`
+}
+
 // unitAgent is the agent started through unitsandbox.py with the unit's
 // privileges.
 type unitAgent struct {
@@ -207,8 +221,10 @@ func TestAgentUnderUnit(t *testing.T) {
 	if out, err := exec.Command(py, "-c", "import seccomp").CombinedOutput(); err != nil {
 		testenv.Missing(t, "python3-seccomp is not installed (apt-get install python3-seccomp): %v %s", err, out)
 	}
-	// Not parallel: it creates the drawbridge users, which
-	// TestDebianPackage's install creates and removes too.
+	// Not parallel, and one test process at a time: it creates the
+	// drawbridge users, which TestDebianPackage's install creates and
+	// removes too.
+	machineLock(t)
 	for _, p := range []string{"/etc/drawbridge", "/var/lib/drawbridge"} {
 		if _, err := os.Stat(p); err == nil {
 			testenv.Missing(t, "%s exists: not creating the package's users beside a drawbridge set up here", p)
@@ -360,6 +376,7 @@ func TestAgentUnderUnit(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
+	var status func() unitStatus
 	setRoute := func(a *unitAgent, port int, name, backend string) {
 		t.Helper()
 		var last string
@@ -373,15 +390,15 @@ func TestAgentUnderUnit(t *testing.T) {
 		})
 		_ = last
 		testenv.Eventually(t, 20*time.Second, fmt.Sprintf("port %d served through haproxy", port), func() bool { return serves(port) })
+		// The new worker serves a moment before the agent has confirmed
+		// the change and counted it: wait for that too, so the counters
+		// compared below belong to the step that moved them.
+		testenv.Eventually(t, 20*time.Second, fmt.Sprintf("route %d applied", port), func() bool {
+			st := status()
+			return st.State.Index > 0 && st.HAProxy.AppliedIndex >= st.State.Index
+		})
 	}
-	status := func() (st struct {
-		HAProxy struct {
-			MasterPID      int  `json:"master_pid"`
-			Adopted        bool `json:"adopted"`
-			Reloads        int  `json:"reloads"`
-			RuntimeUpdates int  `json:"runtime_updates"`
-		} `json:"haproxy"`
-	}) {
+	status = func() (st unitStatus) {
 		t.Helper()
 		out, err := cli("status", "--json")
 		if err != nil {
@@ -613,4 +630,24 @@ func createPackageUsers(t *testing.T) {
 		}
 	})
 	run(t, "sh", "debian/preinst", "install")
+}
+
+// machineLock holds, until the test ends, the lock that serialises the
+// tests that change this machine (the package's users, dpkg, /etc/drawbridge)
+// across test processes: two `go test ./deploy` runs at once on one
+// machine would otherwise delete each other's users midway.
+func machineLock(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "drawbridge-deploy-machine.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	})
 }
