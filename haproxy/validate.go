@@ -88,7 +88,12 @@ func Validate(ctx context.Context, bin string, cfgPath string) error {
 		ctx, cancel = context.WithTimeout(ctx, DefaultCheckTimeout)
 		defer cancel()
 	}
-	out, err := boundedCommand(ctx, bin, "-W", "-c", "-f", cfgPath).CombinedOutput()
+	cmd := boundedCommand(ctx, bin, "-W", "-c", "-f", cfgPath)
+	// The environment the master gets: the check expands ${VAR} in the
+	// configuration exactly as the master will, and a token passed to the
+	// agent by environment is not HAProxy's to see, here either.
+	cmd.Env = append([]string(nil), haproxyEnv...)
+	out, err := cmd.CombinedOutput()
 	if err == nil {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -102,3 +103,29 @@ func TestParseShowProc(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// The check runs HAProxy with the master's scrubbed environment, not the
+// agent's (which may hold a token).
+func TestValidateScrubsEnvironment(t *testing.T) {
+	t.Setenv("DRAWBRIDGE_API_TOKEN", "fake-secret-in-the-agent-env")
+	dir := t.TempDir()
+	dump := filepath.Join(dir, "env")
+	bin := filepath.Join(dir, "haproxy")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nenv > "+dump+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := Validate(context.Background(), bin, filepath.Join(dir, "haproxy.cfg")); err != nil {
+		t.Fatal(err)
+	}
+	env, err := os.ReadFile(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range strings.Split(strings.TrimSpace(string(env)), "\n") {
+		// sh itself adds PWD (and SHLVL, _ in some shells).
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains([]string{"PATH", "PWD", "SHLVL", "_"}, k) {
+			t.Errorf("haproxy -c saw %q", kv)
+		}
+	}
+}
