@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -871,5 +872,44 @@ func TestWaitOutlivesWriteTimeout(t *testing.T) {
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d, body %q, err %v", resp.StatusCode, body, err)
+	}
+}
+
+// The leader's answer is streamed back through a small pooled buffer: an
+// answer many times its size (a consistent read of a table of 300 routes,
+// about 60 KB) arrives whole and byte for byte, and so do answers streamed
+// at once by many forwards sharing the pool.
+func TestForwardStreamsLargeAnswersWhole(t *testing.T) {
+	leader, follower := newPair(t, func(c *api.Config) { c.Limits.Rate = 0 })
+	for i := range 300 {
+		leader.must(http.StatusOK, http.MethodPut, fmt.Sprintf("/v1/routes/%d", 20000+i),
+			fmt.Sprintf(`{"name":"route-with-a-long-name-%03d","backends":[{"address":"10.0.%d.%d","port":30808}]}`, i, i/250, i%250+1))
+	}
+	want := leader.do(http.MethodGet, "/v1/routes", bearer(testToken), "").Body.String()
+	if len(want) < 40<<10 {
+		t.Fatalf("the table's answer is only %d bytes; the test wants one many buffers long", len(want))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := follower.do(http.MethodGet, "/v1/routes?consistent=true", bearer(testToken), "")
+			if rec.Code != http.StatusOK || rec.Body.String() != want {
+				errs <- fmt.Sprintf("status %d, %d bytes, want %d identical bytes", rec.Code, rec.Body.Len(), len(want))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if n := len(follower.received()); n != 0 {
+		t.Fatalf("the follower served %d requests itself", n)
+	}
+	if n := len(leader.received()); n != 8 {
+		t.Fatalf("the leader saw %d forwarded reads, want 8", n)
 	}
 }
