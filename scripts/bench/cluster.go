@@ -29,6 +29,9 @@ var (
 	// cpuProfile, when set, is where the leader's CPU profile of the
 	// sustained writes goes (and the followers' beside it).
 	cpuProfile string
+	// tlsDirs are the CAs and certificates of secure runs, removed when
+	// the run ends.
+	tlsDirs []string
 )
 
 // startCluster starts three agents on loopback with default raft timings,
@@ -49,6 +52,7 @@ func startCluster(bin string, secure bool) ([]*agent, error) {
 		if err != nil {
 			return nil, err
 		}
+		tlsDirs = append(tlsDirs, dir)
 		if creds, err = pki.CreateCluster(dir, nil, names...); err != nil {
 			return nil, err
 		}
@@ -195,6 +199,12 @@ func runCluster(bin string, secure bool) (clusterFigures, error) {
 	figs := clusterFigures{live: map[string][2]time.Duration{}}
 	bport, stopBackend := startBackend()
 	defer stopBackend()
+	defer func() {
+		for _, d := range tlsDirs {
+			os.RemoveAll(d)
+		}
+		tlsDirs = nil
+	}()
 	agents, err := startCluster(bin, secure)
 	if err != nil {
 		return figs, err
