@@ -31,10 +31,12 @@
 //     before this node hears from the cluster;
 //  4. gossip: memberlist listens and publishes this node's metadata;
 //  5. the floating-IP owner is built (edge nodes with a provider);
-//  6. the API is built and its listener bound;
+//  6. the API is built and its listener bound (and, when debug.pprof_addr
+//     is set, the loopback listener of the runtime profiles);
 //  7. the background loops start (HAProxy feed, which first waits until the
 //     log has replayed; lease reaper; membership reconciler; gossip refresh
-//     and reconnect; join; the floating-IP owner loop), then the API serves.
+//     and reconnect; join; the floating-IP owner loop; the profiles'
+//     server), then the API serves.
 //
 // Run returns when its context ends, when Shutdown is called, or when the
 // API server fails. It then stops the components, giving up what others
