@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -602,5 +603,56 @@ func TestPlanRuntimeNoInjection(t *testing.T) {
 		if ok && len(p.cmds) > 0 && strings.Contains(strings.Join(p.cmds, "|"), "add server") {
 			t.Errorf("%+v: invalid server planned: %q", fe, p.cmds)
 		}
+	}
+}
+
+// SubmitShared hands over frontends without a copy: the agent's feed shares
+// the frontends of unchanged routes between submissions. Through reloads,
+// runtime server changes and routes added to and removed from the dynamic
+// range on a real HAProxy, the Manager must never change a slice or a
+// Servers array it was given.
+func TestManagerNeverChangesSharedSubmissions(t *testing.T) {
+	dir := t.TempDir()
+	cfg := dynConfig(t, dir, 10)
+	m := startManager(t, cfg)
+	r := cfg.Settings.DynamicPorts
+	one, two, three := echoBackend(t, "one"), echoBackend(t, "two"), echoBackend(t, "three")
+	outside := testenv.FreePort(t)
+
+	// Servers listed out of order, so anything sorting in place would show.
+	web := route(outside, "web", three, one, two)
+	web.HealthCheck = true
+	dyn := route(r.First+2, "dyn", two, one)
+	steps := [][]Frontend{
+		{web},                                    // a reload
+		{web, dyn},                               // a route in the range: runtime API
+		{route(outside, "web", two, three), dyn}, // servers changed (del and add)
+		{dyn},                                    // the route outside the range goes: a reload
+		{},                                       // and the one inside: runtime API
+		{web, dyn},                               // both back, sharing the first step's Servers
+	}
+	var given, copies [][]Frontend
+	for i, fes := range steps {
+		fes = slices.Clone(fes)
+		given = append(given, fes)
+		cp := make([]Frontend, len(fes))
+		for j, fe := range fes {
+			fe.Servers = slices.Clone(fe.Servers)
+			cp[j] = fe
+		}
+		copies = append(copies, cp)
+		m.SubmitShared(uint64(i+1), fes)
+		waitApplied(t, m, uint64(i+1))
+		for k := range given {
+			if !reflect.DeepEqual(given[k], copies[k]) {
+				t.Fatalf("after step %d the frontends of step %d changed:\n%+v\nwere\n%+v", i+1, k+1, given[k], copies[k])
+			}
+		}
+	}
+	if got, err := dialRead(r.First + 2); err != nil || (got != "one" && got != "two") {
+		t.Fatalf("the dynamic route after the last step: %q, %v", got, err)
+	}
+	if st := m.Status(); st.RuntimeUpdates == 0 || st.Reloads < 2 {
+		t.Fatalf("the steps did not take both paths: %+v", st)
 	}
 }

@@ -412,19 +412,29 @@ func (m *Manager) startFromDisk(ctx context.Context) (procInfo, error) {
 }
 
 // Submit hands the Manager the frontends of route table index. It never
-// blocks; the latest submission wins and bursts are coalesced.
+// blocks; the latest submission wins and bursts are coalesced. It copies
+// fes, so the caller may change them afterwards.
 func (m *Manager) Submit(index uint64, fes []Frontend) {
 	cp := make([]Frontend, len(fes))
 	for i, fe := range fes {
 		fe.Servers = slices.Clone(fe.Servers)
 		cp[i] = fe
 	}
+	m.SubmitShared(index, cp)
+}
+
+// SubmitShared is Submit without the copy, for a caller that never changes
+// fes, nor any Frontend's Servers, once submitted (the Manager never
+// changes them either): the agent's feed shares the frontends of unchanged
+// routes between submissions, so a write costs one converted route instead
+// of a copy of the table.
+func (m *Manager) SubmitShared(index uint64, fes []Frontend) {
 	now := time.Now()
 	m.mu.Lock()
 	if m.pending == nil {
 		m.firstPending = now
 	}
-	m.pending = &submission{index: index, fes: cp}
+	m.pending = &submission{index: index, fes: fes}
 	m.lastSubmit = now
 	m.mu.Unlock()
 	select {

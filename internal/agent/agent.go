@@ -589,7 +589,7 @@ func feedHAProxy(ctx context.Context, node *cluster.Node, table *fsm.FSM, proxy 
 		changed := table.Changed()
 		st := table.State()
 		fes, prev = frontendsSince(fes, prev, st), st
-		proxy.Submit(st.Index, fes)
+		proxy.SubmitShared(st.Index, fes) // never changed once built: see frontendsSince
 		select {
 		case <-ctx.Done():
 			return
