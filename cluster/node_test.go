@@ -19,13 +19,17 @@ import (
 // fastConfig is a single-node config with shortened timings.
 func fastConfig(t testing.TB, dir string) Config {
 	return Config{
-		NodeID:             "n1",
-		DataDir:            dir,
-		BindAddr:           testenv.FreeAddr(t),
-		Bootstrap:          true,
-		HeartbeatTimeout:   50 * time.Millisecond,
-		ElectionTimeout:    50 * time.Millisecond,
-		LeaderLeaseTimeout: 50 * time.Millisecond,
+		NodeID:    "n1",
+		DataDir:   dir,
+		BindAddr:  testenv.FreeAddr(t),
+		Bootstrap: true,
+		// Fast, but not so fast that a loaded 2-core machine running the
+		// race detector starts elections between two heartbeats: at 50 ms
+		// leaders stepped down mid-test (CI saw "leadership lost while
+		// committing" and a voter removal never seen).
+		HeartbeatTimeout:   150 * time.Millisecond,
+		ElectionTimeout:    150 * time.Millisecond,
+		LeaderLeaseTimeout: 100 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		ApplyTimeout:       5 * time.Second,
 	}
