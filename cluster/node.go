@@ -252,7 +252,7 @@ func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer)
 			n.transport = newTLSTransport(n.layer, hlog)
 		}
 	} else {
-		n.transport, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 3, 10*time.Second, hlog)
+		n.transport, err = raft.NewTCPTransportWithConfig(cfg.BindAddr, adv, transportConfig(hlog))
 	}
 	if err != nil {
 		return fail(fmt.Errorf("raft transport on %s: %w", cfg.BindAddr, err))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/drawbridge-lb/drawbridge/fsm"
@@ -287,5 +288,23 @@ func TestMetaStaysUnderMemberlistLimit(t *testing.T) {
 	}
 	if !strings.Contains(string(b), `"hn":500`) || !strings.Contains(string(b), `"u":3`) {
 		t.Fatalf("meta lost the counts: %s", b)
+	}
+}
+
+// TestTransportDoesNotPipeline: both transports replicate synchronously;
+// hashicorp/raft 1.7's pipeline can wedge a follower for good (see
+// transportConfig).
+func TestTransportDoesNotPipeline(t *testing.T) {
+	plain := fastConfig(t, t.TempDir())
+	secure := tlsTimings(fastConfig(t, t.TempDir()))
+	secure.TLS = newTLSTestCA(t, "cluster CA").raftTLS(t, "n1")
+	for name, cfg := range map[string]Config{"tcp": plain, "tls": secure} {
+		t.Run(name, func(t *testing.T) {
+			n, _ := startNode(t, cfg)
+			_, err := n.transport.AppendEntriesPipeline("n2", raft.ServerAddress(testenv.FreeAddr(t)))
+			if !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+				t.Fatalf("AppendEntriesPipeline = %v, want pipelining off", err)
+			}
+		})
 	}
 }
