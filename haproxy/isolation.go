@@ -358,37 +358,39 @@ func lookupGroup(name string) (int, error) {
 
 // lookupUser resolves a user name or number to its uid from /etc/passwd.
 func lookupUser(name string) (int, error) {
-	b, err := os.ReadFile("/etc/passwd")
-	if err != nil {
-		return 0, fmt.Errorf("look up user %s: %w", name, err)
-	}
-	for line := range strings.Lines(string(b)) {
-		f := strings.Split(strings.TrimSpace(line), ":")
-		if len(f) >= 4 && (f[0] == name || f[2] == name) {
-			return strconv.Atoi(f[2])
-		}
-	}
-	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
-		return n, nil // a number without an entry: setpriv takes it
-	}
-	return 0, fmt.Errorf("haproxy.user %s does not exist: install the drawbridge package, which creates drawbridge-haproxy, or create it (useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s)", name, name)
+	uid, _, err := passwdEntry(name)
+	return uid, err
 }
 
 // primaryGroup resolves a user name or number to its primary group from
 // /etc/passwd.
 func primaryGroup(name string) (int, error) {
+	_, gid, err := passwdEntry(name)
+	return gid, err
+}
+
+// passwdEntry finds a user by name or number in /etc/passwd and returns its
+// uid and primary gid. A number without an entry stands for itself (setpriv
+// takes it), as both ids.
+func passwdEntry(name string) (uid, gid int, err error) {
 	b, err := os.ReadFile("/etc/passwd")
 	if err != nil {
-		return 0, fmt.Errorf("look up user %s: %w", name, err)
+		return 0, 0, fmt.Errorf("look up user %s: %w", name, err)
 	}
 	for line := range strings.Lines(string(b)) {
 		f := strings.Split(strings.TrimSpace(line), ":")
 		if len(f) >= 4 && (f[0] == name || f[2] == name) {
-			return strconv.Atoi(f[3])
+			if uid, err = strconv.Atoi(f[2]); err != nil {
+				return 0, 0, fmt.Errorf("user %s: uid %q in /etc/passwd: %w", name, f[2], err)
+			}
+			if gid, err = strconv.Atoi(f[3]); err != nil {
+				return 0, 0, fmt.Errorf("user %s: gid %q in /etc/passwd: %w", name, f[3], err)
+			}
+			return uid, gid, nil
 		}
 	}
 	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
-		return n, nil
+		return n, n, nil
 	}
-	return 0, fmt.Errorf("haproxy.user %s does not exist: install the drawbridge package, which creates drawbridge-haproxy, or create it (useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s)", name, name)
+	return 0, 0, fmt.Errorf("haproxy.user %s does not exist: install the drawbridge package, which creates drawbridge-haproxy, or create it (useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s)", name, name)
 }
