@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -76,29 +77,6 @@ func hexCaps(t *testing.T, s string) uint64 {
 		t.Fatalf("capability set %q: %v", s, err)
 	}
 	return v
-}
-
-// childPIDs lists the children of pid (the test runs as root in the host's
-// /proc, so it sees what the agent's ProtectProc hides from the agent).
-func childPIDs(pid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		c, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) && f[0] != "Z" {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // lineEcho serves on 127.0.0.1: every line it reads comes back prefixed
@@ -437,7 +415,7 @@ func TestAgentUnderUnit(t *testing.T) {
 	checkHAProxy := func() {
 		t.Helper()
 		master := masterPID()
-		workers := childPIDs(master)
+		workers := procfs.Children(master)
 		if len(workers) == 0 {
 			t.Fatal("HAProxy has no worker")
 		}

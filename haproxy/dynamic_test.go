@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -442,7 +443,7 @@ func TestManagerDynamicStateSurvives(t *testing.T) {
 		return os.IsNotExist(err)
 	})
 	pid := m.Status().MasterPID
-	for _, p := range append([]int{pid}, childrenOf(pid)...) {
+	for _, p := range append([]int{pid}, procfs.Children(pid)...) {
 		_ = syscall.Kill(p, syscall.SIGKILL)
 	}
 	testenv.Eventually(t, 10*time.Second, "master restart", func() bool {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -55,7 +56,7 @@ func TestIsolatedHAProxy(t *testing.T) {
 		}
 	}
 	master := m.Status().MasterPID
-	workers := childrenOf(master)
+	workers := procfs.Children(master)
 	if len(workers) == 0 {
 		t.Fatal("no worker")
 	}

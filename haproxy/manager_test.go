@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -259,7 +260,7 @@ func TestManagerRestartsDeadMaster(t *testing.T) {
 	waitApplied(t, m, 1)
 
 	pid := m.Status().MasterPID
-	workers := childrenOf(pid)
+	workers := procfs.Children(pid)
 	if len(workers) == 0 {
 		t.Fatal("no workers found")
 	}

@@ -1,7 +1,6 @@
 package haproxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 )
 
 // processAlive reports whether pid names a running process. A zombie counts
@@ -28,42 +29,8 @@ func processAlive(pid int) bool {
 		err := syscall.Kill(pid, 0)
 		return err == nil || errors.Is(err, syscall.EPERM)
 	}
-	st, _, ok := procStat(b)
+	st, _, ok := procfs.ParseStat(b)
 	return ok && st != 'Z' && st != 'X'
-}
-
-// procStat returns the state and parent PID from a /proc/<pid>/stat line.
-func procStat(b []byte) (state byte, ppid int, ok bool) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
-		return 0, 0, false
-	}
-	ppid, err := strconv.Atoi(f[1])
-	return f[0][0], ppid, err == nil
-}
-
-// childrenOf lists the live children of pid (the workers of a master).
-func childrenOf(pid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		c, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		if st, ppid, ok := procStat(b); ok && ppid == pid && st != 'Z' {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 func readPIDFile(path string) (int, error) {
@@ -151,7 +118,7 @@ func stopMaster(ctx context.Context, pid int, grace time.Duration) error {
 	if pid <= 1 {
 		return nil // never signal init or "every process"
 	}
-	workers := childrenOf(pid)
+	workers := procfs.Children(pid)
 	allDead := func() bool {
 		if processAlive(pid) {
 			return false
@@ -185,12 +152,12 @@ func stopMaster(ctx context.Context, pid int, grace time.Duration) error {
 	if waitDead(grace) {
 		return nil
 	}
-	workers = append(workers, childrenOf(pid)...)
+	workers = append(workers, procfs.Children(pid)...)
 	_ = syscall.Kill(pid, syscall.SIGTERM)
 	if waitDead(time.Second) {
 		return nil
 	}
-	workers = append(workers, childrenOf(pid)...)
+	workers = append(workers, procfs.Children(pid)...)
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	for _, w := range workers {
 		_ = syscall.Kill(w, syscall.SIGKILL)
@@ -281,7 +248,7 @@ func listeningPorts(pid int) map[int]bool {
 	if len(inodes) == 0 {
 		return ports
 	}
-	for _, p := range append([]int{pid}, childrenOf(pid)...) {
+	for _, p := range append([]int{pid}, procfs.Children(pid)...) {
 		dir := filepath.Join("/proc", strconv.Itoa(p), "fd")
 		ents, err := os.ReadDir(dir)
 		if err != nil {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 )
 
 // stopGrace is how long an old worker stopped by the budget may take to
@@ -244,7 +246,7 @@ func (m *Manager) workersFromProc() {
 	m.mu.Lock()
 	master := m.status.MasterPID
 	m.mu.Unlock()
-	kids := childrenOf(master)
+	kids := procfs.Children(master)
 	if len(kids) == 0 {
 		return
 	}

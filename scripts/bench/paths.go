@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 )
 
 // dynamicRange is haproxy.dynamic_ports for the agents the bench starts;
@@ -338,7 +340,7 @@ func haproxyProcs(dir string) (procs int, rss uint64) {
 	if err != nil {
 		return 0, 0
 	}
-	pids := append([]int{master}, children(master)...)
+	pids := append([]int{master}, procfs.Children(master)...)
 	for _, p := range pids {
 		if r := procRSS(p); r > 0 {
 			procs++
@@ -346,30 +348,6 @@ func haproxyProcs(dir string) (procs int, rss uint64) {
 		}
 	}
 	return procs, rss
-}
-
-func children(pid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		c, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := strings.LastIndexByte(string(b), ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 && f[0] != "Z" && f[1] == strconv.Itoa(pid) {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // procRSS is the resident memory of pid in bytes (0 when gone).

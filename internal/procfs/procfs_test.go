@@ -1,0 +1,42 @@
+package procfs
+
+import (
+	"os"
+	"os/exec"
+	"slices"
+	"testing"
+)
+
+func TestParseStat(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		state byte
+		ppid  int
+		ok    bool
+	}{
+		{"123 (haproxy) S 1 123 123 0", 'S', 1, true},
+		{"7 (a) b) (c) Z 42 7", 'Z', 42, true},
+		{"9 (no close paren S 1", 0, 0, false},
+		{"9 (short) S", 0, 0, false},
+		{"9 (bad) S x", 'S', 0, false},
+	} {
+		st, ppid, ok := ParseStat([]byte(tc.in))
+		if ok != tc.ok || (ok && (st != tc.state || ppid != tc.ppid)) {
+			t.Errorf("ParseStat(%q) = %c %d %v, want %c %d %v", tc.in, st, ppid, ok, tc.state, tc.ppid, tc.ok)
+		}
+	}
+}
+
+func TestChildren(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if kids := Children(os.Getpid()); !slices.Contains(kids, cmd.Process.Pid) {
+		t.Fatalf("Children(self) = %v, want it to hold %d", kids, cmd.Process.Pid)
+	}
+	if kids := Children(cmd.Process.Pid); len(kids) != 0 {
+		t.Errorf("a sleep has children %v", kids)
+	}
+}
