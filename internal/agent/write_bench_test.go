@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,37 +8,15 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/api"
+	"github.com/drawbridge-lb/drawbridge/api/client/clienttest"
 	"github.com/drawbridge-lb/drawbridge/cluster"
 	"github.com/drawbridge-lb/drawbridge/fsm"
 	"github.com/drawbridge-lb/drawbridge/haproxy"
 )
-
-// directApplier commits straight into a real fsm.FSM through the log
-// encoding, as raft would on a leader of one, without the disk and the
-// network: what is left is the API's own cost per write.
-type directApplier struct {
-	mu    sync.Mutex
-	table *fsm.FSM
-}
-
-func (d *directApplier) Apply(_ context.Context, cmd fsm.Command) (fsm.Result, error) {
-	data, err := fsm.Encode(cmd)
-	if err != nil {
-		return fsm.Result{}, err
-	}
-	decoded, err := fsm.Decode(data)
-	if err != nil {
-		return fsm.Result{}, err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.table.ApplyCommand(d.table.State().Index+1, decoded), nil
-}
 
 type benchStatus struct{}
 
@@ -85,7 +62,7 @@ func benchPutRoute(b *testing.B, n int) {
 	cfg.Limits = api.Limits{MaxRoutes: 50000, MaxBackendsPerRoute: 64, MaxBackends: 200000}
 	cfg.OwnEndpoints = []api.Endpoint{{Node: "edge-1", What: "API", Addr: netip.MustParseAddrPort("10.0.0.1:9000")}}
 	logger := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := api.New(cfg, api.Deps{Applier: &directApplier{table: table}, State: table, Status: benchStatus{},
+	srv, err := api.New(cfg, api.Deps{Applier: &clienttest.LogApplier{FSM: table}, State: table, Status: benchStatus{},
 		Cluster: benchMembers{}, Admitter: info, Logger: logger, Now: time.Now})
 	if err != nil {
 		b.Fatal(err)

@@ -33,7 +33,7 @@ func NewRealAPI(tb testing.TB, cfg api.Config, log *slog.Logger) *RealAPI {
 	tb.Helper()
 	f := fsm.New()
 	srv, err := api.New(cfg, api.Deps{
-		Applier: &logApplier{fsm: f},
+		Applier: &LogApplier{FSM: f},
 		State:   f,
 		Status:  staticStatus{api.Status{Node: "clienttest", Version: "test"}},
 		Logger:  log,
@@ -52,17 +52,19 @@ func (r *RealAPI) URL() string { return r.Srv.URL }
 // Route returns the route on port in the table.
 func (r *RealAPI) Route(port int) (fsm.Route, bool) { return r.FSM.State().Route(port) }
 
-// logApplier commits each command as raft would: encoded, decoded, then
-// applied at the next index, one at a time.
-type logApplier struct {
-	mu    sync.Mutex
-	fsm   *fsm.FSM
-	index uint64
+// LogApplier commits each command into FSM as raft would on a leader of
+// one: encoded, decoded, then applied at the next index, one at a time. It
+// is the only writer of FSM. The API tests that need a real table without
+// raft's disk and network use it (RealAPI, the write-path benchmark).
+type LogApplier struct {
+	mu  sync.Mutex
+	FSM *fsm.FSM
 }
 
-var _ api.Applier = (*logApplier)(nil)
+var _ api.Applier = (*LogApplier)(nil)
 
-func (a *logApplier) Apply(_ context.Context, cmd fsm.Command) (fsm.Result, error) {
+// Apply implements api.Applier.
+func (a *LogApplier) Apply(_ context.Context, cmd fsm.Command) (fsm.Result, error) {
 	data, err := fsm.Encode(cmd)
 	if err != nil {
 		return fsm.Result{}, err
@@ -73,8 +75,7 @@ func (a *logApplier) Apply(_ context.Context, cmd fsm.Command) (fsm.Result, erro
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.index++
-	return a.fsm.ApplyCommand(a.index, decoded), nil
+	return a.FSM.ApplyCommand(a.FSM.State().Index+1, decoded), nil
 }
 
 // staticStatus is a node status that never changes.
