@@ -213,9 +213,7 @@ func TestVIPPeerLearnsNewHolder(t *testing.T) {
 	if err := va.Claim(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := b.Run("ping", "-c1", "-W2", vipStr); err != nil {
-		t.Fatalf("ping the VIP from %s: %v\n%s", b, err, out)
-	}
+	pingVIP(t, b, vipStr)
 	if got := neighMAC(b, vipStr); !strings.EqualFold(got, a.MAC) {
 		t.Fatalf("%s maps %s to %q, want %s", b, vipStr, got, a.MAC)
 	}
@@ -231,9 +229,21 @@ func TestVIPPeerLearnsNewHolder(t *testing.T) {
 	if err := vc.Claim(ctx); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 3*time.Second, "the peer's neighbour entry to follow the VIP", func() bool {
-		return strings.EqualFold(neighMAC(b, vipStr), c.MAC)
-	})
+	waitNeigh(t, b, vipStr, c.MAC, 3*time.Second, "the peer's neighbour entry to follow the VIP")
+}
+
+// pingVIP pings ip once from host, so host's neighbour table learns it.
+func pingVIP(t *testing.T, host *netns.Host, ip string) {
+	t.Helper()
+	if out, err := host.Run("ping", "-c1", "-W2", ip); err != nil {
+		t.Fatalf("ping the VIP from %s: %v\n%s", host, err, out)
+	}
+}
+
+// waitNeigh waits until host's neighbour table maps ip to mac.
+func waitNeigh(t *testing.T, host *netns.Host, ip, mac string, timeout time.Duration, what string) {
+	t.Helper()
+	testenv.Eventually(t, timeout, what, func() bool { return strings.EqualFold(neighMAC(host, ip), mac) })
 }
 
 // neighMAC returns the link-layer address host's neighbour table has for ip.
@@ -347,27 +357,19 @@ func TestVIPHolderWinsBackAfterStrayClaim(t *testing.T) {
 	go func() { o.Run(octx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	testenv.Eventually(t, 5*time.Second, "a to claim", func() bool { return o.Claim().Holding })
-	if out, err := b.Run("ping", "-c1", "-W2", vipStr); err != nil {
-		t.Fatalf("ping the VIP from %s: %v\n%s", b, err, out)
-	}
+	pingVIP(t, b, vipStr)
 	// Past neigh/locktime (1 s), so c's announcement is not ignored.
 	time.Sleep(1100 * time.Millisecond)
 
 	if err := vc.Claim(ctx); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 3*time.Second, "the client to follow the stray claim", func() bool {
-		return strings.EqualFold(neighMAC(b, vipStr), c.MAC)
-	})
+	waitNeigh(t, b, vipStr, c.MAC, 3*time.Second, "the client to follow the stray claim")
 	if err := vc.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 5*time.Second, "the holder's announcement to win the client back", func() bool {
-		return strings.EqualFold(neighMAC(b, vipStr), a.MAC)
-	})
-	if out, err := b.Run("ping", "-c1", "-W2", vipStr); err != nil {
-		t.Fatalf("ping the VIP from %s after the stray claim: %v\n%s", b, err, out)
-	}
+	waitNeigh(t, b, vipStr, a.MAC, 5*time.Second, "the holder's announcement to win the client back")
+	pingVIP(t, b, vipStr)
 }
 
 // TestVIPAnnounceOnlyWhenHeld: Announce sends one announcement when the
