@@ -386,20 +386,18 @@ func (o *Owner) step(ctx context.Context) {
 	}
 	lostFor := time.Since(o.lostAt)
 	o.mu.Unlock()
-	if total >= 3 && !minority && lostFor < o.cfg.HoldDown {
-		if h := health; h > 0 {
-			// Gossip says this node's own network is in trouble: the
-			// holder it calls dead is probably alive, and will say so
-			// within moments. A real failure seen by a healthy node
-			// leaves the score at 0 (the other members confirm the
-			// holder is unreachable), so this delays only suspect
-			// takeovers, by at most HoldDown. A pair without a witness
-			// cannot tell (nobody confirms), so it is left out, and so
-			// is a lone survivor, which already waited
-			// MinorityClaimAfter.
-			o.logSuspectTakeover(h)
-			return
-		}
+	if total >= 3 && !minority && lostFor < o.cfg.HoldDown && health > 0 {
+		// Gossip says this node's own network is in trouble: the
+		// holder it calls dead is probably alive, and will say so
+		// within moments. A real failure seen by a healthy node
+		// leaves the score at 0 (the other members confirm the
+		// holder is unreachable), so this delays only suspect
+		// takeovers, by at most HoldDown. A pair without a witness
+		// cannot tell (nobody confirms), so it is left out, and so
+		// is a lone survivor, which already waited
+		// MinorityClaimAfter.
+		o.logSuspectTakeover(health)
+		return
 	}
 	best := o.cfg.NodeName
 	bestPrio := o.cfg.Priority
