@@ -501,24 +501,63 @@ func runtimeAnswer(cmd string) string {
 // ";"): HAProxy reads a request into one buffer (tune.bufsize, 16 kB).
 const maxRuntimeLine = 8000
 
+// runtimeLine is one runtime API request: cmds joined by ";".
+type runtimeLine struct {
+	text string
+	cmds []string
+}
+
 // batchRuntime joins cmds into request lines of at most maxRuntimeLine
-// bytes, each with the exact answer it must get.
-func batchRuntime(cmds []string) (lines, answers []string) {
-	var line, want strings.Builder
-	for _, c := range cmds {
+// bytes.
+func batchRuntime(cmds []string) []runtimeLine {
+	var lines []runtimeLine
+	var line strings.Builder
+	first := 0
+	for i, c := range cmds {
 		if line.Len() > 0 && line.Len()+1+len(c) > maxRuntimeLine {
-			lines, answers = append(lines, line.String()), append(answers, want.String())
+			lines = append(lines, runtimeLine{text: line.String(), cmds: cmds[first:i]})
 			line.Reset()
-			want.Reset()
+			first = i
 		}
 		if line.Len() > 0 {
 			line.WriteByte(';')
 		}
 		line.WriteString(c)
-		want.WriteString(runtimeAnswer(c))
 	}
 	if line.Len() > 0 {
-		lines, answers = append(lines, line.String()), append(answers, want.String())
+		lines = append(lines, runtimeLine{text: line.String(), cmds: cmds[first:]})
 	}
-	return lines, answers
+	return lines
+}
+
+// errServerBusy is HAProxy's refusal to delete a server that still has
+// connections (its answer names them so).
+const errServerBusy = "still has connections"
+
+// readAnswers checks out, the runtime API's answer to cmds sent on one
+// line, command by command, and returns the `del server` commands refused
+// only because their server still had connections. Any other answer than
+// the expected one is an error naming the command. HAProxy prints a
+// refusal of `del server` as one line, without the blank line most
+// answers end with.
+func readAnswers(cmds []string, out string) (busy []string, err error) {
+	rest := out
+	for _, c := range cmds {
+		want := runtimeAnswer(c)
+		if strings.HasPrefix(rest, want) {
+			rest = rest[len(want):]
+			continue
+		}
+		got, _, _ := strings.Cut(rest, "\n")
+		if strings.HasPrefix(c, "del server ") && strings.Contains(got, errServerBusy) {
+			busy = append(busy, c)
+			rest = rest[len(got)+1:]
+			continue
+		}
+		return nil, fmt.Errorf("runtime API %q: %q", truncateText(c, 300), truncateText(strings.TrimSpace(rest), 300))
+	}
+	if rest != "" {
+		return nil, fmt.Errorf("runtime API: unexpected answer after %d commands: %q", len(cmds), truncateText(rest, 300))
+	}
+	return busy, nil
 }

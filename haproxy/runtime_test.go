@@ -1,6 +1,9 @@
 package haproxy
 
 import (
+	"bufio"
+	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -137,5 +141,206 @@ func TestManagerServerChangesWithoutReload(t *testing.T) {
 	})
 	if _, err := os.Stat(filepath.Join(dir, "runtime.pending")); !os.IsNotExist(err) {
 		t.Errorf("runtime.pending left after the files caught up: %v", err)
+	}
+}
+
+func TestReadAnswers(t *testing.T) {
+	add := "add server be_1/s_a 10.0.0.1:80"
+	enable := "enable server be_1/s_a"
+	maint := "set server be_1/s_b state maint"
+	del := "del server be_1/s_b"
+	del2 := "del server be_1/s_c"
+	busyAnswer := "Server still has connections attached to it, cannot remove it.\n"
+	for _, tc := range []struct {
+		name    string
+		cmds    []string
+		out     string
+		busy    []string
+		wantErr string
+	}{
+		{name: "all applied", cmds: []string{add, enable, maint, del},
+			out: "New server registered.\n\n" + "\n" + "\n" + "Server deleted.\n"},
+		{name: "a busy server is left for a retry", cmds: []string{add, maint, del, del2, enable},
+			out:  "New server registered.\n\n" + "\n" + busyAnswer + "Server deleted.\n" + "\n",
+			busy: []string{del}},
+		{name: "two busy servers", cmds: []string{del, del2}, out: busyAnswer + busyAnswer, busy: []string{del, del2}},
+		{name: "a refused add", cmds: []string{add, enable}, out: "Already exists a server with the same name in backend.\n\n\n",
+			wantErr: "add server be_1/s_a"},
+		{name: "a del refused for another reason", cmds: []string{del}, out: "Only servers in maintenance mode can be deleted.\n",
+			wantErr: "maintenance mode"},
+		{name: "an unknown server", cmds: []string{maint}, out: "No such server.\n\n", wantErr: "No such server"},
+		{name: "an answer cut short", cmds: []string{add, enable}, out: "New server registered.\n\n", wantErr: "enable server"},
+		{name: "more than asked for", cmds: []string{enable}, out: "\nUnknown command\n", wantErr: "unexpected answer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			busy, err := readAnswers(tc.cmds, tc.out)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one naming %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(busy, tc.busy) {
+				t.Fatalf("got %q %v, want %q", busy, err, tc.busy)
+			}
+		})
+	}
+}
+
+func TestBatchRuntimeSplitsLongLines(t *testing.T) {
+	var cmds []string
+	for i := 0; i < 400; i++ {
+		cmds = append(cmds, "enable server be_8080/s_10_0_0_"+itoa(i)+"_80")
+	}
+	lines := batchRuntime(cmds)
+	if len(lines) < 2 {
+		t.Fatalf("%d commands in %d line(s)", len(cmds), len(lines))
+	}
+	var again []string
+	for _, l := range lines {
+		if len(l.text) > maxRuntimeLine || l.text != strings.Join(l.cmds, ";") {
+			t.Fatalf("line of %d bytes does not join its %d commands", len(l.text), len(l.cmds))
+		}
+		again = append(again, l.cmds...)
+	}
+	if !slices.Equal(again, cmds) {
+		t.Fatal("the lines do not carry the commands in order")
+	}
+}
+
+// TestRuntimeBusyServerDeletedAfterItsConnections pins HAProxy's answer to
+// deleting a server that still has a connection, and shows the Manager
+// replacing such a server through the runtime API: the connection is shut
+// down, the server deleted once it is gone, and no reload happens.
+func TestRuntimeBusyServerDeletedAfterItsConnections(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	sock := filepath.Join(dir, "admin.sock")
+	cfg.Settings.StatsSocket = sock
+	m := startManager(t, cfg)
+	held := greetBackend(t, "held", true)
+	port := testenv.FreePort(t)
+	m.Submit(1, []Frontend{route(port, "web", held)})
+	waitApplied(t, m, 1)
+
+	hold := func() net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+itoa(port), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "held\n" {
+			t.Fatalf("through the route: %q %v", line, err)
+		}
+		return c
+	}
+
+	// HAProxy's own answer, while the connection is open.
+	hold()
+	name := "be_" + itoa(port) + "/" + serverName(Server{Address: "127.0.0.1", Port: held})
+	cmds := []string{"set server " + name + " state maint", "del server " + name, "set server " + name + " state ready"}
+	line := batchRuntime(cmds)[0]
+	out, err := masterCommand(t.Context(), sock, line.text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy, err := readAnswers(line.cmds, out)
+	if err != nil || !slices.Equal(busy, cmds[1:2]) {
+		t.Fatalf("answer %q read as busy %q, %v", out, busy, err)
+	}
+
+	// The Manager replaces the busy server without a reload.
+	c := hold()
+	reloads := m.Status().Reloads
+	other := echoBackend(t, "other")
+	m.Submit(2, []Frontend{route(port, "web", other)})
+	waitApplied(t, m, 2)
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the replaced server's connection is still open")
+	}
+	if got, err := dialRead(port); err != nil || got != "other" {
+		t.Fatalf("after the replacement: %q %v", got, err)
+	}
+	out, err = masterCommand(t.Context(), sock, "show servers state be_"+itoa(port))
+	if err != nil || strings.Contains(out, itoa(held)) || !strings.Contains(out, itoa(other)) {
+		t.Fatalf("servers after the replacement: %q %v", out, err)
+	}
+	if st := m.Status(); st.Reloads != reloads || st.RuntimeUpdates == 0 {
+		t.Errorf("replacing a busy server: reloads %d -> %d, %d runtime updates", reloads, st.Reloads, st.RuntimeUpdates)
+	}
+}
+
+// BenchmarkRuntimeReplaceServer replaces the one server of each of 40
+// routes through the runtime API per iteration, as a burst of backend
+// changes coalesces into one update, and reports the CPU the HAProxy worker
+// and this process spend per replaced server. "one-exchange-per-del" is
+// the path before `del server` joined the request lines: every deleted
+// server cost an exchange of its own.
+func BenchmarkRuntimeReplaceServer(b *testing.B) {
+	for _, mode := range []string{"one-exchange-per-del", "in-line"} {
+		b.Run(mode, func(b *testing.B) {
+			dir := b.TempDir()
+			cfg := testConfig(b, dir)
+			cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+			m := startManager(b, cfg)
+			const routes = 40
+			fes := make([]Frontend, routes)
+			for i := range fes {
+				fes[i] = route(testenv.FreePort(b), "r"+itoa(i), 10000+i)
+			}
+			m.Submit(1, fes)
+			waitApplied(b, m, 1)
+			pi, err := showProc(b.Context(), filepath.Join(dir, "master.sock"))
+			if err != nil || len(pi.Workers) != 1 {
+				b.Fatalf("show proc: %+v %v", pi, err)
+			}
+			worker := pi.Workers[0].PID
+			m.Close() // the loop stays out of the way; HAProxy keeps running
+			apply := m.applyRuntime
+			if mode == "one-exchange-per-del" {
+				apply = func(ctx context.Context, cmds []string) error {
+					start := 0
+					for i, c := range cmds {
+						if !strings.HasPrefix(c, "del server ") {
+							continue
+						}
+						if err := m.applyRuntime(ctx, cmds[start:i]); err != nil {
+							return err
+						}
+						start = i + 1
+						if err := m.delServer(ctx, c); err != nil {
+							return err
+						}
+					}
+					return m.applyRuntime(ctx, cmds[start:])
+				}
+			}
+			w0, _ := procfs.CPUTime(worker)
+			s0, _ := procfs.CPUTime(os.Getpid())
+			next := 20000
+			n := 0
+			for b.Loop() {
+				running := fes
+				fes = slices.Clone(fes)
+				for i := range fes {
+					fes[i].Servers = []Server{{Address: "10.99.0.1", Port: next}}
+					next = 20000 + (next-20000+1)%40000
+				}
+				cmds, ok := planServerChanges(cfg.Settings, running, fes)
+				if !ok {
+					b.Fatal("not a runtime change")
+				}
+				if err := apply(b.Context(), cmds); err != nil {
+					b.Fatal(err)
+				}
+				n += routes
+			}
+			w1, _ := procfs.CPUTime(worker)
+			s1, _ := procfs.CPUTime(os.Getpid())
+			b.ReportMetric(float64((w1-w0).Microseconds())/float64(n), "haproxy-cpu-us/server")
+			b.ReportMetric(float64((s1-s0).Microseconds())/float64(n), "agent-cpu-us/server")
+		})
 	}
 }

@@ -1,14 +1,16 @@
 // Package procfs reads what drawbridge needs from Linux's /proc: a
-// process's state and parent, and a process's live children. One copy for
+// process's state, parent and CPU time, and a process's live children. One copy for
 // the HAProxy manager, its tests and the benchmarks.
 package procfs
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ParseStat returns the state and parent PID from the contents of a
@@ -45,4 +47,29 @@ func Children(pid int) []int {
 		}
 	}
 	return out
+}
+
+// clockTicks is the unit of /proc's CPU times (USER_HZ, 100 on Linux).
+const clockTicks = 100
+
+// CPUTime returns the CPU time (user and system) pid has used so far.
+func CPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too short", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad CPU times", pid)
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestParseStat(t *testing.T) {
@@ -38,5 +39,33 @@ func TestChildren(t *testing.T) {
 	}
 	if kids := Children(cmd.Process.Pid); len(kids) != 0 {
 		t.Errorf("a sleep has children %v", kids)
+	}
+}
+
+func TestCPUTime(t *testing.T) {
+	before, err := CPUTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn CPU until /proc shows it (its clock ticks every 10 ms).
+	deadline := time.Now().Add(10 * time.Second)
+	x := 0
+	for time.Now().Before(deadline) {
+		for i := 0; i < 1e6; i++ {
+			x += i
+		}
+		if after, err := CPUTime(os.Getpid()); err != nil || after >= before+50*time.Millisecond {
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("10 s of spinning did not show 50 ms of CPU time (%d)", x)
+}
+
+func TestCPUTimeOfNoProcess(t *testing.T) {
+	if _, err := CPUTime(1 << 30); err == nil {
+		t.Fatal("CPUTime of a process that does not exist: no error")
 	}
 }

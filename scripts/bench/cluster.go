@@ -226,6 +226,14 @@ func runCluster(bin string, secure bool) (clusterFigures, error) {
 	tr.MaxIdleConnsPerHost = 64
 	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	var ok, failed atomic.Int64
+	counts := func() (reloads, runtime uint64) {
+		for _, a := range agents {
+			r, u := a.haproxyCounts()
+			reloads, runtime = reloads+r, runtime+u
+		}
+		return reloads, runtime
+	}
+	reloads0, runtime0 := counts()
 	stop := time.Now().Add(5 * time.Second)
 	var wg sync.WaitGroup
 	for c := 0; c < 64; c++ {
@@ -253,6 +261,8 @@ func runCluster(bin string, secure bool) (clusterFigures, error) {
 	figs.writes = float64(ok.Load()) / elapsed.Seconds()
 	fmt.Printf("sustained writes, 64 clients to random nodes: %.0f committed writes/s (%d ok, %d failed in %v)\n",
 		figs.writes, ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
+	reloads, runtime := counts()
+	fmt.Printf("  on the three nodes meanwhile: %d HAProxy reloads, %d runtime API updates\n", reloads-reloads0, runtime-runtime0)
 	if cpuProfile != "" {
 		if err := <-profErr; err != nil {
 			return figs, err

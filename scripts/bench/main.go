@@ -263,20 +263,28 @@ func (a *agent) leader() string {
 }
 
 func (a *agent) reloads() uint64 {
+	reloads, _ := a.haproxyCounts()
+	return reloads
+}
+
+// haproxyCounts returns the agent's HAProxy reloads and runtime API
+// updates so far.
+func (a *agent) haproxyCounts() (reloads, runtime uint64) {
 	req, _ := http.NewRequest("GET", a.url()+"/v1/status", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	defer resp.Body.Close()
 	var st struct {
 		HAProxy struct {
-			Reloads uint64 `json:"reloads"`
+			Reloads        uint64 `json:"reloads"`
+			RuntimeUpdates uint64 `json:"runtime_updates"`
 		} `json:"haproxy"`
 	}
 	json.NewDecoder(resp.Body).Decode(&st)
-	return st.HAProxy.Reloads
+	return st.HAProxy.Reloads, st.HAProxy.RuntimeUpdates
 }
 
 // backend greets each connection with "ok".
