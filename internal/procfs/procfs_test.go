@@ -69,3 +69,33 @@ func TestCPUTimeOfNoProcess(t *testing.T) {
 		t.Fatal("CPUTime of a process that does not exist: no error")
 	}
 }
+
+func TestMachineBusyCountsThisProcess(t *testing.T) {
+	before, err := MachineBusy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _ := CPUTime(os.Getpid())
+	deadline := time.Now().Add(10 * time.Second)
+	x := 0
+	for time.Now().Before(deadline) {
+		for i := 0; i < 1e6; i++ {
+			x += i
+		}
+		now, _ := CPUTime(os.Getpid())
+		if now < self+100*time.Millisecond {
+			continue
+		}
+		after, err := MachineBusy()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The machine was busy at least while this process ran (less a
+		// tick of rounding on each side).
+		if after-before < now-self-20*time.Millisecond {
+			t.Fatalf("machine busy %v while this process ran %v", after-before, now-self)
+		}
+		return
+	}
+	t.Fatalf("10 s of spinning did not show 100 ms of CPU time (%d)", x)
+}
