@@ -162,7 +162,8 @@ func (a *agent) put(client *http.Client, port, backendPort int) bool {
 
 // clusterFigures are one run's results, for the TLS on/off comparison.
 type clusterFigures struct {
-	writes float64
+	// writes is committed writes/s of the sustained writes, per path.
+	writes map[string]float64
 	// live is webhook -> live on all three HAProxies, p50 and p99, per path.
 	live map[string][2]time.Duration
 }
@@ -188,7 +189,10 @@ func runClusters(bin, which string) error {
 		return nil
 	}
 	fmt.Printf("\ncost of TLS (raft mutual TLS + gossip encryption + HTTPS API, against none; same binary, one run after the other):\n")
-	fmt.Printf("  committed writes/s, 64 clients      off %6.0f   on %6.0f   (%+.1f%%)\n", off.writes, on.writes, 100*(on.writes-off.writes)/off.writes)
+	for _, path := range []benchPath{oldPath(), newPath()} {
+		a, b := off.writes[path.name], on.writes[path.name]
+		fmt.Printf("  committed writes/s, 64 clients, %-8s off %6.0f   on %6.0f   (%+.1f%%)\n", path.name+":", a, b, 100*(b-a)/a)
+	}
 	for _, path := range []benchPath{oldPath(), newPath()} {
 		a, b := off.live[path.name], on.live[path.name]
 		fmt.Printf("  webhook -> live on all 3, %-8s p50 off %s  on %s   p99 off %s  on %s\n", path.name+":", ms(a[0]), ms(b[0]), ms(a[1]), ms(b[1]))
@@ -197,7 +201,7 @@ func runClusters(bin, which string) error {
 }
 
 func runCluster(bin string, secure bool) (clusterFigures, error) {
-	figs := clusterFigures{live: map[string][2]time.Duration{}}
+	figs := clusterFigures{writes: map[string]float64{}, live: map[string][2]time.Duration{}}
 	bport, stopBackend := startBackend()
 	defer stopBackend()
 	defer func() {
@@ -221,62 +225,20 @@ func runCluster(bin string, secure bool) (clusterFigures, error) {
 	}
 	fmt.Printf("\ndrawbridge three-node benchmark (3 agents + 3 HAProxies on loopback, default raft timings, fsync on; %s)\n", setting)
 
-	// Sustained writes: 64 clients, random nodes (followers forward), 5 s.
-	ports := freePorts(200)
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 64
-	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	var ok, failed atomic.Int64
-	counts := func() (reloads, runtime uint64) {
-		for _, a := range agents {
-			r, u := a.haproxyCounts()
-			reloads, runtime = reloads+r, runtime+u
+	// Sustained writes: 64 clients, random nodes (followers forward), 5 s,
+	// on each path.
+	// The leader kills below keep writing to the old path's ports.
+	var ports []int
+	for _, path := range []benchPath{oldPath(), newPath()} {
+		pp := path.ports(200)
+		if path.name == "old" {
+			ports = pp
 		}
-		return reloads, runtime
-	}
-	reloads0, runtime0 := counts()
-	busy0, busyErr := procfs.MachineBusy()
-	stop := time.Now().Add(5 * time.Second)
-	var wg sync.WaitGroup
-	for c := 0; c < 64; c++ {
-		wg.Add(1)
-		go func(c int) {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(c), 7))
-			for time.Now().Before(stop) {
-				a := agents[rng.IntN(3)]
-				if a.put(client, ports[rng.IntN(len(ports))], 1+rng.IntN(60000)) {
-					ok.Add(1)
-				} else {
-					failed.Add(1)
-				}
-			}
-		}(c)
-	}
-	start := time.Now()
-	profErr := make(chan error, 1)
-	if cpuProfile != "" {
-		go func() { profErr <- profileAgents(agents, profileFile(secure)) }()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	figs.writes = float64(ok.Load()) / elapsed.Seconds()
-	fmt.Printf("sustained writes, 64 clients to random nodes: %.0f committed writes/s (%d ok, %d failed in %v)\n",
-		figs.writes, ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
-	busy1, err := procfs.MachineBusy()
-	if busyErr == nil && err == nil && ok.Load() > 0 {
-		// CPU per write is steadier than writes/s on a shared VM: time
-		// stolen by the host lowers the rate, not the work per write.
-		fmt.Printf("  machine CPU per committed write: %d us (user+system on all cores, everything on the machine; steal left out)\n",
-			(busy1-busy0).Microseconds()/ok.Load())
-	}
-	reloads, runtime := counts()
-	fmt.Printf("  on the three nodes meanwhile: %d HAProxy reloads, %d runtime API updates\n", reloads-reloads0, runtime-runtime0)
-	if cpuProfile != "" {
-		if err := <-profErr; err != nil {
+		w, err := sustainedWrites(agents, path, pp, secure)
+		if err != nil {
 			return figs, err
 		}
-		fmt.Printf("CPU profiles of the sustained writes: %s (leader), %[1]s.follower-1 and -2\n", profileFile(secure))
+		figs.writes[path.name] = w
 	}
 	if writesOnly {
 		return figs, nil
@@ -386,12 +348,82 @@ func roundAll(d []time.Duration) []time.Duration {
 	return out
 }
 
-// profileFile is where a run's leader profile goes.
-func profileFile(secure bool) string {
-	if secure {
-		return cpuProfile + ".tls"
+// profileFile is where a run's leader profile of path's writes goes: FILE
+// for the old path without TLS, then ".new" and ".tls" added as they apply.
+func profileFile(path benchPath, secure bool) string {
+	f := cpuProfile
+	if path.name != "old" {
+		f += "." + path.name
 	}
-	return cpuProfile
+	if secure {
+		f += ".tls"
+	}
+	return f
+}
+
+// sustainedWrites runs 64 clients for 5 s, each putting a route with one
+// backend (a new backend port every time) on one of ports (path's) to a
+// random node, and prints committed writes/s, the machine's CPU per write
+// and what HAProxy did meanwhile. The first write to each port adds its
+// route; the rest change its backend.
+func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) (float64, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	defer tr.CloseIdleConnections()
+	var ok, failed atomic.Int64
+	counts := func() (reloads, runtime uint64) {
+		for _, a := range agents {
+			r, u := a.haproxyCounts()
+			reloads, runtime = reloads+r, runtime+u
+		}
+		return reloads, runtime
+	}
+	reloads0, runtime0 := counts()
+	busy0, busyErr := procfs.MachineBusy()
+	stop := time.Now().Add(5 * time.Second)
+	var wg sync.WaitGroup
+	for c := 0; c < 64; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			for time.Now().Before(stop) {
+				a := agents[rng.IntN(3)]
+				if a.put(client, ports[rng.IntN(len(ports))], 1+rng.IntN(60000)) {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+		}(c)
+	}
+	start := time.Now()
+	profErr := make(chan error, 1)
+	if cpuProfile != "" {
+		go func() { profErr <- profileAgents(agents, profileFile(path, secure)) }()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	busy1, err := procfs.MachineBusy()
+	writes := float64(ok.Load()) / elapsed.Seconds()
+	fmt.Printf("sustained writes, 64 clients to random nodes, %s: %.0f committed writes/s (%d ok, %d failed in %v)\n",
+		path.short, writes, ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
+	if busyErr == nil && err == nil && ok.Load() > 0 {
+		// CPU per write is steadier than writes/s on a shared VM: time
+		// stolen by the host lowers the rate, not the work per write.
+		fmt.Printf("  machine CPU per committed write: %d us (user+system on all cores, everything on the machine; steal left out)\n",
+			(busy1-busy0).Microseconds()/ok.Load())
+	}
+	reloads, runtime := counts()
+	fmt.Printf("  on the three nodes meanwhile: %d HAProxy reloads, %d runtime API updates\n", reloads-reloads0, runtime-runtime0)
+	if cpuProfile != "" {
+		if err := <-profErr; err != nil {
+			return writes, err
+		}
+		fmt.Printf("  CPU profiles of these writes: %s (leader), %[1]s.follower-1 and -2\n", profileFile(path, secure))
+	}
+	return writes, nil
 }
 
 // profileAgents fetches a 4 s CPU profile from every agent's loopback pprof

@@ -57,14 +57,16 @@ func pickRange() {
 // benchPath is one way a route change reaches HAProxy, told apart by the
 // ports its routes use.
 type benchPath struct {
-	name, label string
-	ports       func(n int) []int
+	// short names the path in a sentence ("200 ports outside ...").
+	name, label, short string
+	ports              func(n int) []int
 }
 
 // oldPath routes ports outside the dynamic range: render, haproxy -c and a
 // reload for every change (what every route did before the range).
 func oldPath() benchPath {
-	return benchPath{name: "old", label: "old path: ports outside the dynamic range (render, haproxy -c, reload)", ports: freePorts}
+	return benchPath{name: "old", label: "old path: ports outside the dynamic range (render, haproxy -c, reload)",
+		short: "200 ports outside the dynamic range", ports: freePorts}
 }
 
 // nextDynamic walks the dynamic range; HAProxy binds all of it, so its
@@ -74,6 +76,7 @@ var nextDynamic = 0
 // newPath routes ports inside the dynamic range: runtime API, no reload.
 func newPath() benchPath {
 	return benchPath{name: "new", label: "new path: ports inside the dynamic range " + dynamicRange + " (runtime API, no reload)",
+		short: "200 ports inside the dynamic range",
 		ports: func(n int) []int {
 			first, last := parseRange(dynamicRange)
 			if nextDynamic < first {
