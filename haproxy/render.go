@@ -402,9 +402,13 @@ func canonicalAddr(s string) (netip.Addr, bool) {
 
 // serverName is unique per address and port: dots and colons become
 // underscores (an IPv4 name has four groups, an IPv6 one eight or a "__").
+// addrNameReplacer turns an address into a server-name fragment; built once
+// (building a Replacer costs more than using it, and names are made for
+// every server of every runtime plan).
+var addrNameReplacer = strings.NewReplacer(".", "_", ":", "_")
+
 func serverName(sv Server) string {
-	r := strings.NewReplacer(".", "_", ":", "_")
-	return "s_" + r.Replace(sv.Address) + "_" + strconv.Itoa(sv.Port)
+	return "s_" + addrNameReplacer.Replace(sv.Address) + "_" + strconv.Itoa(sv.Port)
 }
 
 func serverAddr(sv Server) string {

@@ -45,6 +45,7 @@ DRAWBRIDGE_HAPROXY_BIND_ADDRESS, ...) and flags, later ones winning.
 				return nil
 			}
 			logger := newLogger(cfg.Log, cmd.ErrOrStderr()).With("node", cfg.NodeName)
+			logger.Debug("garbage collector", "settings", agent.TuneGC(os.Getenv))
 			a, err := agent.New(*cfg, agent.Deps{
 				Logger:     logger,
 				Stdout:     cmd.OutOrStdout(),

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -417,6 +418,11 @@ func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) 
 	}
 	reloads, runtime := counts()
 	fmt.Printf("  on the three nodes meanwhile: %d HAProxy reloads, %d runtime API updates\n", reloads-reloads0, runtime-runtime0)
+	var rss []string
+	for _, a := range agents {
+		rss = append(rss, mb(procRSS(a.cmd.Process.Pid)))
+	}
+	fmt.Printf("  agents' resident memory after: %s\n", strings.Join(rss, ", "))
 	if cpuProfile != "" {
 		if err := <-profErr; err != nil {
 			return writes, err
