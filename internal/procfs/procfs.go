@@ -54,24 +54,36 @@ const clockTicks = 100
 
 // CPUTime returns the CPU time (user and system) pid has used so far.
 func CPUTime(pid int) (time.Duration, error) {
+	self, _, err := CPUTimes(pid)
+	return self, err
+}
+
+// CPUTimes returns the CPU time (user and system) pid has used so far, and
+// that of its children it has waited for (exited helpers, such as the
+// `haproxy -c` checks the agent runs, or workers a master reaped).
+func CPUTimes(pid int) (self, children time.Duration, err error) {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too short", pid)
+	if len(f) < 15 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: too short", pid)
 	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad CPU times", pid)
+	var ticks [4]int64
+	for k := range ticks {
+		// utime, stime, cutime, cstime: fields 14-17 of stat(5), counted
+		// here from the state (field 3).
+		if ticks[k], err = strconv.ParseInt(f[11+k], 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("/proc/%d/stat: bad CPU times", pid)
+		}
 	}
-	return time.Duration(utime+stime) * time.Second / clockTicks, nil
+	return time.Duration(ticks[0]+ticks[1]) * time.Second / clockTicks,
+		time.Duration(ticks[2]+ticks[3]) * time.Second / clockTicks, nil
 }
 
 // MachineBusy returns the CPU time all CPUs have spent running anything

@@ -99,3 +99,22 @@ func TestMachineBusyCountsThisProcess(t *testing.T) {
 	}
 	t.Fatalf("10 s of spinning did not show 100 ms of CPU time (%d)", x)
 }
+
+func TestCPUTimesCountsWaitedChildren(t *testing.T) {
+	_, before, err := CPUTimes(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A child that spins for a while, then is waited for.
+	cmd := exec.Command("sh", "-c", `end=$(($(date +%s) + 1)); while [ "$(date +%s)" -le "$end" ]; do :; done`)
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	_, after, err := CPUTimes(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before < 100*time.Millisecond {
+		t.Fatalf("children's CPU time %v -> %v after a child spun for a second", before, after)
+	}
+}

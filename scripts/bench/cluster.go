@@ -362,6 +362,39 @@ func profileFile(path benchPath, secure bool) string {
 	return f
 }
 
+// cpuUse is the CPU time used so far by each agent, by the children they
+// waited for (haproxy -c), by their HAProxies (masters, the workers they
+// reaped, live workers) and by this process.
+type cpuUse struct {
+	agents                 []time.Duration
+	checks, haproxy, bench time.Duration
+}
+
+func cpuSplit(agents []*agent) cpuUse {
+	var out cpuUse
+	for _, a := range agents {
+		self, kids, _ := procfs.CPUTimes(a.cmd.Process.Pid)
+		out.agents = append(out.agents, self)
+		out.checks += kids
+		b, err := os.ReadFile(filepath.Join(a.dir, "haproxy", "haproxy.pid"))
+		if err != nil {
+			continue
+		}
+		master, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			continue
+		}
+		self, kids, _ = procfs.CPUTimes(master)
+		out.haproxy += self + kids
+		for _, w := range procfs.Children(master) {
+			self, _, _ := procfs.CPUTimes(w)
+			out.haproxy += self
+		}
+	}
+	out.bench, _ = procfs.CPUTime(os.Getpid())
+	return out
+}
+
 // sustainedWrites runs 64 clients for 5 s, each putting a route with one
 // backend (a new backend port every time) on one of ports (path's) to a
 // random node, and prints committed writes/s, the machine's CPU per write
@@ -382,6 +415,7 @@ func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) 
 	}
 	reloads0, runtime0 := counts()
 	busy0, busyErr := procfs.MachineBusy()
+	split0 := cpuSplit(agents)
 	stop := time.Now().Add(5 * time.Second)
 	var wg sync.WaitGroup
 	for c := 0; c < 64; c++ {
@@ -415,6 +449,21 @@ func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) 
 		// stolen by the host lowers the rate, not the work per write.
 		fmt.Printf("  machine CPU per committed write: %d us (user+system on all cores, everything on the machine; steal left out)\n",
 			(busy1-busy0).Microseconds()/ok.Load())
+		split1 := cpuSplit(agents)
+		per := func(d time.Duration) int64 { return d.Microseconds() / ok.Load() }
+		var each []string
+		var all time.Duration
+		for i, a := range agents {
+			d := split1.agents[i] - split0.agents[i]
+			all += d
+			role := ""
+			if a.isLeader() {
+				role = " leader"
+			}
+			each = append(each, fmt.Sprintf("%d%s", per(d), role))
+		}
+		fmt.Printf("    of which the three agents %d us (%s), their haproxy -c checks %d us, the three HAProxies %d us, this bench client %d us\n",
+			per(all), strings.Join(each, ", "), per(split1.checks-split0.checks), per(split1.haproxy-split0.haproxy), per(split1.bench-split0.bench))
 	}
 	reloads, runtime := counts()
 	fmt.Printf("  on the three nodes meanwhile: %d HAProxy reloads, %d runtime API updates\n", reloads-reloads0, runtime-runtime0)
