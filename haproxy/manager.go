@@ -143,6 +143,8 @@ type Manager struct {
 	desired     *submission // latest submission taken by the loop
 	appliedHash string
 	served      map[int]bool // ports the live configuration binds
+	// rt is the kept-open runtime API connection to the live worker.
+	rt runtimeConn
 	// running is what the live worker serves when this manager put it
 	// there (nil after adopting or restarting from disk): the base for
 	// server-only changes through the runtime API.
@@ -481,6 +483,9 @@ func (m *Manager) Close() error {
 		cancel()
 		<-done
 	}
+	m.opMu.Lock()
+	m.rt.close()
+	m.opMu.Unlock()
 	return nil
 }
 
@@ -493,6 +498,7 @@ func (m *Manager) StopHAProxy(ctx context.Context) error {
 	m.mu.Unlock()
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
+	m.rt.close()
 	if p, err := readPIDFile(m.pidPath); err == nil {
 		pid = p
 	}
@@ -901,16 +907,18 @@ func (m *Manager) check(ctx context.Context, path string) error {
 // common case, a server without connections, costs no exchange of its own:
 // one exchange per line instead of one per deleted server cut the
 // runtime API's CPU per replaced server by about two thirds, in the
-// worker and here alike.
+// worker and here alike. The lines go over the kept-open connection (see
+// runtimeConn).
 func (m *Manager) applyRuntime(ctx context.Context, cmds []string) error {
 	var busy []string
 	for _, line := range batchRuntime(cmds) {
-		out, err := masterCommand(ctx, m.cfg.Settings.StatsSocket, line.text)
+		out, err := m.runtime(ctx, line.text, len(line.cmds))
 		if err != nil {
 			return err
 		}
 		b, err := readAnswers(line.cmds, out)
 		if err != nil {
+			m.rt.close() // out of step, perhaps: start afresh next time
 			return err
 		}
 		busy = append(busy, b...)
@@ -926,6 +934,13 @@ func (m *Manager) applyRuntime(ctx context.Context, cmds []string) error {
 	return nil
 }
 
+// runtime sends line (n commands) on the kept-open runtime API connection
+// and returns the answers.
+func (m *Manager) runtime(ctx context.Context, line string, n int) (string, error) {
+	m.rt.sock = m.cfg.Settings.StatsSocket
+	return m.rt.exchange(ctx, line, n)
+}
+
 // delServerWait bounds how long a `del server` waits for the server's
 // connections to close after `shutdown sessions`.
 const delServerWait = 2 * time.Second
@@ -933,7 +948,7 @@ const delServerWait = 2 * time.Second
 func (m *Manager) delServer(ctx context.Context, cmd string) error {
 	deadline := time.Now().Add(delServerWait)
 	for {
-		out, err := masterCommand(ctx, m.cfg.Settings.StatsSocket, cmd)
+		out, err := m.runtime(ctx, cmd, 1)
 		if err != nil {
 			return err
 		}
@@ -1126,6 +1141,7 @@ func syncDir(dir string) {
 // the reload counter went up, the failure counter did not, and a new worker
 // exists. The master CLI refuses connections while the master re-executes.
 func (m *Manager) reload(ctx context.Context) error {
+	m.rt.close() // it belongs to the worker this reload replaces
 	before, err := showProc(ctx, m.sockPath)
 	if err != nil {
 		return fmt.Errorf("reload haproxy: master not answering: %w", err)
@@ -1185,6 +1201,7 @@ func (m *Manager) checkHealth(ctx context.Context) {
 	m.metrics.setRunning(false)
 	m.update(func(s *Status) { s.Running = false })
 	m.recordError(fmt.Sprintf("haproxy master %d died, restarting it", pid), nil)
+	m.rt.close()
 	p, err := m.startFromDisk(ctx)
 	if err != nil {
 		m.recordError("restart haproxy", err)

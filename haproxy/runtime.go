@@ -1,11 +1,9 @@
 package haproxy
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 )
 
 // Server-only changes go through HAProxy's runtime API instead of a reload.
@@ -161,26 +159,4 @@ func serverOptions(s Settings, fe Frontend) string {
 		opts += " send-proxy-v2"
 	}
 	return opts
-}
-
-// runtimeCommand sends one command to the runtime API (the stats socket)
-// and checks its answer: "add server" and "del server" say so on success,
-// the other commands answer nothing.
-func runtimeCommand(ctx context.Context, sock, cmd string) error {
-	out, err := masterCommand(ctx, sock, cmd)
-	if err != nil {
-		return err
-	}
-	out = strings.TrimSpace(out)
-	var want string
-	switch {
-	case strings.HasPrefix(cmd, "add server "):
-		want = "New server registered."
-	case strings.HasPrefix(cmd, "del server "):
-		want = "Server deleted."
-	}
-	if out != want {
-		return fmt.Errorf("runtime API %q: %s", cmd, out)
-	}
-	return nil
 }

@@ -3,6 +3,7 @@ package haproxy
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -272,20 +273,29 @@ func TestRuntimeBusyServerDeletedAfterItsConnections(t *testing.T) {
 	}
 }
 
-// BenchmarkRuntimeReplaceServer replaces the one server of each of 40
-// routes through the runtime API per iteration, as a burst of backend
-// changes coalesces into one update, and reports the CPU the HAProxy worker
-// and this process spend per replaced server. "one-exchange-per-del" is
-// the path before `del server` joined the request lines: every deleted
-// server cost an exchange of its own.
+// BenchmarkRuntimeReplaceServer replaces the one server of each of 1 or 40
+// routes through the runtime API per iteration (one change alone, or a
+// burst coalesced into one update), and reports the CPU the HAProxy worker
+// and this process spend per replaced server, three ways:
+// "oneshot-del-alone" is the path before `del server` joined the request
+// lines (a connection per line, and one per deleted server),
+// "oneshot-in-line" a connection per line, "kept-open" what applyRuntime
+// does now.
 func BenchmarkRuntimeReplaceServer(b *testing.B) {
-	for _, mode := range []string{"one-exchange-per-del", "in-line"} {
-		b.Run(mode, func(b *testing.B) {
+	for _, bc := range []struct {
+		mode   string
+		routes int
+	}{
+		{"oneshot-del-alone", 1}, {"oneshot-in-line", 1}, {"kept-open", 1},
+		{"oneshot-del-alone", 40}, {"oneshot-in-line", 40}, {"kept-open", 40},
+	} {
+		mode, routes := bc.mode, bc.routes
+		b.Run(fmt.Sprintf("%s/routes-%d", mode, routes), func(b *testing.B) {
 			dir := b.TempDir()
 			cfg := testConfig(b, dir)
-			cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+			sock := filepath.Join(dir, "admin.sock")
+			cfg.Settings.StatsSocket = sock
 			m := startManager(b, cfg)
-			const routes = 40
 			fes := make([]Frontend, routes)
 			for i := range fes {
 				fes[i] = route(testenv.FreePort(b), "r"+itoa(i), 10000+i)
@@ -298,23 +308,35 @@ func BenchmarkRuntimeReplaceServer(b *testing.B) {
 			}
 			worker := pi.Workers[0].PID
 			m.Close() // the loop stays out of the way; HAProxy keeps running
+			oneshot := func(ctx context.Context, cmds []string) error {
+				for _, line := range batchRuntime(cmds) {
+					out, err := masterCommand(ctx, sock, line.text)
+					if err != nil {
+						return err
+					}
+					if busy, err := readAnswers(line.cmds, out); err != nil || len(busy) > 0 {
+						return fmt.Errorf("%q: %v %v", out, busy, err)
+					}
+				}
+				return nil
+			}
 			apply := m.applyRuntime
-			if mode == "one-exchange-per-del" {
+			switch mode {
+			case "oneshot-in-line":
+				apply = oneshot
+			case "oneshot-del-alone":
 				apply = func(ctx context.Context, cmds []string) error {
 					start := 0
 					for i, c := range cmds {
 						if !strings.HasPrefix(c, "del server ") {
 							continue
 						}
-						if err := m.applyRuntime(ctx, cmds[start:i]); err != nil {
+						if err := oneshot(ctx, cmds[start:i+1]); err != nil {
 							return err
 						}
 						start = i + 1
-						if err := m.delServer(ctx, c); err != nil {
-							return err
-						}
 					}
-					return m.applyRuntime(ctx, cmds[start:])
+					return oneshot(ctx, cmds[start:])
 				}
 			}
 			w0, _ := procfs.CPUTime(worker)
