@@ -266,9 +266,10 @@ func TestPlanCheckPortChanges(t *testing.T) {
 		Servers: []Server{{"10.0.0.9", 80}}}
 	web := Frontend{Port: 31005, Name: "web", Balance: "roundrobin", HealthCheck: true, CheckPort: 31500, CheckHTTP: true,
 		Servers: []Server{{"10.0.0.1", 80}}}
-	served := map[int]bool{8080: true}
+	served := &portSet{}
+	served.add(8080)
 	for p := 31000; p <= 31099; p++ {
-		served[p] = true
+		served.add(p)
 	}
 	base := []Frontend{static, web}
 	_, lay, _ := render(s, base, nil, nil)

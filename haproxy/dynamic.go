@@ -313,7 +313,7 @@ type runtimePlan struct {
 // dynamic port the live worker does not bind, no free slot of a needed
 // class, or settings other than those the layout was built for. served
 // reports the ports the live worker binds.
-func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, served map[int]bool) (p runtimePlan, ok bool) {
+func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, served *portSet) (p runtimePlan, ok bool) {
 	if running == nil {
 		return p, false
 	}
@@ -410,7 +410,7 @@ func planRuntime(s Settings, running []Frontend, l *layout, next []Frontend, ser
 		if had {
 			port = a.Port
 		}
-		if has && (!served[port] || slices.Contains(l.Holes, port)) {
+		if has && (!served.has(port) || slices.Contains(l.Holes, port)) {
 			return p, false // the live worker does not bind it: a reload will
 		}
 		if has {

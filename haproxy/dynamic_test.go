@@ -68,8 +68,26 @@ func TestBindRanges(t *testing.T) {
 	if got := bindRanges("", r, all); got != "" {
 		t.Errorf("every port a hole: %q", got)
 	}
-	if got := boundPorts([]byte("    bind 127.0.0.1:100,127.0.0.1:103-105\n")); len(got) != 4 || !got[100] || !got[104] || got[101] {
-		t.Errorf("boundPorts of a range: %v", got)
+	if got := boundPorts([]byte("    bind 127.0.0.1:100,127.0.0.1:103-105\n")); got.len() != 4 || !got.has(100) || !got.has(104) || got.has(101) {
+		t.Errorf("boundPorts of a range: %d ports", got.len())
+	}
+}
+
+func TestPortSet(t *testing.T) {
+	var s portSet
+	for _, p := range []int{1, 63, 64, 65535} {
+		s.add(p)
+	}
+	s.add(0)
+	s.add(65536)
+	s.add(-1)
+	if s.len() != 4 || !s.has(1) || !s.has(63) || !s.has(64) || !s.has(65535) || s.has(2) || s.has(0) || s.has(65536) {
+		t.Fatalf("after adding 1, 63, 64, 65535 and three out of range: %d ports", s.len())
+	}
+	s.del(64)
+	s.del(70000)
+	if s.has(64) || !s.has(63) || s.len() != 3 {
+		t.Fatalf("after deleting 64: %d ports", s.len())
 	}
 }
 
@@ -146,9 +164,10 @@ func TestPlanRuntimeDynamic(t *testing.T) {
 	s := dynSettings()
 	web := Frontend{Port: 31005, Name: "web", Balance: "roundrobin", Sticky: true, HealthCheck: true, Servers: []Server{{"10.0.0.1", 80}}}
 	static := Frontend{Port: 8080, Name: "static", Balance: "roundrobin", Servers: []Server{{"10.0.0.9", 80}}}
-	served := map[int]bool{8080: true}
+	served := &portSet{}
+	served.add(8080)
 	for p := 31000; p <= 31099; p++ {
-		served[p] = true
+		served.add(p)
 	}
 	base := []Frontend{static, web}
 	_, lay, _ := render(s, base, nil, nil)
@@ -217,7 +236,9 @@ func TestPlanRuntimeDynamic(t *testing.T) {
 
 	t.Run("a port the worker does not bind", func(t *testing.T) {
 		next := append(slices.Clone(base), Frontend{Port: 31050, Name: "hole", Servers: []Server{{"10.0.0.2", 81}}})
-		notServed := map[int]bool{8080: true, 31005: true}
+		notServed := &portSet{}
+		notServed.add(8080)
+		notServed.add(31005)
 		if _, ok := planRuntime(s, base, lay, next, notServed); ok {
 			t.Error("planned a route on a port the worker does not bind")
 		}
@@ -560,10 +581,10 @@ func TestManagerDynamicRemoveWithHeldConnections(t *testing.T) {
 // routes in the dynamic range: the hot path of a server-only change.
 func BenchmarkPlanRuntime10k(b *testing.B) {
 	s := Settings{DynamicPorts: PortRange{20000, 30099}, MapFile: "/run/drawbridge/dynamic.map"}.WithDefaults()
-	served := map[int]bool{}
+	served := &portSet{}
 	var fes []Frontend
 	for p := 20000; p < 30000; p++ {
-		served[p] = true
+		served.add(p)
 		fes = append(fes, Frontend{Port: p, Name: "r", Balance: "roundrobin", Sticky: true, Servers: []Server{{"10.0.0.1", 80}}})
 	}
 	_, lay, _ := render(s, fes, nil, nil)
@@ -582,9 +603,9 @@ func BenchmarkPlanRuntime10k(b *testing.B) {
 // commands and a newline ends the request.
 func TestPlanRuntimeNoInjection(t *testing.T) {
 	s := dynSettings()
-	served := map[int]bool{}
+	served := &portSet{}
 	for p := 31000; p <= 31099; p++ {
-		served[p] = true
+		served.add(p)
 	}
 	_, lay, _ := render(s, nil, nil, nil)
 	for _, fe := range []Frontend{

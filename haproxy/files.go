@@ -265,7 +265,7 @@ func (m *Manager) rangeHoles() []int {
 	r := m.cfg.Settings.DynamicPorts
 	var holes []int
 	for p := r.First; !r.Empty() && p <= r.Last; p++ {
-		if m.served[p] {
+		if m.served.has(p) {
 			continue
 		}
 		if probePort(m.cfg.Settings.BindAddress, p) != nil {

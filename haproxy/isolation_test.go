@@ -174,7 +174,7 @@ func TestIsolatedOwnPortsFromWorker(t *testing.T) {
 	}
 
 	m.opMu.Lock()
-	delete(m.served, port)
+	m.served.del(port)
 	m.opMu.Unlock()
 	m.Submit(2, []Frontend{route(port, "web", backend), route(other, "squatted", backend)})
 	waitServed(t, m, 2)

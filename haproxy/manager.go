@@ -142,7 +142,7 @@ type Manager struct {
 	opMu        sync.Mutex
 	desired     *submission // latest submission taken by the loop
 	appliedHash string
-	served      map[int]bool // ports the live configuration binds
+	served      *portSet // ports the live configuration binds
 	// rt is the kept-open runtime API connection to the live worker.
 	rt runtimeConn
 	// running is what the live worker serves when this manager put it
@@ -247,7 +247,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		changed:      make(chan struct{}),
 		wake:         make(chan struct{}, 1),
 		fileWake:     make(chan struct{}, 1),
-		served:       map[int]bool{},
+		served:       &portSet{},
 	}
 	if m.mapPath != "" {
 		m.lastGoodMapPath = m.mapPath + ".last-good"
@@ -724,7 +724,7 @@ func (m *Manager) skipReloadHeld(kept []Frontend, failed []PortFailure) ([]Front
 // already and the new ones.
 func (m *Manager) splitNew(fes []Frontend) (existing, added []Frontend) {
 	for _, fe := range fes {
-		if m.served[fe.Port] {
+		if m.served.has(fe.Port) {
 			existing = append(existing, fe)
 		} else {
 			added = append(added, fe)
@@ -978,9 +978,22 @@ func truncateText(s string, n int) string {
 // HAProxy listens on it is served, whatever the files say (after an
 // adoption they may not say what runs).
 func (m *Manager) probe(fes []Frontend) (kept []Frontend, failed []PortFailure) {
+	// The common case, every port bound already (any runtime API change):
+	// fes itself, which nobody changes, instead of a copy of the table.
+	all := true
+	for _, fe := range fes {
+		if !m.served.has(fe.Port) {
+			all = false
+			break
+		}
+	}
+	if all {
+		return fes, nil
+	}
+	kept = make([]Frontend, 0, len(fes))
 	var own map[int]bool
 	for _, fe := range fes {
-		if !m.served[fe.Port] {
+		if !m.served.has(fe.Port) {
 			if err := probePort(m.cfg.Settings.BindAddress, fe.Port); err != nil {
 				if own == nil {
 					m.mu.Lock()
@@ -997,7 +1010,7 @@ func (m *Manager) probe(fes []Frontend) (kept []Frontend, failed []PortFailure) 
 					failed = append(failed, PortFailure{Port: fe.Port, Name: fe.Name, Error: err.Error()})
 					continue
 				}
-				m.served[fe.Port] = true
+				m.served.add(fe.Port)
 			}
 		}
 		kept = append(kept, fe)

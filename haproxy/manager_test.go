@@ -375,7 +375,7 @@ func TestManagerReloadFailureRestoresLastGood(t *testing.T) {
 	}
 	defer squatter.Close()
 	m.opMu.Lock()
-	m.served[taken] = true // the probe believes haproxy binds it already
+	m.served.add(taken) // the probe believes haproxy binds it already
 	m.opMu.Unlock()
 
 	m.Submit(2, []Frontend{route(port, "web", backend), route(taken, "raced", backend)})
@@ -595,11 +595,27 @@ func TestListeningPortsOwnsOnlyHAProxysListeners(t *testing.T) {
 	// The files forget the port (as after an adoption whose files lag):
 	// the route is still kept, not held back.
 	m.opMu.Lock()
-	delete(m.served, port)
+	m.served.del(port)
 	m.opMu.Unlock()
 	m.Submit(2, []Frontend{route(port, "web", backend)})
 	waitApplied(t, m, 2)
 	if st := m.Status(); len(st.FailedPorts) != 0 {
 		t.Fatalf("a port this HAProxy binds was held back: %+v", st.FailedPorts)
+	}
+}
+
+// BenchmarkProbeServed is the probe of an update at 10,000 routes the live
+// worker already binds (every runtime API change makes one).
+func BenchmarkProbeServed(b *testing.B) {
+	m := &Manager{served: &portSet{}}
+	fes := make([]Frontend, 10000)
+	for i := range fes {
+		fes[i] = Frontend{Port: 20000 + i, Name: "r"}
+		m.served.add(fes[i].Port)
+	}
+	for b.Loop() {
+		if kept, failed := m.probe(fes); len(kept) != len(fes) || len(failed) != 0 {
+			b.Fatal("a served port was held back")
+		}
 	}
 }

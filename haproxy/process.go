@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 	"os"
 	"path/filepath"
@@ -187,8 +188,8 @@ func probePort(host string, port int) error {
 // boundPorts returns the ports of the bind lines of a configuration this
 // package rendered: "bind HOST:PORT" or, for the dynamic range,
 // "bind HOST:A-B,HOST:C-D".
-func boundPorts(cfg []byte) map[int]bool {
-	ports := map[int]bool{}
+func boundPorts(cfg []byte) *portSet {
+	ports := &portSet{}
 	for _, line := range strings.Split(string(cfg), "\n") {
 		line = strings.TrimSpace(line)
 		addrs, ok := strings.CutPrefix(line, "bind ")
@@ -207,7 +208,7 @@ func boundPorts(cfg []byte) map[int]bool {
 				continue
 			}
 			for p := first; p <= last; p++ {
-				ports[p] = true
+				ports.add(p)
 			}
 		}
 	}
@@ -265,4 +266,32 @@ func listeningPorts(pid int) map[int]bool {
 		}
 	}
 	return ports
+}
+
+// portSet is a set of TCP ports: a bit per port, so a lookup (made for every
+// route of every update) is an index, not a hash, at any table size.
+type portSet struct{ bits [1024]uint64 }
+
+func (s *portSet) has(p int) bool {
+	return p > 0 && p <= 65535 && s.bits[p>>6]&(1<<(p&63)) != 0
+}
+
+func (s *portSet) add(p int) {
+	if p > 0 && p <= 65535 {
+		s.bits[p>>6] |= 1 << (p & 63)
+	}
+}
+
+func (s *portSet) del(p int) {
+	if p > 0 && p <= 65535 {
+		s.bits[p>>6] &^= 1 << (p & 63)
+	}
+}
+
+func (s *portSet) len() int {
+	n := 0
+	for _, w := range s.bits {
+		n += bits.OnesCount64(w)
+	}
+	return n
 }
