@@ -145,6 +145,10 @@ type Manager struct {
 	served      *portSet // ports the live configuration binds
 	// rt is the kept-open runtime API connection to the live worker.
 	rt runtimeConn
+	// masterReloads is the master's reload count after the last start,
+	// adoption or reload this Manager made: a higher count in `show proc`
+	// means someone else reloaded HAProxy (see noticeOutsideReload).
+	masterReloads int
 	// running is what the live worker serves when this manager put it
 	// there (nil after adopting or restarting from disk): the base for
 	// server-only changes through the runtime API.
@@ -278,6 +282,7 @@ func (m *Manager) start(ctx context.Context) error {
 	if !adopted {
 		p, err = m.startFromDisk(ctx)
 	}
+	m.masterReloads = p.Reloads
 	m.opMu.Unlock()
 	if err != nil {
 		return err
@@ -1173,8 +1178,10 @@ func (m *Manager) reload(ctx context.Context) error {
 		case err != nil:
 			last = err
 		case p.Failed > before.Failed:
+			m.masterReloads = p.Reloads
 			return fmt.Errorf("reload haproxy: %w (failed: %d)", errReloadFailed, p.Failed)
 		case p.Reloads > before.Reloads && p.hasNewWorker():
+			m.masterReloads = p.Reloads
 			m.update(func(s *Status) { s.MasterPID, s.Version = p.MasterPID, p.Version })
 			return nil
 		default:
@@ -1194,6 +1201,29 @@ func (m *Manager) reload(ctx context.Context) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// noticeOutsideReload compares the master's reload count from `show proc`
+// with the last one this Manager caused. A higher one means HAProxy was
+// reloaded behind its back (a signal to the master, say): the new worker
+// runs the files, which may not hold the latest runtime changes yet, and
+// the kept-open runtime API connection may still reach the old worker, which
+// lives on while clients hold connections to it. So the connection is
+// dropped and the table applied again in full. It skips the check while an
+// operation holds the Manager (its own reload, for one) rather than wait.
+func (m *Manager) noticeOutsideReload(reloads int) {
+	if !m.opMu.TryLock() {
+		return
+	}
+	defer m.opMu.Unlock()
+	if reloads <= m.masterReloads {
+		return
+	}
+	m.log.Warn("haproxy was reloaded outside drawbridge; applying the route table again", "reloads", reloads, "expected", m.masterReloads)
+	m.masterReloads = reloads
+	m.rt.close()
+	m.running, m.runLayout, m.appliedHash = nil, nil, ""
+	m.retry = true
 }
 
 // errReloadFailed is HAProxy's master saying a reload failed: the new
@@ -1220,6 +1250,7 @@ func (m *Manager) checkHealth(ctx context.Context) {
 		m.recordError("restart haproxy", err)
 		return
 	}
+	m.masterReloads = p.Reloads
 	m.retry = true     // re-check held-back ports and fallbacks against the desired routes
 	m.reloadHeld = nil // a fresh master: try everything again
 	m.metrics.setRunning(true)

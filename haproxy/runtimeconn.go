@@ -23,8 +23,11 @@ var prompt = []byte("\n> ")
 // socket), kept open in the CLI's interactive ("prompt") mode so that a
 // burst of changes does not pay a connection, on both sides, per update.
 // It belongs to one worker: the Manager closes it before every reload or
-// restart, so it never talks to a worker that is on its way out. It is
-// guarded by the Manager's opMu.
+// restart, and when it notices a reload it did not make, so it does not
+// talk to a worker on its way out (such a worker, kept alive by its
+// clients, would still answer; HAProxy 2.6 refuses server changes on its
+// disabled proxies, but not every command). It is guarded by the Manager's
+// opMu.
 type runtimeConn struct {
 	sock string
 	c    net.Conn

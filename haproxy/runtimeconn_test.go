@@ -144,3 +144,42 @@ func TestRuntimeConnRefusesAnswersOutOfStep(t *testing.T) {
 		})
 	}
 }
+
+// TestOutsideReloadIsReapplied: HAProxy reloaded behind the Manager's back
+// right after a runtime API change, before the files caught up with it,
+// starts a worker without that change. The Manager notices the master's
+// reload count, drops its runtime API connection (which could still reach
+// the old worker) and applies the table again, so the change is served
+// without waiting for another one.
+func TestOutsideReloadIsReapplied(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+	m := startManager(t, cfg)
+	one, two := echoBackend(t, "one"), echoBackend(t, "two")
+	port := testenv.FreePort(t)
+	master := filepath.Join(dir, "master.sock")
+
+	m.Submit(1, []Frontend{route(port, "web", one)})
+	waitApplied(t, m, 1)
+	before, err := showProc(t.Context(), master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Submit(2, []Frontend{route(port, "web", two)}) // runtime API; the files follow 200 ms later
+	waitApplied(t, m, 2)
+	_, _ = masterCommand(t.Context(), master, "reload") // at once: the new worker reads the old files
+	testenv.Eventually(t, 10*time.Second, "the outside reload to be noticed", func() bool {
+		m.opMu.Lock()
+		defer m.opMu.Unlock()
+		return m.masterReloads > before.Reloads
+	})
+	testenv.Eventually(t, 10*time.Second, "the change to be served again after the outside reload", func() bool {
+		for i := 0; i < 5; i++ {
+			if got, err := dialRead(port); err != nil || got != "two" {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -148,6 +148,7 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 		m.workersFromProc()
 		return
 	}
+	m.noticeOutsideReload(p.Reloads)
 	type old struct {
 		pid, reloads, conns int
 		rss                 uint64
