@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -165,8 +164,7 @@ func mapKeys(m map[string]string) func(func(string) bool) {
 // a route outside the dynamic range (file render, reload).
 func TestCheckPortHTTPMarksBackendsFileRender(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+	cfg := runtimeConfig(t, dir)
 	cfg.Settings.CheckInterval = 100 * time.Millisecond
 	m := startManager(t, cfg)
 	hp, paths := healthPort(t, http.StatusOK, http.StatusServiceUnavailable)

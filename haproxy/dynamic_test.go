@@ -288,8 +288,7 @@ func freeRange(t *testing.T, n int) PortRange {
 
 // dynConfig is testConfig with a runtime API and a dynamic range of n ports.
 func dynConfig(t *testing.T, dir string, n int) Config {
-	cfg := testConfig(t, dir)
-	cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+	cfg := runtimeConfig(t, dir)
 	cfg.Settings.DynamicPorts = freeRange(t, n)
 	return cfg
 }

@@ -93,6 +93,14 @@ func testConfig(tb testing.TB, dir string) Config {
 	}
 }
 
+// runtimeConfig is testConfig with the runtime API (the stats socket in
+// dir), for the tests that change HAProxy without a reload.
+func runtimeConfig(tb testing.TB, dir string) Config {
+	cfg := testConfig(tb, dir)
+	cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+	return cfg
+}
+
 // startManager starts a Manager and registers cleanups that stop its loop
 // and the HAProxy it runs.
 func startManager(tb testing.TB, cfg Config) *Manager {

@@ -500,10 +500,9 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(t, t.TempDir())
+	cfg := runtimeConfig(t, t.TempDir())
 	cfg.Bin = wrapper
 	cfg.Settings.MaxConn = 20
-	cfg.Settings.StatsSocket = filepath.Join(cfg.Dir, "admin.sock")
 	cfg.RetryInterval = time.Second // held back for 10 s: longer than the test
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg

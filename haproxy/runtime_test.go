@@ -80,8 +80,7 @@ func TestPlanServerChanges(t *testing.T) {
 // disk agrees, and traffic reaches exactly the new set of servers.
 func TestManagerServerChangesWithoutReload(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+	cfg := runtimeConfig(t, dir)
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	m := startManager(t, cfg)
@@ -215,9 +214,8 @@ func TestBatchRuntimeSplitsLongLines(t *testing.T) {
 // down, the server deleted once it is gone, and no reload happens.
 func TestRuntimeBusyServerDeletedAfterItsConnections(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	sock := filepath.Join(dir, "admin.sock")
-	cfg.Settings.StatsSocket = sock
+	cfg := runtimeConfig(t, dir)
+	sock := cfg.Settings.StatsSocket
 	m := startManager(t, cfg)
 	held := greetBackend(t, "held", true)
 	port := testenv.FreePort(t)
@@ -292,9 +290,8 @@ func BenchmarkRuntimeReplaceServer(b *testing.B) {
 		mode, routes := bc.mode, bc.routes
 		b.Run(fmt.Sprintf("%s/routes-%d", mode, routes), func(b *testing.B) {
 			dir := b.TempDir()
-			cfg := testConfig(b, dir)
-			sock := filepath.Join(dir, "admin.sock")
-			cfg.Settings.StatsSocket = sock
+			cfg := runtimeConfig(b, dir)
+			sock := cfg.Settings.StatsSocket
 			m := startManager(b, cfg)
 			fes := make([]Frontend, routes)
 			for i := range fes {

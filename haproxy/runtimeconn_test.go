@@ -16,9 +16,8 @@ import (
 // connection, and an idle one is replaced before use.
 func TestRuntimeConnKeepsOneConnection(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	sock := filepath.Join(dir, "admin.sock")
-	cfg.Settings.StatsSocket = sock
+	cfg := runtimeConfig(t, dir)
+	sock := cfg.Settings.StatsSocket
 	m := startManager(t, cfg)
 	port := testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "web", echoBackend(t, "one"))})
@@ -62,8 +61,7 @@ func TestRuntimeConnKeepsOneConnection(t *testing.T) {
 // talk to the old worker, and the new one would never get the server.
 func TestRuntimeConnFollowsReloads(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+	cfg := runtimeConfig(t, dir)
 	m := startManager(t, cfg)
 	one, two, three := echoBackend(t, "one"), echoBackend(t, "two"), echoBackend(t, "three")
 	port, other := testenv.FreePort(t), testenv.FreePort(t)
@@ -153,8 +151,7 @@ func TestRuntimeConnRefusesAnswersOutOfStep(t *testing.T) {
 // without waiting for another one.
 func TestOutsideReloadIsReapplied(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	cfg.Settings.StatsSocket = filepath.Join(dir, "admin.sock")
+	cfg := runtimeConfig(t, dir)
 	m := startManager(t, cfg)
 	one, two := echoBackend(t, "one"), echoBackend(t, "two")
 	port := testenv.FreePort(t)
