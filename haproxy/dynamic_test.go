@@ -68,9 +68,20 @@ func TestBindRanges(t *testing.T) {
 	if got := bindRanges("", r, all); got != "" {
 		t.Errorf("every port a hole: %q", got)
 	}
-	if got := boundPorts([]byte("    bind 127.0.0.1:100,127.0.0.1:103-105\n")); got.len() != 4 || !got.has(100) || !got.has(104) || got.has(101) {
-		t.Errorf("boundPorts of a range: %d ports", got.len())
+	if got := boundPorts([]byte("    bind 127.0.0.1:100,127.0.0.1:103-105\n")); countPorts(got) != 4 || !got.has(100) || !got.has(104) || got.has(101) {
+		t.Errorf("boundPorts of a range: %d ports", countPorts(got))
 	}
+}
+
+// countPorts counts the ports in s.
+func countPorts(s *portSet) int {
+	n := 0
+	for p := 0; p <= 65536; p++ {
+		if s.has(p) {
+			n++
+		}
+	}
+	return n
 }
 
 func TestPortSet(t *testing.T) {
@@ -81,13 +92,13 @@ func TestPortSet(t *testing.T) {
 	s.add(0)
 	s.add(65536)
 	s.add(-1)
-	if s.len() != 4 || !s.has(1) || !s.has(63) || !s.has(64) || !s.has(65535) || s.has(2) || s.has(0) || s.has(65536) {
-		t.Fatalf("after adding 1, 63, 64, 65535 and three out of range: %d ports", s.len())
+	if countPorts(&s) != 4 || !s.has(1) || !s.has(63) || !s.has(64) || !s.has(65535) || s.has(2) || s.has(0) || s.has(65536) {
+		t.Fatalf("after adding 1, 63, 64, 65535 and three out of range: %d ports", countPorts(&s))
 	}
 	s.del(64)
 	s.del(70000)
-	if s.has(64) || !s.has(63) || s.len() != 3 {
-		t.Fatalf("after deleting 64: %d ports", s.len())
+	if s.has(64) || !s.has(63) || countPorts(&s) != 3 {
+		t.Fatalf("after deleting 64: %d ports", countPorts(&s))
 	}
 }
 

@@ -142,6 +142,23 @@ func route(port int, name string, backends ...int) Frontend {
 	return fe
 }
 
+// ownAndSquattedPorts makes m serve a route (index 1) on port to backend,
+// and holds other with a listener of this process until the test ends:
+// one port HAProxy listens on, one it does not.
+func ownAndSquattedPorts(tb testing.TB, m *Manager) (backend, port, other int) {
+	tb.Helper()
+	backend = echoBackend(tb, "own")
+	port = testenv.FreePort(tb)
+	m.Submit(1, []Frontend{route(port, "web", backend)})
+	waitApplied(tb, m, 1)
+	squatter, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { squatter.Close() })
+	return backend, port, squatter.Addr().(*net.TCPAddr).Port
+}
+
 // waitServed waits until index is live except for routes held back.
 func waitServed(tb testing.TB, m *Manager, index uint64) {
 	tb.Helper()

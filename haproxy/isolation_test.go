@@ -3,7 +3,6 @@ package haproxy
 import (
 	"context"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -157,16 +156,7 @@ func TestIsolatedOwnPortsFromWorker(t *testing.T) {
 	cfg := testConfig(t, dir)
 	cfg.Isolation = Isolation{User: "65534", Group: "65534"}
 	m := startManager(t, cfg)
-	backend := echoBackend(t, "own")
-	port := testenv.FreePort(t)
-	m.Submit(1, []Frontend{route(port, "web", backend)})
-	waitApplied(t, m, 1)
-	squatter, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer squatter.Close()
-	other := squatter.Addr().(*net.TCPAddr).Port
+	backend, port, other := ownAndSquattedPorts(t, m)
 
 	own := openFrontendPorts(context.Background(), m.sockPath)
 	if !own[port] || own[other] || len(own) != 1 {

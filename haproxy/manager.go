@@ -252,6 +252,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		wake:         make(chan struct{}, 1),
 		fileWake:     make(chan struct{}, 1),
 		served:       &portSet{},
+		rt:           runtimeConn{sock: cfg.Settings.StatsSocket},
 	}
 	if m.mapPath != "" {
 		m.lastGoodMapPath = m.mapPath + ".last-good"
@@ -942,7 +943,6 @@ func (m *Manager) applyRuntime(ctx context.Context, cmds []string) error {
 // runtime sends line (n commands) on the kept-open runtime API connection
 // and returns the answers.
 func (m *Manager) runtime(ctx context.Context, line string, n int) (string, error) {
-	m.rt.sock = m.cfg.Settings.StatsSocket
 	return m.rt.exchange(ctx, line, n)
 }
 
@@ -957,10 +957,11 @@ func (m *Manager) delServer(ctx context.Context, cmd string) error {
 		if err != nil {
 			return err
 		}
-		if out == runtimeAnswer(cmd) {
-			return nil
+		busy, err := readAnswers([]string{cmd}, out)
+		if err != nil || len(busy) == 0 {
+			return err
 		}
-		if !strings.Contains(out, errServerBusy) || time.Now().After(deadline) {
+		if time.Now().After(deadline) {
 			return fmt.Errorf("runtime API %q: %q", cmd, strings.TrimSpace(out))
 		}
 		select {

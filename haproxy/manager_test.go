@@ -576,16 +576,7 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 // worker ahead of them); a port another process holds never does.
 func TestListeningPortsOwnsOnlyHAProxysListeners(t *testing.T) {
 	m := startManager(t, testConfig(t, t.TempDir()))
-	backend := echoBackend(t, "own")
-	port := testenv.FreePort(t)
-	m.Submit(1, []Frontend{route(port, "web", backend)})
-	waitApplied(t, m, 1)
-	squatter, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer squatter.Close()
-	other := squatter.Addr().(*net.TCPAddr).Port
+	backend, port, other := ownAndSquattedPorts(t, m)
 	own := listeningPorts(m.Status().MasterPID)
 	if !own[port] || own[other] {
 		t.Fatalf("own ports %v: want %d and not %d", own, port, other)

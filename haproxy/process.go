@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net"
 	"os"
 	"path/filepath"
@@ -286,12 +285,4 @@ func (s *portSet) del(p int) {
 	if p > 0 && p <= 65535 {
 		s.bits[p>>6] &^= 1 << (p & 63)
 	}
-}
-
-func (s *portSet) len() int {
-	n := 0
-	for _, w := range s.bits {
-		n += bits.OnesCount64(w)
-	}
-	return n
 }

@@ -37,7 +37,7 @@ type runtimeConn struct {
 
 // close drops the connection; the next exchange dials a new one.
 func (rc *runtimeConn) close() {
-	if rc != nil && rc.c != nil {
+	if rc.c != nil {
 		rc.c.Close()
 		rc.c = nil
 	}

@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/drawbridge-lb/drawbridge/internal/netns"
+	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 )
 
 const (
@@ -573,22 +574,8 @@ func killHAProxy(pidFile string) {
 	if err != nil || master <= 0 {
 		return
 	}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(st)
-		if i := strings.LastIndexByte(s, ')'); i >= 0 {
-			if f := strings.Fields(s[i+1:]); len(f) > 1 && f[1] == strconv.Itoa(master) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
+	for _, pid := range procfs.Children(master) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	_ = syscall.Kill(master, syscall.SIGKILL)
 }

@@ -376,12 +376,8 @@ func cpuSplit(agents []*agent) cpuUse {
 		self, kids, _ := procfs.CPUTimes(a.cmd.Process.Pid)
 		out.agents = append(out.agents, self)
 		out.checks += kids
-		b, err := os.ReadFile(filepath.Join(a.dir, "haproxy", "haproxy.pid"))
-		if err != nil {
-			continue
-		}
-		master, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
+		master := haproxyMaster(a.dir)
+		if master <= 0 {
 			continue
 		}
 		self, kids, _ = procfs.CPUTimes(master)

@@ -24,8 +24,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -200,10 +198,8 @@ func (a *agent) stop() {
 		a.cmd.Process.Signal(syscall.SIGTERM)
 		a.cmd.Wait()
 	}
-	if b, err := os.ReadFile(filepath.Join(a.dir, "haproxy", "haproxy.pid")); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			syscall.Kill(pid, syscall.SIGTERM)
-		}
+	if pid := haproxyMaster(a.dir); pid > 0 {
+		syscall.Kill(pid, syscall.SIGTERM)
 	}
 	time.Sleep(200 * time.Millisecond)
 	os.RemoveAll(a.dir)

@@ -335,12 +335,8 @@ func breakdown(leader *agent, nodes []*agent, path benchPath, bport, n int) erro
 // haproxyProcs returns the processes of the HAProxy running from dir
 // (master and workers) and their resident memory together, in bytes.
 func haproxyProcs(dir string) (procs int, rss uint64) {
-	b, err := os.ReadFile(filepath.Join(dir, "haproxy", "haproxy.pid"))
-	if err != nil {
-		return 0, 0
-	}
-	master, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
+	master := haproxyMaster(dir)
+	if master <= 0 {
 		return 0, 0
 	}
 	pids := append([]int{master}, procfs.Children(master)...)
@@ -351,6 +347,17 @@ func haproxyProcs(dir string) (procs int, rss uint64) {
 		}
 	}
 	return procs, rss
+}
+
+// haproxyMaster is the PID of the HAProxy master an agent runs from dir
+// (its pid file), 0 when there is none.
+func haproxyMaster(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "haproxy", "haproxy.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
 }
 
 // procRSS is the resident memory of pid in bytes (0 when gone).
