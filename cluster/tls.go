@@ -326,8 +326,12 @@ func newTLSTransport(layer *tlsStreamLayer, hlog hclog.Logger) *raft.NetworkTran
 // goroutines on its unbuffered channels, and the leader then heartbeats
 // that follower forever without sending it another entry, so its HAProxy
 // stops following the table until the leader restarts (hashicorp/raft
-// issue 612). Synchronous replication still batches entries; it cost
-// 15-20 % of peak writes per second in our three-node benchmark.
+// issue 612). Synchronous replication still batches entries. It once
+// cost 15-20 % of peak writes per second in our three-node benchmark; on
+// 2026-12-02 a build with pipelining back on (behind a wrapper that kept
+// draining the pipeline's answers, so it could not wedge) was no faster
+// than this, within the benchmark's noise (README, "Write throughput on
+// three nodes").
 func transportConfig(hlog hclog.Logger) *raft.NetworkTransportConfig {
 	return &raft.NetworkTransportConfig{
 		MaxPool:         3,

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -445,6 +446,10 @@ func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) 
 		// stolen by the host lowers the rate, not the work per write.
 		fmt.Printf("  machine CPU per committed write: %d us (user+system on all cores, everything on the machine; steal left out)\n",
 			(busy1-busy0).Microseconds()/ok.Load())
+		// Below about 95 % the run was not bound by CPU alone: the 64
+		// clients spent part of it waiting (disk, the leader's loop).
+		fmt.Printf("  the machine was busy %.0f %% of its %d CPUs' time during the run\n",
+			100*(busy1-busy0).Seconds()/(elapsed.Seconds()*float64(runtime.NumCPU())), runtime.NumCPU())
 		split1 := cpuSplit(agents)
 		per := func(d time.Duration) int64 { return d.Microseconds() / ok.Load() }
 		var each []string
