@@ -30,6 +30,10 @@ type testMember struct {
 	stopped bool
 	// api is the API URL the member gossips; a test may change it.
 	api atomic.Value
+	// batches is what the member announces about batch log entries
+	// (Meta.Batches): true unless started as an old build; a test may
+	// change it.
+	batches atomic.Bool
 }
 
 func (m *testMember) apiURL() string { return m.api.Load().(string) }
@@ -47,6 +51,8 @@ type memberOpts struct {
 	// raftAddr, when set, is the raft address gossiped instead of the
 	// member's own (a member lying about where it is).
 	raftAddr string
+	// oldBuild announces no support for batch log entries.
+	oldBuild bool
 }
 
 func startMember(t *testing.T, name string, o memberOpts, join []string) *testMember {
@@ -79,9 +85,10 @@ func startMember(t *testing.T, name string, o memberOpts, join []string) *testMe
 	}
 	m := &testMember{name: name, node: n, fsm: f, gossip: testenv.FreeAddr(t), raft: cfg.BindAddr}
 	m.api.Store("http://" + testenv.FreeAddr(t))
+	m.batches.Store(!o.oldBuild)
 	meta := func() Meta {
 		return Meta{Role: o.role, RaftAddr: gossipRaft, APIURL: m.apiURL(), Bootstrapped: n.HasState(),
-			Applied: f.State().Index, Healthy: true}
+			Applied: f.State().Index, Healthy: true, Batches: m.batches.Load()}
 	}
 	m.members, err = NewMembership(GossipConfig{
 		NodeName: name, BindAddr: m.gossip, Key: o.key, Label: o.label,

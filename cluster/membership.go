@@ -65,6 +65,10 @@ type Meta struct {
 	Leaving bool `json:"l,omitempty"`
 	// FIP is this edge node's floating-IP claim (nil when none is managed).
 	FIP *FIPMeta `json:"f,omitempty"`
+	// Batches announces that this node applies batch log entries
+	// (fsm.CmdBatch); the leader writes them only while every voter and
+	// every member that may become one does (see Reconciler).
+	Batches bool `json:"bt,omitempty"`
 }
 
 // FIPMeta is an edge node's floating-IP state as gossiped: whether it may

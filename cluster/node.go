@@ -173,6 +173,12 @@ type Node struct {
 	// the node opened: the route table is replayed once it holds it.
 	bootTarget uint64
 
+	// proposals feed the batcher (batch.go); batchTerm is the raft term
+	// in which the reconciler last found that every voter reads batch
+	// entries (0: not found, write one entry per command).
+	proposals chan *proposal
+	batchTerm atomic.Uint64
+
 	mu       sync.Mutex
 	watchers []chan bool
 	// departed names the members that asked to be removed (see
@@ -218,7 +224,8 @@ func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("open raft store %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
 	}
-	n := &Node{cfg: cfg, log: logger, fsm: f, store: store, done: make(chan struct{})}
+	n := &Node{cfg: cfg, log: logger, fsm: f, store: store, done: make(chan struct{}),
+		proposals: make(chan *proposal, maxBatchCommands)}
 	fail := func(err error) (*Node, error) {
 		if n.transport != nil {
 			n.transport.Close()
@@ -226,7 +233,7 @@ func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer)
 		store.Close()
 		return nil, err
 	}
-	logs, err := raft.NewLogCache(1024, store)
+	logs, err := raft.NewLogCache(logCacheEntries, store)
 	if err != nil {
 		return fail(fmt.Errorf("raft log cache: %w", err))
 	}
@@ -305,6 +312,7 @@ func New(cfg Config, f *fsm.FSM, logger *slog.Logger, reg prometheus.Registerer)
 	}
 	n.metrics = newNodeMetrics(reg, n)
 	go n.fanOutLeadership()
+	go n.batchProposals()
 	return n, nil
 }
 
@@ -433,6 +441,9 @@ func (n *Node) ApplyEncoded(ctx context.Context, data []byte) (fsm.Result, error
 	}
 	if timeout <= 0 {
 		return fsm.Result{}, fmt.Errorf("%w: no time left before the request deadline", ErrCommitTimeout)
+	}
+	if len(data) <= maxBatchedCommand && n.batching() {
+		return n.propose(data, timeout)
 	}
 	start := time.Now()
 	fut := n.raft.Apply(data, timeout)

@@ -277,7 +277,8 @@ func TestMetaStaysUnderMemberlistLimit(t *testing.T) {
 			Version: "v1.2.3-45-gabcdef0-dirty", Index: 1 << 40, Applied: 1 << 40, ConfigHash: strings.Repeat("a", 64),
 			Error: strings.Repeat("e", 500), Held: len(held), HeldBack: held, Unknown: 3,
 			FIP: &FIPMeta{Eligible: true, Holding: true, Epoch: 1 << 40, Priority: 100, LastAt: 1 << 50,
-				LastFrom: "edge-node-with-a-long-name-2", LastMS: 123456, LastWhy: strings.Repeat("w", 200)}}
+				LastFrom: "edge-node-with-a-long-name-2", LastMS: 123456, LastWhy: strings.Repeat("w", 200)},
+			Leaving: true, Bootstrapped: true, Healthy: true, FD: 1 << 20, Batches: true}
 	}}
 	b, err := m.encodeMeta()
 	if err != nil {

@@ -101,11 +101,15 @@ func (r *Reconciler) step() {
 	if !r.node.IsLeader() {
 		return
 	}
+	term := r.node.raft.CurrentTerm()
 	servers, err := r.node.Servers()
 	if err != nil {
 		r.log.Warn("read raft configuration", "err", err)
 		return
 	}
+	// Before any voter is added: a member that cannot read batch entries
+	// turns them off first.
+	r.node.allowBatches(term, r.allReadBatches(servers))
 	voters := map[raft.ServerID]raft.Server{}
 	for _, s := range servers {
 		voters[s.ID] = s
@@ -139,6 +143,26 @@ func (r *Reconciler) step() {
 			r.reported[m.Name] = true
 		}
 	}
+}
+
+// allReadBatches reports whether every voter in servers, and every member
+// that may become one, announces in gossip that it reads batch entries. A
+// voter gossip does not show counts as one that does not.
+func (r *Reconciler) allReadBatches(servers []raft.Server) bool {
+	members := r.servers()
+	reads := make(map[string]bool, len(members))
+	for _, m := range members {
+		if !m.Meta.Batches {
+			return false
+		}
+		reads[m.Name] = true
+	}
+	for _, s := range servers {
+		if !reads[string(s.ID)] {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Reconciler) maybeBootstrap() {

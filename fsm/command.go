@@ -18,6 +18,8 @@ const (
 	CmdDeregisterBackend CommandType = 4
 	CmdExpireLeases      CommandType = 5
 	CmdReplaceTable      CommandType = 6
+	// CmdBatch holds several of the others (batch.go).
+	CmdBatch CommandType = 7
 )
 
 // IgnoreUnknownFlag is OR-ed into the type byte of a command that older nodes
@@ -35,6 +37,9 @@ const payloadVersion = 1
 func (t CommandType) String() string {
 	if spec, ok := lookup(t); ok {
 		return spec.name
+	}
+	if t == CmdBatch {
+		return "batch"
 	}
 	return fmt.Sprintf("command-%d", uint8(t))
 }
@@ -220,6 +225,11 @@ func Decode(data []byte) (Command, error) {
 	}
 	raw := CommandType(data[0])
 	typ, version := raw&^IgnoreUnknownFlag, data[1]
+	if typ == CmdBatch {
+		// Apply splits batches; where one command belongs, a batch is
+		// not one.
+		return nil, fmt.Errorf("%w: a batch entry where one command belongs", ErrMalformed)
+	}
 	spec, ok := lookup(typ)
 	if !ok || version < spec.oldest || version > spec.version {
 		return nil, &UnknownCommandError{Type: typ, Version: version, Ignorable: raw&IgnoreUnknownFlag != 0}

@@ -68,7 +68,8 @@ func (f *FSM) publish(s *State) {
 	f.changed = make(chan struct{})
 }
 
-// Apply implements raft.FSM. It returns a Result (as a value). An entry
+// Apply implements raft.FSM. It returns a Result (as a value), or for a batch
+// entry (CmdBatch) a []Result, one per command. An entry
 // written by a newer drawbridge (unknown type or payload version) does not
 // change the table: Result.Err carries an *UnknownCommandError, or nothing
 // when the writer marked the entry ignorable. Only an entry that cannot be
@@ -79,19 +80,28 @@ func (f *FSM) Apply(l *raft.Log) any {
 		// raft hands only commands to Apply; anything else is not ours.
 		return f.advance(l.Index, Result{})
 	}
+	if isBatch(l.Data) {
+		return f.applyBatch(l)
+	}
 	c, err := Decode(l.Data)
 	var unknown *UnknownCommandError
 	switch {
 	case errors.As(err, &unknown):
-		if unknown.Ignorable {
-			return f.advance(l.Index, Result{})
-		}
-		f.unknown.Add(1)
-		return f.advance(l.Index, Result{Err: err})
+		return f.unknownEntry(l.Index, unknown)
 	case err != nil:
 		panic(fmt.Sprintf("drawbridge fsm: log entry %d: %v", l.Index, err))
 	}
 	return f.ApplyCommand(l.Index, c)
+}
+
+// unknownEntry skips an entry a newer drawbridge wrote: silently when the
+// writer marked it ignorable, else counted and answered with the error.
+func (f *FSM) unknownEntry(index uint64, unknown *UnknownCommandError) Result {
+	if unknown.Ignorable {
+		return f.advance(index, Result{})
+	}
+	f.unknown.Add(1)
+	return f.advance(index, Result{Err: unknown})
 }
 
 // advance moves Index without changing the table.

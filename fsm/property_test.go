@@ -362,6 +362,7 @@ func TestPropertyAgainstModel(t *testing.T) {
 			f, replica := New(), New()
 			m := refModel{}
 			var log [][]byte
+			var results []Result
 			outcomes := map[string]int{}
 			for step := 1; step <= 3000; step++ {
 				cmd, want := g.step(m)
@@ -371,6 +372,7 @@ func TestPropertyAgainstModel(t *testing.T) {
 				}
 				log = append(log, data)
 				res := f.Apply(&raft.Log{Index: uint64(step), Type: raft.LogCommand, Data: data}).(Result)
+				results = append(results, res)
 				compareToModel(t, step, m, f.State(), res, want)
 				checkInvariants(t, f.State())
 				if f.State().Index != uint64(step) {
@@ -386,6 +388,8 @@ func TestPropertyAgainstModel(t *testing.T) {
 				replica.Apply(&raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: bytes.Clone(data)})
 			}
 			assertSameState(t, f.State(), replica.State())
+			// So does the same log packed into batches, command by command.
+			replayInBatches(t, g.r, log, results, f.State())
 			keys := make([]string, 0, len(outcomes))
 			for k := range outcomes {
 				keys = append(keys, k)

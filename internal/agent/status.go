@@ -177,6 +177,8 @@ func (s *nodeInfo) meta() cluster.Meta {
 		Bootstrapped: s.node.HasState(),
 		Index:        s.table.State().Index,
 		Unknown:      s.table.UnknownCommands(),
+		// This build's FSM applies batch entries (fsm.CmdBatch).
+		Batches: true,
 	}
 	if s.proxy == nil {
 		m.Healthy = s.node.Status().Leader != ""
