@@ -235,20 +235,9 @@ func TestBatcherAnswersExpiredProposalsUnapplied(t *testing.T) {
 func TestBatcherAnswersShutdown(t *testing.T) {
 	n, _ := startNode(t, fastConfig(t, t.TempDir()))
 	n.allowBatches(n.raft.CurrentTerm(), true)
-	var wg sync.WaitGroup
-	errs := make(chan error, 100)
-	for i := 0; i < 100; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			_, err := n.Apply(context.Background(), register(20000+i, fmt.Sprintf("c-%d", i), "10.0.0.1", 1000+i))
-			errs <- err
-		}(i)
-	}
+	wait := applyMany(n, 100)
 	n.Shutdown()
-	wg.Wait() // none hangs
-	close(errs)
-	for err := range errs {
+	for _, err := range wait() { // none hangs
 		if err != nil && !errors.Is(err, ErrShutdown) {
 			t.Errorf("write during shutdown: %v, want nil or ErrShutdown", err)
 		}

@@ -170,11 +170,13 @@ func TestApplyAfterShutdown(t *testing.T) {
 	}
 }
 
-func TestConcurrentAppliesAllCommit(t *testing.T) {
-	n, f := startNode(t, fastConfig(t, t.TempDir()))
+// applyMany starts count registrations on n at once (routes on ports from
+// 20000) and returns a wait that gives each one's error: the commit's, or
+// the table's refusal.
+func applyMany(n *Node, count int) (wait func() []error) {
 	var wg sync.WaitGroup
-	errs := make(chan error, 200)
-	for i := 0; i < 200; i++ {
+	errs := make([]error, count)
+	for i := 0; i < count; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -182,18 +184,31 @@ func TestConcurrentAppliesAllCommit(t *testing.T) {
 			if err == nil {
 				err = res.Err
 			}
-			if err != nil {
-				errs <- err
-			}
+			errs[i] = err
 		}(i)
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if got := f.State().Len(); got != 200 {
-		t.Errorf("%d routes, want 200", got)
+	return func() []error { wg.Wait(); return errs }
+}
+
+func TestConcurrentAppliesAllCommit(t *testing.T) {
+	for _, batches := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batches %v", batches), func(t *testing.T) {
+			n, f := startNode(t, fastConfig(t, t.TempDir()))
+			n.allowBatches(n.raft.CurrentTerm(), batches)
+			before := n.raft.LastIndex()
+			for _, err := range applyMany(n, 200)() {
+				if err != nil {
+					t.Error(err)
+				}
+			}
+			if got := f.State().Len(); got != 200 {
+				t.Errorf("%d routes, want 200", got)
+			}
+			entries := n.raft.LastIndex() - before
+			if batches != (entries < 200) {
+				t.Errorf("200 writes took %d log entries with batches %v", entries, batches)
+			}
+		})
 	}
 }
 
