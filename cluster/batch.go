@@ -133,6 +133,9 @@ func (n *Node) commitBatch(batch []*proposal) {
 	switch {
 	case len(live) == 0:
 	case len(live) == 1 || !n.batching():
+		if len(live) == 1 {
+			n.metrics.entryCommands.Observe(1)
+		}
 		futs := make([]raft.ApplyFuture, len(live))
 		for i, p := range live {
 			futs[i] = n.raft.Apply(p.data, last.Sub(now))
@@ -150,6 +153,7 @@ func (n *Node) commitBatch(batch []*proposal) {
 			n.fail(live, err)
 			return
 		}
+		n.metrics.entryCommands.Observe(float64(len(live)))
 		n.answerFuture(live, n.raft.Apply(data, last.Sub(now)))
 	}
 }

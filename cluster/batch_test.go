@@ -72,10 +72,18 @@ func TestBatchedWritesEachGetTheirOwnAnswer(t *testing.T) {
 	ms := startThree(t, memberOpts{})
 	l := leaderOf(ms...)
 	testenv.Eventually(t, 5*time.Second, "the leader batches", l.node.batching)
+	if testenv.MetricValue(t, l.reg, "drawbridge_raft_batching") != 1 {
+		t.Fatal("drawbridge_raft_batching is not 1 on the batching leader")
+	}
 	const n = 300
 	entries := burst(t, l, 20000, n)
 	if entries >= n {
 		t.Fatalf("%d writes took %d log entries: no batch", n, entries)
+	}
+	// The batcher counts what it wrote: the burst's entries, and the
+	// route burst writes first, alone.
+	if got := testenv.MetricValue(t, l.reg, "drawbridge_raft_entry_commands"); got != float64(entries+1) {
+		t.Fatalf("drawbridge_raft_entry_commands counts %v entries, the log grew by %d", got, entries+1)
 	}
 	t.Logf("%d writes in %d log entries", n, entries)
 	sameTables(t, ms)
@@ -98,6 +106,9 @@ func TestOldMemberKeepsBatchesOff(t *testing.T) {
 	l := leaderOf(ms...)
 	if entries := burst(t, l, 20000, 100); entries != 100 {
 		t.Fatalf("100 writes took %d log entries with an old build voting, want one each", entries)
+	}
+	if testenv.MetricValue(t, l.reg, "drawbridge_raft_batching") != 0 {
+		t.Fatal("drawbridge_raft_batching is not 0 with an old build voting")
 	}
 	// The old member is upgraded: batches start.
 	c.batches.Store(true)

@@ -30,6 +30,8 @@ type testMember struct {
 	stopped bool
 	// api is the API URL the member gossips; a test may change it.
 	api atomic.Value
+	// reg holds the node's metrics.
+	reg *prometheus.Registry
 	// batches is what the member announces about batch log entries
 	// (Meta.Batches): true unless started as an old build; a test may
 	// change it.
@@ -79,11 +81,12 @@ func startMember(t *testing.T, name string, o memberOpts, join []string) *testMe
 		gossipRaft = o.raftAddr
 	}
 	f := fsm.New()
-	n, err := New(cfg, f, testenv.Logger(t).With("node", name), prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	n, err := New(cfg, f, testenv.Logger(t).With("node", name), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &testMember{name: name, node: n, fsm: f, gossip: testenv.FreeAddr(t), raft: cfg.BindAddr}
+	m := &testMember{name: name, node: n, fsm: f, gossip: testenv.FreeAddr(t), raft: cfg.BindAddr, reg: reg}
 	m.api.Store("http://" + testenv.FreeAddr(t))
 	m.batches.Store(!o.oldBuild)
 	meta := func() Meta {

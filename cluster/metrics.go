@@ -12,6 +12,9 @@ type nodeMetrics struct {
 	reg           prometheus.Registerer
 	applyDuration prometheus.Histogram
 	applyFailures prometheus.Counter
+	// entryCommands is how many commands each entry the batcher wrote
+	// carried (1: an ordinary entry).
+	entryCommands prometheus.Histogram
 	collectors    []prometheus.Collector
 }
 
@@ -27,10 +30,25 @@ func newNodeMetrics(reg prometheus.Registerer, n *Node) *nodeMetrics {
 			Name: "drawbridge_raft_apply_failures_total",
 			Help: "Commands that could not be committed (not leader, timeout, shutdown).",
 		}),
+		entryCommands: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "drawbridge_raft_entry_commands",
+			Help:    "Commands per log entry written while batching (group commit) is on; 1 is an ordinary entry.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128},
+		}),
 	}
 	m.collectors = []prometheus.Collector{
 		m.applyDuration,
 		m.applyFailures,
+		m.entryCommands,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "drawbridge_raft_batching",
+			Help: "1 when this node, as leader, may pack waiting writes into one batch entry (every voter announces it reads them).",
+		}, func() float64 {
+			if n.batching() {
+				return 1
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "drawbridge_raft_leader",
 			Help: "1 when this node is the raft leader.",

@@ -38,6 +38,9 @@ type Reconciler struct {
 	// member that cannot prove its name costs one handshake per
 	// proofRetry, and one log line.
 	proofs map[proofKey]proof
+	// lastBlocker is the last reason logged for batch entries being off
+	// ("" when on), so each change is logged once.
+	lastBlocker string
 }
 
 type proofKey struct{ name, addr string }
@@ -62,7 +65,7 @@ func NewReconciler(node *Node, members *Membership, expect int, logger *slog.Log
 	return &Reconciler{
 		node: node, members: members, expect: expect, interval: time.Second,
 		log: logger.With("component", "reconcile"), reported: map[string]bool{},
-		proofs: map[proofKey]proof{},
+		proofs: map[proofKey]proof{}, lastBlocker: "not checked yet",
 	}
 }
 
@@ -109,7 +112,16 @@ func (r *Reconciler) step() {
 	}
 	// Before any voter is added: a member that cannot read batch entries
 	// turns them off first.
-	r.node.allowBatches(term, r.allReadBatches(servers))
+	blocker := r.batchBlocker(servers)
+	r.node.allowBatches(term, blocker == "")
+	if blocker != r.lastBlocker {
+		if blocker == "" {
+			r.log.Info("batch log entries on: every voter reads them")
+		} else {
+			r.log.Info("batch log entries off: one log entry per write", "reason", blocker)
+		}
+		r.lastBlocker = blocker
+	}
 	voters := map[raft.ServerID]raft.Server{}
 	for _, s := range servers {
 		voters[s.ID] = s
@@ -145,24 +157,24 @@ func (r *Reconciler) step() {
 	}
 }
 
-// allReadBatches reports whether every voter in servers, and every member
-// that may become one, announces in gossip that it reads batch entries. A
-// voter gossip does not show counts as one that does not.
-func (r *Reconciler) allReadBatches(servers []raft.Server) bool {
+// batchBlocker says why the leader may not write batch entries: the first
+// member that may become a voter and does not announce that it reads them,
+// or the first voter gossip does not show announcing it; "" when none.
+func (r *Reconciler) batchBlocker(servers []raft.Server) string {
 	members := r.servers()
 	reads := make(map[string]bool, len(members))
 	for _, m := range members {
 		if !m.Meta.Batches {
-			return false
+			return "member " + m.Name + " does not announce that it reads batch entries (a build before them?)"
 		}
 		reads[m.Name] = true
 	}
 	for _, s := range servers {
 		if !reads[string(s.ID)] {
-			return false
+			return "voter " + string(s.ID) + " is not in gossip as a member that reads batch entries"
 		}
 	}
-	return true
+	return ""
 }
 
 func (r *Reconciler) maybeBootstrap() {

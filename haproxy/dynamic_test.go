@@ -373,7 +373,7 @@ func TestManagerDynamicRoutesWithoutReload(t *testing.T) {
 	if got := workerPIDs(t, dir); !slices.Equal(got, pidBefore) {
 		t.Fatalf("workers changed without a reload: %v -> %v", pidBefore, got)
 	}
-	if v := metricValue(t, reg, "drawbridge_haproxy_runtime_updates_total"); v != 4 {
+	if v := testenv.MetricValue(t, reg, "drawbridge_haproxy_runtime_updates_total"); v != 4 {
 		t.Errorf("runtime updates = %v, want 4", v)
 	}
 

@@ -21,30 +21,6 @@ import (
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
-func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		m := mf.GetMetric()[0]
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount())
-		}
-	}
-	t.Fatalf("metric %s not found", name)
-	return 0
-}
-
 func TestManagerEndToEnd(t *testing.T) {
 	cfg := testConfig(t, t.TempDir())
 	cfg.Settings.BindAddress = "" // all addresses, as in production
@@ -85,7 +61,7 @@ func TestManagerEndToEnd(t *testing.T) {
 		"drawbridge_haproxy_reload_failures_total":       0,
 		"drawbridge_haproxy_validation_failures_total":   0,
 	} {
-		if got := metricValue(t, reg, name); got != want {
+		if got := testenv.MetricValue(t, reg, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
@@ -312,7 +288,7 @@ func TestManagerNeverLoadsRejectedConfig(t *testing.T) {
 	if st.AppliedIndex != 1 || st.Reloads != 1 || string(after) != string(before) {
 		t.Fatalf("rejected config was applied: %+v", st)
 	}
-	if got := metricValue(t, reg, "drawbridge_haproxy_validation_failures_total"); got != 1 {
+	if got := testenv.MetricValue(t, reg, "drawbridge_haproxy_validation_failures_total"); got != 1 {
 		t.Fatalf("validation failures = %v", got)
 	}
 	if got, err := dialRead(port); err != nil || got != "safe" {
@@ -387,7 +363,7 @@ func TestManagerReloadFailureRestoresLastGood(t *testing.T) {
 	if st.AppliedIndex != 1 || st.Reloads != 1 || string(after) != string(before) {
 		t.Fatalf("failed reload not rolled back: %+v\n%s", st, after)
 	}
-	if got := metricValue(t, reg, "drawbridge_haproxy_reload_failures_total"); got != 1 {
+	if got := testenv.MetricValue(t, reg, "drawbridge_haproxy_reload_failures_total"); got != 1 {
 		t.Fatalf("reload failures = %v", got)
 	}
 	if got, err := dialRead(port); err != nil || got != "still here" {
@@ -545,11 +521,11 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 	if _, err := dialRead(drop); err == nil {
 		t.Fatal("removed route still answers")
 	}
-	failures := metricValue(t, reg, "drawbridge_haproxy_reload_failures_total")
+	failures := testenv.MetricValue(t, reg, "drawbridge_haproxy_reload_failures_total")
 	if failures < 1 {
 		t.Fatal("the reload adding the routes did not fail: the test did not reproduce the limit")
 	}
-	if got := metricValue(t, reg, "drawbridge_haproxy_held_back_routes"); got != float64(len(added)) {
+	if got := testenv.MetricValue(t, reg, "drawbridge_haproxy_held_back_routes"); got != float64(len(added)) {
 		t.Fatalf("held-back metric %v", got)
 	}
 
@@ -566,7 +542,7 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 	if got, err := dialRead(keep); err != nil || got != "c" {
 		t.Fatalf("later server change not applied: %q, %v", got, err)
 	}
-	if got := metricValue(t, reg, "drawbridge_haproxy_reload_failures_total"); got != failures {
+	if got := testenv.MetricValue(t, reg, "drawbridge_haproxy_reload_failures_total"); got != failures {
 		t.Fatalf("failing reload tried again: %v failures, was %v", got, failures)
 	}
 }

@@ -122,7 +122,7 @@ func TestManagerServerChangesWithoutReload(t *testing.T) {
 	if st.Reloads != reloads {
 		t.Errorf("server changes reloaded HAProxy (%d -> %d reloads)", reloads, st.Reloads)
 	}
-	if v := metricValue(t, reg, "drawbridge_haproxy_runtime_updates_total"); v != 2 {
+	if v := testenv.MetricValue(t, reg, "drawbridge_haproxy_runtime_updates_total"); v != 2 {
 		t.Errorf("runtime updates = %v, want 2", v)
 	}
 	// The master never re-executed and the same single worker serves.

@@ -73,7 +73,7 @@ func TestManagerOldWorkers(t *testing.T) {
 						t.Fatalf("long-lived connection closed without a budget: %v", err)
 					}
 				}
-				if v := metricValue(t, reg, "drawbridge_haproxy_old_worker_connections"); v != 2 {
+				if v := testenv.MetricValue(t, reg, "drawbridge_haproxy_old_worker_connections"); v != 2 {
 					t.Errorf("old worker connections metric = %v", v)
 				}
 				return
@@ -88,7 +88,7 @@ func TestManagerOldWorkers(t *testing.T) {
 					t.Fatalf("connection of a stopped worker still open: %v", err)
 				}
 			}
-			if v := metricValue(t, reg, "drawbridge_haproxy_old_worker_connections_closed_total"); v != 2 {
+			if v := testenv.MetricValue(t, reg, "drawbridge_haproxy_old_worker_connections_closed_total"); v != 2 {
 				t.Errorf("closed connections metric = %v", v)
 			}
 			longLived(t, other) // the current worker serves
