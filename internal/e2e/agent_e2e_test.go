@@ -160,8 +160,11 @@ func TestE2ERestartAdoptsHAProxy(t *testing.T) {
 	}
 	t.Logf("connections during two agent restarts: %d ok, %d failed", ok.Load(), failed.Load())
 
-	// The table survived the restarts too.
-	code, body := a.request("GET", fmt.Sprintf("/v1/routes/%d", fport), bearer(), nil)
+	// The table survived the restarts too. Reads are local: just after a
+	// start, before the log has replayed, a plain read may still show the
+	// empty table (CI once read it 7 ms after the election); a consistent
+	// read sees every acknowledged write.
+	code, body := a.request("GET", fmt.Sprintf("/v1/routes/%d?consistent=true", fport), bearer(), nil)
 	if code != 200 || !strings.Contains(string(body), `"steady"`) {
 		t.Errorf("route after restart: %d %s", code, body)
 	}
