@@ -44,12 +44,23 @@ type proposalResult struct {
 	err error
 }
 
+func newProposal(data []byte, timeout time.Duration) *proposal {
+	now := time.Now()
+	return &proposal{data: data, start: now, deadline: now.Add(timeout), done: make(chan proposalResult, 1)}
+}
+
 func (p *proposal) answer(res fsm.Result, err error) { p.done <- proposalResult{res, err} }
+
+// wait returns p's answer.
+func (p *proposal) wait() (fsm.Result, error) {
+	r := <-p.done
+	return r.res, r.err
+}
 
 // batching reports whether writes go through the batcher now.
 func (n *Node) batching() bool {
 	t := n.batchTerm.Load()
-	return t != 0 && t == n.raft.CurrentTerm()
+	return t != 0 && t == n.CurrentTerm()
 }
 
 // allowBatches records whether every voter reads batch entries, as found
@@ -62,10 +73,8 @@ func (n *Node) allowBatches(term uint64, ok bool) {
 	n.batchTerm.Store(term)
 }
 
-// propose hands data to the batcher and waits for its commit.
-func (n *Node) propose(data []byte, timeout time.Duration) (fsm.Result, error) {
-	now := time.Now()
-	p := &proposal{data: data, start: now, deadline: now.Add(timeout), done: make(chan proposalResult, 1)}
+// propose hands p to the batcher and waits for its commit.
+func (n *Node) propose(p *proposal) (fsm.Result, error) {
 	select {
 	case n.proposals <- p:
 	case <-n.done:

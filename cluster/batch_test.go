@@ -232,11 +232,11 @@ func TestBatcherAnswersExpiredProposalsUnapplied(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := n.raft.LastIndex()
-	p := &proposal{data: data, start: time.Now(), deadline: time.Now().Add(-time.Millisecond), done: make(chan proposalResult, 1)}
+	p := newProposal(data, -time.Millisecond)
 	n.commitBatch([]*proposal{p})
-	r := <-p.done
-	if !errors.Is(r.err, ErrCommitTimeout) {
-		t.Fatalf("expired proposal answered %+v, want ErrCommitTimeout", r)
+	res, err := p.wait()
+	if !errors.Is(err, ErrCommitTimeout) {
+		t.Fatalf("expired proposal answered %+v %v, want ErrCommitTimeout", res, err)
 	}
 	if n.raft.LastIndex() != before || f.State().Len() != 0 {
 		t.Fatalf("log moved from %d to %d, %d routes: the expired proposal was written", before, n.raft.LastIndex(), f.State().Len())

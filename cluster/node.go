@@ -442,21 +442,12 @@ func (n *Node) ApplyEncoded(ctx context.Context, data []byte) (fsm.Result, error
 	if timeout <= 0 {
 		return fsm.Result{}, fmt.Errorf("%w: no time left before the request deadline", ErrCommitTimeout)
 	}
+	p := newProposal(data, timeout)
 	if len(data) <= maxBatchedCommand && n.batching() {
-		return n.propose(data, timeout)
+		return n.propose(p)
 	}
-	start := time.Now()
-	fut := n.raft.Apply(data, timeout)
-	if err := fut.Error(); err != nil {
-		n.metrics.applyFailures.Inc()
-		return fsm.Result{}, n.translate(err)
-	}
-	n.metrics.applyDuration.Observe(time.Since(start).Seconds())
-	res, ok := fut.Response().(fsm.Result)
-	if !ok {
-		return fsm.Result{}, fmt.Errorf("unexpected apply response %T", fut.Response())
-	}
-	return res, nil
+	n.answerFuture([]*proposal{p}, n.raft.Apply(data, timeout))
+	return p.wait()
 }
 
 func (n *Node) checkLeader() error {

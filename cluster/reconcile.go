@@ -104,7 +104,7 @@ func (r *Reconciler) step() {
 	if !r.node.IsLeader() {
 		return
 	}
-	term := r.node.raft.CurrentTerm()
+	term := r.node.CurrentTerm()
 	servers, err := r.node.Servers()
 	if err != nil {
 		r.log.Warn("read raft configuration", "err", err)

@@ -40,7 +40,7 @@ func EncodeBatch(entries [][]byte) ([]byte, error) {
 		if len(e) < 2 {
 			return nil, fmt.Errorf("%w: command %d is %d bytes", ErrBatch, i, len(e))
 		}
-		if CommandType(e[0])&^IgnoreUnknownFlag == CmdBatch {
+		if isBatch(e) {
 			return nil, fmt.Errorf("%w: command %d is itself a batch", ErrBatch, i)
 		}
 		size += binary.MaxVarintLen64 + len(e)
@@ -65,7 +65,7 @@ func splitBatch(payload []byte) ([][]byte, error) {
 			return nil, fmt.Errorf("%w: batch command %d: bad length", ErrMalformed, len(out))
 		}
 		e := payload[k : k+int(n)]
-		if CommandType(e[0])&^IgnoreUnknownFlag == CmdBatch {
+		if isBatch(e) {
 			return nil, fmt.Errorf("%w: batch command %d is itself a batch", ErrMalformed, len(out))
 		}
 		out = append(out, e)

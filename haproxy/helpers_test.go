@@ -164,3 +164,18 @@ func waitServed(tb testing.TB, m *Manager, index uint64) {
 	tb.Helper()
 	testenv.Eventually(tb, 15*time.Second, fmt.Sprintf("index %d served", index), func() bool { return m.Status().ServedIndex >= index })
 }
+
+// longLived opens a connection through port and reads the greeting.
+func longLived(t *testing.T, port int) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "hold\n" {
+		t.Fatalf("long-lived connection: %q, %v", line, err)
+	}
+	return c
+}

@@ -1,10 +1,8 @@
 package haproxy
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -217,27 +215,13 @@ func TestRuntimeBusyServerDeletedAfterItsConnections(t *testing.T) {
 	cfg := runtimeConfig(t, dir)
 	sock := cfg.Settings.StatsSocket
 	m := startManager(t, cfg)
-	held := greetBackend(t, "held", true)
+	held := greetBackend(t, "hold", true)
 	port := testenv.FreePort(t)
 	m.Submit(1, []Frontend{route(port, "web", held)})
 	waitApplied(t, m, 1)
 
-	hold := func() net.Conn {
-		t.Helper()
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+itoa(port), time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "held\n" {
-			t.Fatalf("through the route: %q %v", line, err)
-		}
-		return c
-	}
-
 	// HAProxy's own answer, while the connection is open.
-	hold()
+	longLived(t, port)
 	name := "be_" + itoa(port) + "/" + serverName(Server{Address: "127.0.0.1", Port: held})
 	cmds := []string{"set server " + name + " state maint", "del server " + name, "set server " + name + " state ready"}
 	line := batchRuntime(cmds)[0]
@@ -251,7 +235,7 @@ func TestRuntimeBusyServerDeletedAfterItsConnections(t *testing.T) {
 	}
 
 	// The Manager replaces the busy server without a reload.
-	c := hold()
+	c := longLived(t, port)
 	reloads := m.Status().Reloads
 	other := echoBackend(t, "other")
 	m.Submit(2, []Frontend{route(port, "web", other)})

@@ -1,9 +1,7 @@
 package haproxy
 
 import (
-	"bufio"
 	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -17,21 +15,6 @@ import (
 func holdBackend(t *testing.T) int {
 	t.Helper()
 	return greetBackend(t, "hold", true)
-}
-
-// longLived opens a connection through port and reads the greeting.
-func longLived(t *testing.T, port int) net.Conn {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "hold\n" {
-		t.Fatalf("long-lived connection: %q, %v", line, err)
-	}
-	return c
 }
 
 // TestManagerOldWorkers: a reload with long-lived connections open leaves
