@@ -25,6 +25,7 @@ type fakeLeader struct {
 	url  string
 	self bool
 	err  error
+	name string // the leader's node name (LeaderName)
 }
 
 var _ api.Leader = (*fakeLeader)(nil)
@@ -33,6 +34,12 @@ func (l *fakeLeader) LeaderAPI() (string, bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.url, l.self, l.err
+}
+
+func (l *fakeLeader) LeaderName() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.name
 }
 
 func (l *fakeLeader) set(url string, self bool, err error) {
@@ -431,6 +438,48 @@ func TestForwardLoopProtection(t *testing.T) {
 	hdr.Set(api.ForwardedByHeader, "edge-1")
 	if rec := b.do(http.MethodPost, hookPath, hdr, recipeAdd); rec.Code != http.StatusOK {
 		t.Fatalf("leader with the forwarded header: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// Answers to authenticated writes name the node and the leader, whether
+// the node led or forwarded; nothing else carries the names, so nobody
+// without a token learns them.
+func TestWriteAnswersNameTheNodes(t *testing.T) {
+	leader, follower := newPair(t)
+	for _, p := range []*peer{leader, follower} {
+		p.leader.mu.Lock()
+		p.leader.name = "edge-1"
+		p.leader.mu.Unlock()
+	}
+	names := func(rec *httptest.ResponseRecorder) [2]string {
+		return [2]string{rec.Header().Get(api.NodeHeader), rec.Header().Get(api.LeaderHeader)}
+	}
+	for _, tc := range []struct {
+		p    *peer
+		want [2]string
+	}{{leader, [2]string{"edge-1", "edge-1"}}, {follower, [2]string{"edge-2", "edge-1"}}} {
+		rec := tc.p.must(http.StatusOK, http.MethodPut, "/v1/routes/8443", `{"name":"web"}`)
+		if got := names(rec); got != tc.want {
+			t.Fatalf("%s: write answer names %q, want %q", tc.p.name, got, tc.want)
+		}
+		if got := names(tc.p.do(http.MethodPut, "/v1/routes/8443", nil, `{"name":"web"}`)); got != [2]string{} {
+			t.Fatalf("%s: unauthenticated write's answer names %q", tc.p.name, got)
+		}
+		if got := names(tc.p.do(http.MethodPut, "/v1/routes/8443", bearer("wrong-token-not-a-secret"), `{"name":"web"}`)); got != [2]string{} {
+			t.Fatalf("%s: refused token's answer names %q", tc.p.name, got)
+		}
+		if got := names(tc.p.do(http.MethodGet, "/v1/routes/8443", bearer(testToken), "")); got != [2]string{} {
+			t.Fatalf("%s: read answer names %q", tc.p.name, got)
+		}
+	}
+	// No leader known: the answer names only the node.
+	follower.leader.set("", false, errNoQuorum)
+	follower.leader.mu.Lock()
+	follower.leader.name = ""
+	follower.leader.mu.Unlock()
+	rec := follower.do(http.MethodPut, "/v1/routes/8443", bearer(testToken), `{"name":"web"}`)
+	if got := names(rec); rec.Code != http.StatusServiceUnavailable || got != [2]string{"edge-2", ""} {
+		t.Fatalf("without a leader: %d, names %q", rec.Code, got)
 	}
 }
 

@@ -23,6 +23,10 @@ type Leader interface {
 	// message is answered with 503, so it should say why (an election, or
 	// quorum lost) and how to recover.
 	LeaderAPI() (baseURL string, self bool, err error)
+	// LeaderName returns the node name of the leader this node knows of
+	// (its own when it leads), or "" when it knows none. It names the
+	// leader in write answers (LeaderHeader).
+	LeaderName() string
 }
 
 // ConsistencyChecker backs ?consistent=true reads on the leader.
@@ -39,6 +43,17 @@ type ConsistencyChecker interface {
 // forwarded again, so two nodes that each think the other leads cannot
 // bounce a request between them.
 const ForwardedByHeader = "X-Drawbridge-Forwarded-By"
+
+// NodeHeader and LeaderHeader name, in every answer to an authenticated
+// write, the node that answered and the leader it knows of (absent when it
+// knows none). A client that knows which of its members is which sends
+// its next writes straight to the leader, sparing the forward (api/client
+// does). They name nodes, never addresses: a client only ever follows
+// them to members it was configured with.
+const (
+	NodeHeader   = "X-Drawbridge-Node"
+	LeaderHeader = "X-Drawbridge-Leader"
+)
 
 // forwardSlack is added to a forwarded request's deadline beyond the
 // leader's own bounds (ApplyTimeout, a ?wait=applied timeout), so the leader
@@ -101,6 +116,7 @@ func (s *Server) writeEndpoint(maxBody int64, h handlerFunc) handlerFunc {
 		if err != nil {
 			return err
 		}
+		s.nameNodes(w)
 		if err := s.validateHere(w, r, maxBody, h); err != nil {
 			return err
 		}
@@ -123,6 +139,36 @@ func (s *Server) writeEndpoint(maxBody int64, h handlerFunc) handlerFunc {
 		}
 		return h(w, r.WithContext(ctx))
 	}
+}
+
+// nameNodes sets NodeHeader and LeaderHeader on a write's answer.
+func (s *Server) nameNodes(w http.ResponseWriter) {
+	h := w.Header()
+	self := s.selfName()
+	h.Set(NodeHeader, self)
+	switch {
+	case s.leader == nil: // a cluster of one
+		h.Set(LeaderHeader, self)
+	default:
+		if l := s.leader.LeaderName(); l != "" {
+			h.Set(LeaderHeader, headerSafe(l))
+		}
+	}
+}
+
+// selfName returns this node's name, header-safe. It is read from the
+// status source once known (building a Status per request would cost more
+// than the header).
+func (s *Server) selfName() string {
+	if p := s.self.Load(); p != nil {
+		return *p
+	}
+	name := s.statusSrc.Status().Node
+	safe := headerSafe(name)
+	if name != "" {
+		s.self.Store(&safe)
+	}
+	return safe
 }
 
 // readEndpoint wraps a read: served from local state, unless the client
@@ -345,7 +391,7 @@ func (s *Server) forwardOnce(r *http.Request, base string, body []byte, wait tim
 	for _, h := range hopHeaders {
 		req.Header.Del(h)
 	}
-	req.Header.Set(ForwardedByHeader, headerSafe(s.statusSrc.Status().Node))
+	req.Header.Set(ForwardedByHeader, s.selfName())
 	req.Header.Set(ClientAddrHeader, headerSafe(r.RemoteAddr))
 
 	// A leader that vanishes (a cut link, a dead machine) sends no reset:

@@ -27,6 +27,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,9 +58,10 @@ type Server struct {
 	limiter *rateLimiter
 	audits  *slog.Logger // one line per write
 	metrics *metrics
-	certs   *CertReloader // nil: plain HTTP
-	empty   *fsm.State    // served while the StateReader has none yet
-	view    memberView    // the members' endpoints, parsed once per change
+	certs   *CertReloader          // nil: plain HTTP
+	empty   *fsm.State             // served while the StateReader has none yet
+	view    memberView             // the members' endpoints, parsed once per change
+	self    atomic.Pointer[string] // this node's name, once known (selfName)
 
 	mux       *http.ServeMux
 	unmatched http.Handler

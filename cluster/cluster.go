@@ -87,6 +87,13 @@ func (c *Cluster) LeaderAPI() (string, bool, error) {
 	return m.Meta.APIURL, false, nil
 }
 
+// LeaderName returns the node name of the leader raft knows of (this
+// node's when it leads), or "" when it knows none.
+func (c *Cluster) LeaderName() string {
+	_, id := c.node.Leader()
+	return id
+}
+
 // ForwardTLS returns the TLS configuration a follower forwards requests to
 // the leader's HTTPS API with: the server's certificate must chain to pool
 // (the cluster CA) and name the node raft names leader at the moment of the

@@ -10,6 +10,15 @@
 // leader discovery. Retrying after every member failed, with backoff, is
 // the caller's choice: Registrar does it.
 //
+// Writes are cheapest on the leader: a follower forwards them, which costs
+// the cluster a second request. Every answer to a write names the node
+// that answered and the leader it knows of (api.NodeHeader,
+// api.LeaderHeader); the Client learns which member is which node and
+// sends its next requests to the leader's member, or, while it has not
+// heard from that member yet, to a member it has not heard from. It only
+// ever follows these names among its configured members: an answer cannot
+// send it anywhere else.
+//
 // The token is sent as "Authorization: Bearer" on every request and never
 // logged or put in an error.
 package client
@@ -24,6 +33,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,8 +86,18 @@ type Client struct {
 	log     *slog.Logger
 
 	mu     sync.Mutex
-	member int // index of the member that answered last
+	member int // index of the member the next request goes to first
+	// names are the node names members answered with ("" until one
+	// did); asked is when the Client last asked a member it knew no name
+	// for, so a member that never answers is not asked again on every
+	// request (see follow).
+	names []string
+	asked []time.Time
 }
+
+// reexplore is how long a member that gave no name is left alone before
+// the Client asks it again to find the leader.
+const reexplore = 5 * time.Minute
 
 // New checks cfg and returns a Client. It contacts nobody.
 func New(cfg Config) (*Client, error) {
@@ -119,7 +139,8 @@ func New(cfg Config) (*Client, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Client{members: members, token: cfg.Token, ua: ua, http: hc, log: logger}, nil
+	return &Client{members: members, token: cfg.Token, ua: ua, http: hc, log: logger,
+		names: make([]string, len(members)), asked: make([]time.Time, len(members))}, nil
 }
 
 // MemberURL checks a member's base URL and returns it canonical: a scheme
@@ -139,8 +160,9 @@ func MemberURL(s string) (string, error) {
 // Members returns the members' base URLs in order.
 func (c *Client) Members() []string { return append([]string(nil), c.members...) }
 
-// Member returns the base URL of the member that answered last (the first
-// one before any answered).
+// Member returns the base URL of the member the next request goes to first:
+// the one that answered last, or the leader's when that answer named it (the
+// first member before any answered).
 func (c *Client) Member() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -192,7 +214,7 @@ func (c *Client) Try(ctx context.Context, method, path string, body []byte) ([]b
 	var last error
 	for i := range n {
 		idx := (start + i) % n
-		data, err := c.Send(ctx, idx, method, path, body)
+		data, leader, err := c.send(ctx, idx, method, path, body)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -201,9 +223,9 @@ func (c *Client) Try(ctx context.Context, method, path string, body []byte) ([]b
 			if idx != start {
 				c.log.Info("switched member", "from", c.members[start], "to", c.members[idx],
 					"reason", errString(last))
-				c.mu.Lock()
-				c.member = idx
-				c.mu.Unlock()
+			}
+			if next := c.follow(idx, leader); next != idx {
+				c.log.Debug("following the leader", "leader", leader, "from", c.members[idx], "to", c.members[next])
 			}
 			return data, err
 		}
@@ -220,9 +242,72 @@ func (c *Client) Try(ctx context.Context, method, path string, body []byte) ([]b
 	return nil, last
 }
 
+// follow records that member idx ended a request's walk naming leader, and
+// picks the member the next request goes to first: the one known to be the
+// leader; while none is, a member not heard from (not asked within
+// reexplore), since any member accepts writes and asking it costs at most
+// one forward; otherwise idx. It returns that member.
+func (c *Client) follow(idx int, leader string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next := idx
+	if leader != "" && c.names[idx] != leader {
+		if j := slices.Index(c.names, leader); j >= 0 {
+			next = j
+		} else {
+			now := time.Now()
+			for i := 1; i < len(c.members); i++ {
+				j := (idx + i) % len(c.members)
+				if c.names[j] == "" && now.Sub(c.asked[j]) >= reexplore {
+					c.asked[j] = now
+					next = j
+					break
+				}
+			}
+		}
+	}
+	c.member = next
+	return next
+}
+
+// learn records the node name member idx answered with (api.NodeHeader)
+// and returns the leader it named (api.LeaderHeader); a name that is not
+// a plausible node name is ignored.
+func (c *Client) learn(idx int, h http.Header) (leader string) {
+	if name := h.Get(api.NodeHeader); nodeName(name) {
+		c.mu.Lock()
+		c.names[idx] = name
+		c.mu.Unlock()
+	}
+	if leader = h.Get(api.LeaderHeader); !nodeName(leader) {
+		return ""
+	}
+	return leader
+}
+
+// nodeName reports whether s can be a node name: 1 to 128 visible ASCII
+// characters.
+func nodeName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
 // Send makes one request to member idx (an index into Members) and returns
 // a 2xx answer's body; anything else is an *Error. It does not fail over.
 func (c *Client) Send(ctx context.Context, idx int, method, path string, body []byte) ([]byte, error) {
+	data, _, err := c.send(ctx, idx, method, path, body)
+	return data, err
+}
+
+// send is Send that also returns the leader the answer named ("" if none).
+func (c *Client) send(ctx context.Context, idx int, method, path string, body []byte) ([]byte, string, error) {
 	member := c.members[idx]
 	var rd io.Reader
 	if body != nil {
@@ -230,7 +315,7 @@ func (c *Client) Send(ctx context.Context, idx int, method, path string, body []
 	}
 	req, err := http.NewRequestWithContext(ctx, method, member+path, rd)
 	if err != nil {
-		return nil, &Error{Member: member, Err: err}
+		return nil, "", &Error{Member: member, Err: err}
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("User-Agent", c.ua)
@@ -244,15 +329,16 @@ func (c *Client) Send(ctx context.Context, idx int, method, path string, body []
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return nil, &Error{Member: member, Err: err}
+		return nil, "", &Error{Member: member, Err: err}
 	}
 	defer resp.Body.Close()
+	leader := c.learn(idx, resp.Header)
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 	if resp.StatusCode/100 == 2 {
 		if err != nil {
-			return nil, &Error{Member: member, Err: fmt.Errorf("read answer: %w", err)}
+			return nil, "", &Error{Member: member, Err: fmt.Errorf("read answer: %w", err)}
 		}
-		return data, nil
+		return data, leader, nil
 	}
 	msg := strings.TrimSpace(string(data))
 	var e struct {
@@ -268,7 +354,7 @@ func (c *Client) Send(ctx context.Context, idx int, method, path string, body []
 	if len(e.Code) > 64 {
 		e.Code = ""
 	}
-	return nil, &Error{Member: member, Status: resp.StatusCode, Message: msg, Code: e.Code}
+	return nil, leader, &Error{Member: member, Status: resp.StatusCode, Message: msg, Code: e.Code}
 }
 
 // Codes the API gives in error answers (see api.CodePortTaken).

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	crand "crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
@@ -20,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/drawbridge-lb/drawbridge/api/client"
 	"github.com/drawbridge-lb/drawbridge/internal/pki"
 	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 	"github.com/drawbridge-lb/drawbridge/internal/tlsutil"
@@ -144,10 +146,20 @@ func leaderOf(agents []*agent) *agent {
 	return nil
 }
 
+// writeBackend is the backend address of the sustained writes, on a port
+// from 1 to writeBackendPorts. It is on loopback, so HAProxy's health
+// checks of it never leave the machine; nothing listens there, and the
+// ports stay below the dynamic ranges and the members' (ephemeral) ports,
+// which the backend policy refuses on loopback.
+const (
+	writeBackend      = "127.0.0.2"
+	writeBackendPorts = 20000
+)
+
 // put upserts route port with one backend; it reports whether it committed.
 func (a *agent) put(client *http.Client, port, backendPort int) bool {
 	body, _ := json.Marshal(map[string]any{"name": "r" + strconv.Itoa(port),
-		"backends": []map[string]any{{"address": "10.99.0.1", "port": backendPort}}})
+		"backends": []map[string]any{{"address": writeBackend, "port": backendPort}}})
 	req, _ := http.NewRequest("PUT", fmt.Sprintf("%s/v1/routes/%d", a.url(), port), bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := client.Do(req)
@@ -228,7 +240,7 @@ func runCluster(bin string, secure bool) (clusterFigures, error) {
 	fmt.Printf("\ndrawbridge three-node benchmark (3 agents + 3 HAProxies on loopback, default raft timings, fsync on; %s)\n", setting)
 
 	// Sustained writes: 64 clients, random nodes (followers forward), 5 s,
-	// on each path.
+	// on each path; then 64 drawbridge clients, which follow the leader.
 	// The leader kills below keep writing to the old path's ports.
 	var ports []int
 	for _, path := range []benchPath{oldPath(), newPath()} {
@@ -236,11 +248,16 @@ func runCluster(bin string, secure bool) (clusterFigures, error) {
 		if path.name == "old" {
 			ports = pp
 		}
-		w, err := sustainedWrites(agents, path, pp, secure)
+		w, err := sustainedWrites(agents, path, pp, secure, false)
 		if err != nil {
 			return figs, err
 		}
 		figs.writes[path.name] = w
+	}
+	for _, path := range []benchPath{oldPath(), newPath()} {
+		if _, err := sustainedWrites(agents, path, path.ports(200), secure, true); err != nil {
+			return figs, err
+		}
 	}
 	if writesOnly {
 		return figs, nil
@@ -351,14 +368,18 @@ func roundAll(d []time.Duration) []time.Duration {
 }
 
 // profileFile is where a run's leader profile of path's writes goes: FILE
-// for the old path without TLS, then ".new" and ".tls" added as they apply.
-func profileFile(path benchPath, secure bool) string {
+// for the old path without TLS and plain clients, then ".new", ".tls" and
+// ".follow" added as they apply.
+func profileFile(path benchPath, secure, follow bool) string {
 	f := cpuProfile
 	if path.name != "old" {
 		f += "." + path.name
 	}
 	if secure {
 		f += ".tls"
+	}
+	if follow {
+		f += ".follow"
 	}
 	return f
 }
@@ -393,15 +414,23 @@ func cpuSplit(agents []*agent) cpuUse {
 }
 
 // sustainedWrites runs 64 clients for 5 s, each putting a route with one
-// backend (a new backend port every time) on one of ports (path's) to a
-// random node, and prints committed writes/s, the machine's CPU per write
-// and what HAProxy did meanwhile. The first write to each port adds its
-// route; the rest change its backend.
-func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) (float64, error) {
+// backend (a new backend port every time) on one of ports (path's), and
+// prints committed writes/s, the machine's CPU per write and what HAProxy
+// did meanwhile. The first write to each port adds its route; the rest
+// change its backend. Plain clients send every write to a random node, as
+// a shell recipe's curl does, and followers forward two in three; with
+// follow, each is a drawbridge client (api/client) whose members start at
+// a random node, and which sends its writes to the leader once an answer
+// has named it.
+func sustainedWrites(agents []*agent, path benchPath, ports []int, secure, follow bool) (float64, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
 	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	defer tr.CloseIdleConnections()
+	clients := "64 clients to random nodes"
+	if follow {
+		clients = "64 drawbridge clients that follow the leader"
+	}
 	var ok, failed atomic.Int64
 	counts := func() (reloads, runtime uint64) {
 		for _, a := range agents {
@@ -420,9 +449,14 @@ func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) 
 		go func(c int) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			put := func(port, backendPort int) bool {
+				return agents[rng.IntN(3)].put(client, port, backendPort)
+			}
+			if follow {
+				put = followingPut(agents, rng.IntN(len(agents)), client)
+			}
 			for time.Now().Before(stop) {
-				a := agents[rng.IntN(3)]
-				if a.put(client, ports[rng.IntN(len(ports))], 1+rng.IntN(60000)) {
+				if put(ports[rng.IntN(len(ports))], 1+rng.IntN(writeBackendPorts)) {
 					ok.Add(1)
 				} else {
 					failed.Add(1)
@@ -433,14 +467,14 @@ func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) 
 	start := time.Now()
 	profErr := make(chan error, 1)
 	if cpuProfile != "" {
-		go func() { profErr <- profileAgents(agents, profileFile(path, secure)) }()
+		go func() { profErr <- profileAgents(agents, profileFile(path, secure, follow)) }()
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	busy1, err := procfs.MachineBusy()
 	writes := float64(ok.Load()) / elapsed.Seconds()
-	fmt.Printf("sustained writes, 64 clients to random nodes, %s: %.0f committed writes/s (%d ok, %d failed in %v)\n",
-		path.short, writes, ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
+	fmt.Printf("sustained writes, %s, %s: %.0f committed writes/s (%d ok, %d failed in %v)\n",
+		clients, path.short, writes, ok.Load(), failed.Load(), elapsed.Round(time.Millisecond))
 	if busyErr == nil && err == nil && ok.Load() > 0 {
 		// CPU per write is steadier than writes/s on a shared VM: time
 		// stolen by the host lowers the rate, not the work per write.
@@ -477,9 +511,27 @@ func sustainedWrites(agents []*agent, path benchPath, ports []int, secure bool) 
 		if err := <-profErr; err != nil {
 			return writes, err
 		}
-		fmt.Printf("  CPU profiles of these writes: %s (leader), %[1]s.follower-1 and -2\n", profileFile(path, secure))
+		fmt.Printf("  CPU profiles of these writes: %s (leader), %[1]s.follower-1 and -2\n", profileFile(path, secure, follow))
 	}
 	return writes, nil
+}
+
+// followingPut returns a put through a drawbridge client whose members are
+// the agents, starting at first.
+func followingPut(agents []*agent, first int, hc *http.Client) func(port, backendPort int) bool {
+	var members []string
+	for i := range agents {
+		members = append(members, agents[(first+i)%len(agents)].url())
+	}
+	c, err := client.New(client.Config{Members: members, Token: token, HTTPClient: hc})
+	if err != nil {
+		panic(err) // the members and token are the bench's own
+	}
+	return func(port, backendPort int) bool {
+		_, err := c.PutRoute(context.Background(), port, client.RouteSpec{Name: "r" + strconv.Itoa(port),
+			Backends: []client.BackendSpec{{Address: writeBackend, Port: backendPort}}})
+		return err == nil
+	}
 }
 
 // profileAgents fetches a 4 s CPU profile from every agent's loopback pprof

@@ -2,9 +2,12 @@ package clienttest
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/drawbridge-lb/drawbridge/api"
@@ -24,6 +27,8 @@ type RealAPI struct {
 	// FSM is the table the API commits to; read it to see what a request
 	// changed.
 	FSM *fsm.FSM
+	// Requests counts the requests Srv received.
+	Requests atomic.Int64
 }
 
 // NewRealAPI serves the API configured by cfg (start from
@@ -31,20 +36,61 @@ type RealAPI struct {
 // Logs go to log (nil: discarded).
 func NewRealAPI(tb testing.TB, cfg api.Config, log *slog.Logger) *RealAPI {
 	tb.Helper()
+	return newRealAPI(tb, cfg, log, "clienttest", nil)
+}
+
+// NewRealCluster serves n APIs as one cluster's nodes, named node-0 to
+// node-(n-1): node-0 leads and commits every write, the others forward
+// writes to it over HTTP as followers do (with the API's own forwarding
+// client). Each answers with its name and the leader's
+// (api.NodeHeader, api.LeaderHeader).
+func NewRealCluster(tb testing.TB, cfg api.Config, n int, log *slog.Logger) []*RealAPI {
+	tb.Helper()
+	leader := newRealAPI(tb, cfg, log, "node-0", &staticLeader{self: true, name: "node-0"})
+	nodes := []*RealAPI{leader}
+	for i := 1; i < n; i++ {
+		nodes = append(nodes, newRealAPI(tb, cfg, log, fmt.Sprintf("node-%d", i), &staticLeader{url: leader.URL(), name: "node-0"}))
+	}
+	return nodes
+}
+
+func newRealAPI(tb testing.TB, cfg api.Config, log *slog.Logger, name string, leader api.Leader) *RealAPI {
 	f := fsm.New()
-	srv, err := api.New(cfg, api.Deps{
+	deps := api.Deps{
 		Applier: &LogApplier{FSM: f},
 		State:   f,
-		Status:  staticStatus{api.Status{Node: "clienttest", Version: "test"}},
+		Status:  staticStatus{api.Status{Node: name, Version: "test"}},
 		Logger:  log,
-	})
+	}
+	if leader != nil {
+		fc := api.NewForwardClient(nil)
+		tb.Cleanup(fc.CloseIdleConnections)
+		deps.Leader, deps.ForwardClient = leader, fc
+	}
+	srv, err := api.New(cfg, deps)
 	if err != nil {
 		tb.Fatalf("api.New: %v", err)
 	}
-	r := &RealAPI{Srv: httptest.NewServer(srv.Handler()), API: srv, FSM: f}
+	r := &RealAPI{API: srv, FSM: f}
+	h := srv.Handler()
+	r.Srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.Requests.Add(1)
+		h.ServeHTTP(w, req)
+	}))
 	tb.Cleanup(r.Srv.Close)
 	return r
 }
+
+// staticLeader is a Leader that never changes: this node (self) or the
+// node named name at url.
+type staticLeader struct {
+	url  string
+	self bool
+	name string
+}
+
+func (l *staticLeader) LeaderAPI() (string, bool, error) { return l.url, l.self, nil }
+func (l *staticLeader) LeaderName() string               { return l.name }
 
 // URL is the API's base URL.
 func (r *RealAPI) URL() string { return r.Srv.URL }
