@@ -17,6 +17,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/drawbridge-lb/drawbridge/api/client"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -187,6 +188,23 @@ func TestE2EClusterPostToFollowerGoesLiveEverywhere(t *testing.T) {
 		t.Errorf("members: %v\n%s", err, out)
 	}
 	testenv.Eventually(t, 10*time.Second, "all nodes converge on one config", c.converged)
+
+	// A drawbridge client that starts at the followers learns from their
+	// answers which member leads and writes there: raft's leader, named
+	// by every node.
+	others := c.others(leader)
+	cl, err := client.New(client.Config{Members: []string{others[0].url(""), others[1].url(""), leader.url("")}, Token: testToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := cl.PutRoute(context.Background(), testenv.FreePort(t), client.RouteSpec{Name: fmt.Sprintf("follow-%d", i)}); err != nil {
+			t.Fatalf("write %d through the client: %v", i, err)
+		}
+	}
+	if cl.Member() != leader.url("") {
+		t.Fatalf("after three writes the client sends to %s, want the leader %s at %s", cl.Member(), leader.name, leader.url(""))
+	}
 }
 
 // kvOp is one operation of the history checked for linearizability: routes
