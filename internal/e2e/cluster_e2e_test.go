@@ -205,6 +205,22 @@ func TestE2EClusterPostToFollowerGoesLiveEverywhere(t *testing.T) {
 	if cl.Member() != leader.url("") {
 		t.Fatalf("after three writes the client sends to %s, want the leader %s at %s", cl.Member(), leader.name, leader.url(""))
 	}
+
+	// The leader dies: the client's next write finds its member refusing,
+	// goes to a follower (held until the new leader is elected, then
+	// committed), and the one after goes to the new leader.
+	leader.kill()
+	if _, err := cl.PutRoute(context.Background(), testenv.FreePort(t), client.RouteSpec{Name: "after-kill"}); err != nil {
+		t.Fatalf("write after the leader's kill: %v", err)
+	}
+	var next *testAgent
+	testenv.Eventually(t, 15*time.Second, "a new leader", func() bool { next = c.leader(); return next != nil })
+	if _, err := cl.PutRoute(context.Background(), testenv.FreePort(t), client.RouteSpec{Name: "after-kill-2"}); err != nil {
+		t.Fatalf("second write after the leader's kill: %v", err)
+	}
+	if cl.Member() != next.url("") {
+		t.Fatalf("after the kill the client sends to %s, want the new leader %s at %s", cl.Member(), next.name, next.url(""))
+	}
 }
 
 // kvOp is one operation of the history checked for linearizability: routes
