@@ -425,7 +425,7 @@ func cpuSplit(agents []*agent) cpuUse {
 func sustainedWrites(agents []*agent, path benchPath, ports []int, secure, follow bool) (float64, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
-	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	defer tr.CloseIdleConnections()
 	clients := "64 clients to random nodes"
 	if follow {
@@ -450,10 +450,10 @@ func sustainedWrites(agents []*agent, path benchPath, ports []int, secure, follo
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(c), 7))
 			put := func(port, backendPort int) bool {
-				return agents[rng.IntN(3)].put(client, port, backendPort)
+				return agents[rng.IntN(3)].put(hc, port, backendPort)
 			}
 			if follow {
-				put = followingPut(agents, rng.IntN(len(agents)), client)
+				put = followingPut(agents, rng.IntN(len(agents)), hc)
 			}
 			for time.Now().Before(stop) {
 				if put(ports[rng.IntN(len(ports))], 1+rng.IntN(writeBackendPorts)) {
