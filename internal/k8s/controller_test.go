@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
@@ -158,9 +159,40 @@ func startController(t *testing.T, kube *fake.Clientset, routes Routes, cfg Conf
 	return c
 }
 
+// newKube returns a fake clientset whose Services keep spec and status
+// apart as an API server does: UpdateStatus changes the status alone. The
+// plain fake stores the whole object it is given, so a controller's status
+// write from a stale copy, racing a test's spec update, would put the old
+// spec back (and the test would wait for a change that was undone).
+func newKube() *fake.Clientset {
+	kube := fake.NewClientset()
+	services := corev1.SchemeGroupVersion.WithResource("services")
+	kube.PrependReactor("update", "services", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		u, ok := a.(clienttesting.UpdateAction)
+		if !ok || u.GetSubresource() != "status" {
+			return false, nil, nil
+		}
+		in, ok := u.GetObject().(*corev1.Service)
+		if !ok {
+			return false, nil, nil
+		}
+		cur, err := kube.Tracker().Get(services, in.Namespace, in.Name)
+		if err != nil {
+			return true, nil, err
+		}
+		out := cur.(*corev1.Service).DeepCopy()
+		in.Status.DeepCopyInto(&out.Status)
+		if err := kube.Tracker().Update(services, out, in.Namespace); err != nil {
+			return true, nil, err
+		}
+		return true, out, nil
+	})
+	return kube
+}
+
 func newHarness(t *testing.T, cfg Config, objs ...any) *harness {
 	t.Helper()
-	kube := fake.NewClientset()
+	kube := newKube()
 	h := &harness{t: t, kube: kube, routes: newMemRoutes(), ctx: context.Background()}
 	for _, o := range objs {
 		h.create(o)
@@ -373,7 +405,7 @@ func TestControllerRepairsDriftAndCollectsGarbage(t *testing.T) {
 }
 
 func TestControllerRestartChangesNothing(t *testing.T) {
-	kube := fake.NewClientset()
+	kube := newKube()
 	routes := newMemRoutes()
 	routes.fip = "198.51.100.7"
 	ctx := context.Background()
@@ -428,7 +460,7 @@ func TestControllerRestartChangesNothing(t *testing.T) {
 }
 
 func TestControllerDrawbridgeDownRetries(t *testing.T) {
-	kube := fake.NewClientset()
+	kube := newKube()
 	routes := newMemRoutes()
 	routes.fail = fmt.Errorf("connection refused")
 	kube.CoreV1().Nodes().Create(context.Background(), readyNode("n1", "10.0.0.1"), metav1.CreateOptions{})
@@ -467,7 +499,7 @@ func TestConfigValidate(t *testing.T) {
 // TestControllerRefusesAFloatingIPThatIsNotOne: what drawbridge reports is
 // checked before it reaches a Service's status.
 func TestControllerRefusesAFloatingIPThatIsNotOne(t *testing.T) {
-	kube := fake.NewClientset()
+	kube := newKube()
 	routes := newMemRoutes()
 	routes.fip = "192.0.2.1\nx"
 	kube.CoreV1().Nodes().Create(context.Background(), readyNode("n1", "10.0.0.1"), metav1.CreateOptions{})

@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/drawbridge-lb/drawbridge/api"
 	"github.com/drawbridge-lb/drawbridge/api/client"
@@ -170,7 +169,7 @@ func TestControllerOnARegisterToken(t *testing.T) {
 	// The controller's own route of a Service deleted while it was away.
 	must(ctrlRoutes.PutRoute(ctx, route(31009, "k8s.gone_old_80", "10.0.0.1:30003")))
 
-	kube := fake.NewClientset()
+	kube := newKube()
 	h := &harness{t: t, kube: kube, ctx: ctx}
 	h.create(readyNode("n1", "10.0.0.1"))
 	c := startController(t, kube, ctrlRoutes, Config{ExternalIP: "203.0.113.10", Resync: 200 * time.Millisecond, RefusedRetry: time.Hour})
@@ -233,7 +232,7 @@ func TestControllerOnARegisterToken(t *testing.T) {
 // missing from one edge node's api.tokens), and nothing is written.
 func TestControllerReportsAnUnknownToken(t *testing.T) {
 	a := scopedAPI(t)
-	kube := fake.NewClientset()
+	kube := newKube()
 	h := &harness{t: t, kube: kube, ctx: context.Background()}
 	h.create(readyNode("n1", "10.0.0.1"))
 	startController(t, kube, routesAs(t, a, "fake-unknown-token-9999"), Config{ExternalIP: "203.0.113.10", Resync: time.Hour, RefusedRetry: time.Hour})
@@ -254,7 +253,7 @@ func TestControllerReportsAnUnknownToken(t *testing.T) {
 // it again.
 func TestControllerKeepsTheFinalizerWhileRemovalIsRefused(t *testing.T) {
 	a := scopedAPI(t)
-	kube := fake.NewClientset()
+	kube := newKube()
 	h := &harness{t: t, kube: kube, ctx: context.Background()}
 	h.create(readyNode("n1", "10.0.0.1"))
 	c := startController(t, kube, routesAs(t, a, controllerSecret), Config{ExternalIP: "203.0.113.10", Resync: 200 * time.Millisecond, RefusedRetry: time.Hour})
@@ -319,7 +318,7 @@ func TestControllerWarnsWhenItsTokenIsNotScoped(t *testing.T) {
 		warns        int
 	}{{"k8s-controller", controllerSecret, 0}, {"ops", opsSecret, 1}} {
 		logs := &testenv.Buffer{}
-		kube := fake.NewClientset()
+		kube := newKube()
 		c, err := New(Config{}, Clients{Core: kube.CoreV1(), Discovery: kube.DiscoveryV1(), Coordination: kube.CoordinationV1()},
 			routesAs(t, a, tc.secret), slog.New(slog.NewTextHandler(logs, nil)))
 		if err != nil {
