@@ -42,6 +42,12 @@ func (l *fakeLeader) LeaderName() string {
 	return l.name
 }
 
+func (l *fakeLeader) setName(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.name = name
+}
+
 func (l *fakeLeader) set(url string, self bool, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -446,11 +452,8 @@ func TestForwardLoopProtection(t *testing.T) {
 // without a token learns them.
 func TestWriteAnswersNameTheNodes(t *testing.T) {
 	leader, follower := newPair(t)
-	for _, p := range []*peer{leader, follower} {
-		p.leader.mu.Lock()
-		p.leader.name = "edge-1"
-		p.leader.mu.Unlock()
-	}
+	leader.leader.setName("edge-1")
+	follower.leader.setName("edge-1")
 	names := func(rec *httptest.ResponseRecorder) [2]string {
 		return [2]string{rec.Header().Get(api.NodeHeader), rec.Header().Get(api.LeaderHeader)}
 	}
@@ -474,9 +477,7 @@ func TestWriteAnswersNameTheNodes(t *testing.T) {
 	}
 	// No leader known: the answer names only the node.
 	follower.leader.set("", false, errNoQuorum)
-	follower.leader.mu.Lock()
-	follower.leader.name = ""
-	follower.leader.mu.Unlock()
+	follower.leader.setName("")
 	rec := follower.do(http.MethodPut, "/v1/routes/8443", bearer(testToken), `{"name":"web"}`)
 	if got := names(rec); rec.Code != http.StatusServiceUnavailable || got != [2]string{"edge-2", ""} {
 		t.Fatalf("without a leader: %d, names %q", rec.Code, got)

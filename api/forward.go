@@ -146,13 +146,10 @@ func (s *Server) nameNodes(w http.ResponseWriter) {
 	h := w.Header()
 	self := s.selfName()
 	h.Set(NodeHeader, self)
-	switch {
-	case s.leader == nil: // a cluster of one
+	if s.leader == nil { // a cluster of one
 		h.Set(LeaderHeader, self)
-	default:
-		if l := s.leader.LeaderName(); l != "" {
-			h.Set(LeaderHeader, headerSafe(l))
-		}
+	} else if l := s.leader.LeaderName(); l != "" {
+		h.Set(LeaderHeader, headerSafe(l))
 	}
 }
 
