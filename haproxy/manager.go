@@ -180,7 +180,9 @@ type Manager struct {
 	marked    bool
 
 	// stopping are old workers the memory budget stopped, by PID, with
-	// when; only runWorkers uses it.
+	// when: the periodic check (runWorkers) and reloads (makeRoom) both
+	// stop workers, under budgetMu.
+	budgetMu sync.Mutex
 	stopping map[int]time.Time
 
 	// crashAfterInstall, set by tests, runs between installing a new
@@ -1165,6 +1167,7 @@ func (m *Manager) reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reload haproxy: master not answering: %w", err)
 	}
+	m.makeRoom(ctx, before)
 	// The connection is closed or reset when the master re-executes; that
 	// is the expected answer, so only a failure to connect counts.
 	var opErr *net.OpError

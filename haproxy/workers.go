@@ -28,7 +28,9 @@ const stopGrace = 10 * time.Second
 // within its 30 minutes can hold twelve workers. The memory budget
 // (Config.OldWorkersMaxBytes) bounds them in space: when the old workers
 // together hold more than it, the oldest are stopped first (SIGTERM: their
-// connections close now) and what was closed is logged and counted. The
+// connections close now) and what was closed is logged and counted. Reloads
+// make room before they start (makeRoom), so the old workers stay within
+// the budget rather than returning to it a check later. The
 // trade-off: a budget breaks long-lived connections earlier than
 // hard-stop-after would, to keep the node from swapping or the OOM killer
 // choosing a process itself; routes in the dynamic range never reload, so
@@ -136,6 +138,17 @@ func (m *Manager) runWorkers(ctx context.Context) {
 	}
 }
 
+// oldWorker is a worker left from an earlier reload, as measured.
+type oldWorker struct {
+	pid, reloads, conns int
+	rss                 uint64
+}
+
+// oldestFirst sorts old workers by the reloads they survived, most first.
+func oldestFirst(olds []oldWorker) {
+	slices.SortFunc(olds, func(a, b oldWorker) int { return b.reloads - a.reloads })
+}
+
 // checkWorkers measures the workers and stops the oldest old workers while
 // they hold more than the budget.
 func (m *Manager) checkWorkers(ctx context.Context) {
@@ -144,54 +157,108 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 		// The master CLI does not answer while the master re-executes for
 		// a reload, which under a stream of reloads is most of the time:
 		// measure from /proc instead (the newest child is the current
-		// worker), report only, and stop nothing on that guess.
+		// worker), report only, and stop nothing on that guess. Reloads
+		// make room before they start (makeRoom), so the budget holds
+		// meanwhile.
 		m.workersFromProc()
 		return
 	}
 	m.noticeOutsideReload(p.Reloads)
-	type old struct {
-		pid, reloads, conns int
-		rss                 uint64
-	}
 	var cur uint64
-	var olds []old
+	var olds []oldWorker
 	for _, w := range p.Workers {
 		if w.Reloads == 0 {
 			cur += m.workerMemory(ctx, w.PID)
 			continue
 		}
-		olds = append(olds, old{pid: w.PID, reloads: w.Reloads, rss: m.workerMemory(ctx, w.PID), conns: workerConns(ctx, m.sockPath, w.PID)})
+		olds = append(olds, oldWorker{pid: w.PID, reloads: w.Reloads, rss: m.workerMemory(ctx, w.PID), conns: workerConns(ctx, m.sockPath, w.PID)})
 	}
-	// Oldest first: the worker that survived the most reloads.
-	slices.SortFunc(olds, func(a, b old) int { return b.reloads - a.reloads })
+	oldestFirst(olds)
 	// Workers stopped earlier may take a while to exit (freeing a large
 	// table under load): they still hold memory, but are not stopped or
 	// counted again; one that ignores SIGTERM for stopGrace is killed.
-	var total, pending uint64
-	live := olds[:0:0]
+	live, pending := m.notStopping(olds, true)
+	var total uint64
+	for _, o := range olds {
+		total += o.rss
+	}
+	var stopped []oldWorker
+	if budget := m.cfg.OldWorkersMaxBytes; budget > 0 && total-pending > budget {
+		stopped = m.stopOldest(live, total-pending-budget, "old workers exceeded their memory budget")
+	}
+	// Reported: the old workers alive after this round, including those
+	// stopped earlier that have not exited yet.
+	count := len(olds) - len(stopped)
+	conns := 0
+	for _, o := range live {
+		if !slices.ContainsFunc(stopped, func(s oldWorker) bool { return s.pid == o.pid }) {
+			conns += max(o.conns, 0)
+		}
+	}
+	for _, s := range stopped {
+		total -= s.rss
+	}
+	m.update(func(s *Status) {
+		s.Workers.WorkerRSS = cur
+		s.Workers.OldWorkers = count
+		s.Workers.OldWorkerConns = conns
+		s.Workers.OldWorkersRSS = total
+	})
+	m.countStopped(stopped)
+	if m.metrics != nil {
+		m.metrics.oldWorkers.Set(float64(count))
+		m.metrics.oldWorkerConns.Set(float64(conns))
+		m.metrics.oldWorkersRSS.Set(float64(total))
+		m.metrics.workerRSS.Set(float64(cur))
+	}
+}
+
+// notStopping splits olds into those the budget has not stopped (in the
+// same order) and the memory of those it has, which are on their way out.
+// With prune, stopped workers that have exited are forgotten and those
+// past stopGrace are killed.
+func (m *Manager) notStopping(olds []oldWorker, prune bool) (live []oldWorker, pending uint64) {
+	m.budgetMu.Lock()
+	defer m.budgetMu.Unlock()
 	seen := map[int]bool{}
 	for _, o := range olds {
 		seen[o.pid] = true
-		total += o.rss
-		if at, ok := m.stopping[o.pid]; ok {
-			pending += o.rss
-			if time.Since(at) > stopGrace {
-				_ = syscall.Kill(o.pid, syscall.SIGKILL)
-			}
+		at, ok := m.stopping[o.pid]
+		if !ok {
+			live = append(live, o)
 			continue
 		}
-		live = append(live, o)
-	}
-	for pid := range m.stopping {
-		if !seen[pid] {
-			delete(m.stopping, pid)
+		pending += o.rss
+		if prune && time.Since(at) > stopGrace {
+			_ = syscall.Kill(o.pid, syscall.SIGKILL)
 		}
 	}
-	var stopped, closed, justStopped uint64
-	budget := m.cfg.OldWorkersMaxBytes
-	for budget > 0 && total-pending > budget && len(live) > 0 {
-		o := live[0]
-		live = live[1:]
+	if prune {
+		for pid := range m.stopping {
+			if !seen[pid] {
+				delete(m.stopping, pid)
+			}
+		}
+	}
+	return live, pending
+}
+
+// stopOldest stops old workers from the front of olds (oldest first) until
+// their memory together reaches excess, skipping any the budget stopped
+// already, and returns those it stopped. Stopping is SIGTERM: HAProxy's
+// hard stop, which closes the worker's connections now.
+func (m *Manager) stopOldest(olds []oldWorker, excess uint64, why string) []oldWorker {
+	m.budgetMu.Lock()
+	defer m.budgetMu.Unlock()
+	var stopped []oldWorker
+	var freed uint64
+	for _, o := range olds {
+		if freed >= excess {
+			break
+		}
+		if _, ok := m.stopping[o.pid]; ok {
+			continue
+		}
 		if err := syscall.Kill(o.pid, syscall.SIGTERM); err != nil {
 			if errors.Is(err, syscall.EPERM) {
 				// An isolated HAProxy's workers are another user's: only
@@ -204,39 +271,82 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 			m.stopping = map[int]time.Time{}
 		}
 		m.stopping[o.pid] = time.Now()
-		pending += o.rss
-		justStopped += o.rss
-		stopped++
-		if o.conns > 0 {
-			closed += uint64(o.conns)
-		}
-		m.log.Warn("old haproxy worker stopped: old workers exceeded their memory budget, its connections are closed",
+		freed += o.rss
+		stopped = append(stopped, o)
+		m.log.Warn("old haproxy worker stopped: "+why+", its connections are closed",
 			"pid", o.pid, "reloads_survived", o.reloads, "connections_closed", max(o.conns, 0),
-			"resident_mb", o.rss>>20, "budget_mb", budget>>20)
+			"resident_mb", o.rss>>20, "budget_mb", m.cfg.OldWorkersMaxBytes>>20)
 	}
-	// Reported: the old workers alive after this round, including those
-	// stopped earlier that have not exited yet.
-	count := len(olds) - int(stopped)
-	total -= justStopped
-	conns := 0
-	for _, o := range live {
-		conns += max(o.conns, 0)
+	return stopped
+}
+
+// countStopped adds workers the budget stopped, and their connections, to
+// the status and the metrics.
+func (m *Manager) countStopped(stopped []oldWorker) {
+	if len(stopped) == 0 {
+		return
+	}
+	var closed uint64
+	for _, o := range stopped {
+		closed += uint64(max(o.conns, 0))
 	}
 	m.update(func(s *Status) {
-		s.Workers.WorkerRSS = cur
-		s.Workers.OldWorkers = count
-		s.Workers.OldWorkerConns = conns
-		s.Workers.OldWorkersRSS = total
-		s.Workers.OldWorkersStopped += stopped
+		s.Workers.OldWorkersStopped += uint64(len(stopped))
 		s.Workers.OldWorkerConnsClosed += closed
 	})
 	if m.metrics != nil {
-		m.metrics.oldWorkers.Set(float64(count))
-		m.metrics.oldWorkerConns.Set(float64(conns))
-		m.metrics.oldWorkersRSS.Set(float64(total))
-		m.metrics.workerRSS.Set(float64(cur))
-		m.metrics.oldWorkersStopped.Add(float64(stopped))
+		m.metrics.oldWorkersStopped.Add(float64(len(stopped)))
 		m.metrics.oldWorkerConnsClosed.Add(float64(closed))
+	}
+}
+
+// exitWait bounds how long a reload waits for the old workers makeRoom
+// stopped to exit.
+const exitWait = time.Second
+
+// makeRoom runs before a reload, which turns the current worker into an
+// old one when it holds connections: if that would take the old workers
+// past the budget, the oldest are stopped first and given up to exitWait
+// to exit, so their memory is free before the new worker starts. Checking
+// only after reloads would let the old workers sit above the budget until
+// the next check that finds the master CLI answering, which under a stream
+// of reloads can be seconds. The current worker itself is never stopped
+// here: it serves until the new one is up, and the periodic check handles
+// a single worker larger than the budget.
+func (m *Manager) makeRoom(ctx context.Context, p procInfo) {
+	budget := m.cfg.OldWorkersMaxBytes
+	if budget == 0 {
+		return
+	}
+	var olds []oldWorker
+	var total uint64
+	for _, w := range p.Workers {
+		if w.Reloads == 0 {
+			if workerConns(ctx, m.sockPath, w.PID) != 0 { // -1, unknown, counts
+				total += m.workerMemory(ctx, w.PID)
+			}
+			continue
+		}
+		olds = append(olds, oldWorker{pid: w.PID, reloads: w.Reloads, rss: m.workerMemory(ctx, w.PID)})
+	}
+	oldestFirst(olds)
+	live, _ := m.notStopping(olds, false)
+	for _, o := range live {
+		total += o.rss
+	}
+	if total <= budget {
+		return
+	}
+	for i := range live {
+		live[i].conns = workerConns(ctx, m.sockPath, live[i].pid)
+	}
+	stopped := m.stopOldest(live, total-budget, "the reload would take old workers past their memory budget")
+	m.countStopped(stopped)
+	deadline := time.Now().Add(exitWait)
+	for _, o := range stopped {
+		for processAlive(o.pid) && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 }
 

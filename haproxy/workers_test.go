@@ -79,6 +79,70 @@ func TestManagerOldWorkers(t *testing.T) {
 	}
 }
 
+// TestManagerBudgetMakesRoomBeforeReload: a reload that would take the old
+// workers past the budget stops the oldest first and waits for it to exit,
+// so the old workers never hold more than the budget, not even until the
+// next periodic check (here there is none).
+func TestManagerBudgetMakesRoomBeforeReload(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.HealthInterval = time.Hour // only reloads enforce the budget here
+	m := startManager(t, cfg)
+	hold := holdBackend(t)
+	port := testenv.FreePort(t)
+	fes := []Frontend{route(port, "devices", hold)}
+	m.Submit(1, fes)
+	waitApplied(t, m, 1)
+	first := workerPIDs(t, dir)
+	if len(first) != 1 {
+		t.Fatalf("workers after the first apply: %v", first)
+	}
+	firstConns := []net.Conn{longLived(t, port), longLived(t, port)}
+	// Room for one old worker, not two. Set before the next Submit, which
+	// hands it to the apply loop; with no periodic check nothing else
+	// reads it.
+	m.cfg.OldWorkersMaxBytes = procRSS(first[0]) * 3 / 2
+
+	fes = append(fes, route(testenv.FreePort(t), "more", hold))
+	m.Submit(2, fes)
+	waitApplied(t, m, 2)
+	if !processAlive(first[0]) {
+		t.Fatal("a reload stopped the only old worker, which fits the budget")
+	}
+	var second int
+	for _, pid := range workerPIDs(t, dir) {
+		if pid != first[0] {
+			second = pid
+		}
+	}
+	secondConns := []net.Conn{longLived(t, port), longLived(t, port)}
+
+	fes = append(fes, route(testenv.FreePort(t), "again", hold))
+	m.Submit(3, fes)
+	waitApplied(t, m, 3)
+	if processAlive(first[0]) {
+		t.Fatalf("the oldest worker %d outlived a reload that took the old workers past the budget (workers %v)", first[0], workerPIDs(t, dir))
+	}
+	if !processAlive(second) {
+		t.Fatalf("the worker %d the reload made old was stopped too: two old workers did not fit, one does", second)
+	}
+	if w := m.Status().Workers; w.OldWorkersStopped != 1 || w.OldWorkerConnsClosed != 2 {
+		t.Errorf("stopped %d workers closing %d connections, want 1 and 2", w.OldWorkersStopped, w.OldWorkerConnsClosed)
+	}
+	for _, c := range firstConns {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Fatalf("connection of the stopped worker still open: %v", err)
+		}
+	}
+	for _, c := range secondConns {
+		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
+			t.Fatalf("connection of the old worker within the budget closed: %v", err)
+		}
+	}
+}
+
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
