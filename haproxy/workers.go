@@ -301,8 +301,13 @@ func (m *Manager) countStopped(stopped []oldWorker) {
 }
 
 // exitWait bounds how long a reload waits for the old workers makeRoom
-// stopped to exit.
-const exitWait = time.Second
+// stopped to exit, and roomQueryTime how long it spends asking workers
+// for their connections (each answer also bounded by workerQueryTimeout):
+// workers slow to answer must not hold the reload for long.
+const (
+	exitWait      = time.Second
+	roomQueryTime = 2 * time.Second
+)
 
 // makeRoom runs before a reload, which turns the current worker into an
 // old one when it holds connections: if that would take the old workers
@@ -318,16 +323,18 @@ func (m *Manager) makeRoom(ctx context.Context, p procInfo) {
 	if budget == 0 {
 		return
 	}
+	qctx, cancel := context.WithTimeout(ctx, roomQueryTime)
+	defer cancel()
 	var olds []oldWorker
 	var total uint64
 	for _, w := range p.Workers {
 		if w.Reloads == 0 {
-			if workerConns(ctx, m.sockPath, w.PID) != 0 { // -1, unknown, counts
-				total += m.workerMemory(ctx, w.PID)
+			if workerConns(qctx, m.sockPath, w.PID) != 0 { // -1, unknown, counts
+				total += m.workerMemory(qctx, w.PID)
 			}
 			continue
 		}
-		olds = append(olds, oldWorker{pid: w.PID, reloads: w.Reloads, rss: m.workerMemory(ctx, w.PID)})
+		olds = append(olds, oldWorker{pid: w.PID, reloads: w.Reloads, rss: m.workerMemory(qctx, w.PID)})
 	}
 	oldestFirst(olds)
 	live, _ := m.notStopping(olds, false)
@@ -338,7 +345,7 @@ func (m *Manager) makeRoom(ctx context.Context, p procInfo) {
 		return
 	}
 	for i := range live {
-		live[i].conns = workerConns(ctx, m.sockPath, live[i].pid)
+		live[i].conns = workerConns(qctx, m.sockPath, live[i].pid)
 	}
 	stopped := m.stopOldest(live, total-budget, "the reload would take old workers past their memory budget")
 	m.countStopped(stopped)
