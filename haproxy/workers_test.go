@@ -17,6 +17,19 @@ func holdBackend(t *testing.T) int {
 	return greetBackend(t, "hold", true)
 }
 
+// serveHolding makes m serve a route (index 1) on a free port to a backend
+// that holds connections open, and returns the port, the backend and the
+// table.
+func serveHolding(t *testing.T, m *Manager) (port, hold int, fes []Frontend) {
+	t.Helper()
+	hold = holdBackend(t)
+	port = testenv.FreePort(t)
+	fes = []Frontend{route(port, "devices", hold)}
+	m.Submit(1, fes)
+	waitApplied(t, m, 1)
+	return port, hold, fes
+}
+
 // TestManagerOldWorkers: a reload with long-lived connections open leaves
 // an old worker, reported with its connections and memory; over the memory
 // budget the old worker is stopped, its connections closed and counted,
@@ -35,11 +48,7 @@ func TestManagerOldWorkers(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			cfg.Registerer = reg
 			m := startManager(t, cfg)
-			hold := holdBackend(t)
-			port := testenv.FreePort(t)
-			fes := []Frontend{route(port, "devices", hold)}
-			m.Submit(1, fes)
-			waitApplied(t, m, 1)
+			port, hold, fes := serveHolding(t, m)
 			conns := []net.Conn{longLived(t, port), longLived(t, port)}
 
 			other := testenv.FreePort(t)
@@ -88,11 +97,7 @@ func TestManagerBudgetMakesRoomBeforeReload(t *testing.T) {
 	cfg := testConfig(t, dir)
 	cfg.HealthInterval = time.Hour // only reloads enforce the budget here
 	m := startManager(t, cfg)
-	hold := holdBackend(t)
-	port := testenv.FreePort(t)
-	fes := []Frontend{route(port, "devices", hold)}
-	m.Submit(1, fes)
-	waitApplied(t, m, 1)
+	port, hold, fes := serveHolding(t, m)
 	first := workerPIDs(t, dir)
 	if len(first) != 1 {
 		t.Fatalf("workers after the first apply: %v", first)
