@@ -388,6 +388,11 @@ func runPath(a *agent, path benchPath, bport, seq, conc, clients int) error {
 		}
 		lat = append(lat, time.Since(start))
 	}
+	// A reload is confirmed a moment after the new worker answers: wait for
+	// the last one, so it is counted here and not in the next phase.
+	if err := waitApplied(a, time.Minute); err != nil {
+		return err
+	}
 	fmt.Printf("webhook -> route live, %d sequential adds: p50 %v  p99 %v  max %v  (%d HAProxy reloads)\n",
 		seq, ms(pct(lat, .5)), ms(pct(lat, .99)), ms(slices.Max(lat)), a.reloads()-reloads0)
 
@@ -433,6 +438,9 @@ func runPath(a *agent, path benchPath, bport, seq, conc, clients int) error {
 		}
 	}
 	allLive := time.Since(start)
+	if err := waitApplied(a, time.Minute); err != nil {
+		return err
+	}
 	fmt.Printf("%d adds from %d concurrent clients: %d acknowledged, %d failed; all posted in %v; all live in %v; %d HAProxy reloads; %d acknowledged routes never went live\n",
 		conc, clients, len(acked), failures, posted.Round(time.Millisecond), allLive.Round(time.Millisecond), a.reloads()-before, notLive)
 	return nil
