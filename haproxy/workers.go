@@ -191,11 +191,10 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 	count := len(olds) - len(stopped)
 	conns := 0
 	for _, o := range live {
-		if !slices.ContainsFunc(stopped, func(s oldWorker) bool { return s.pid == o.pid }) {
-			conns += max(o.conns, 0)
-		}
+		conns += max(o.conns, 0)
 	}
-	for _, s := range stopped {
+	for _, s := range stopped { // a part of live
+		conns -= max(s.conns, 0)
 		total -= s.rss
 	}
 	m.update(func(s *Status) {
@@ -327,11 +326,11 @@ func (m *Manager) makeRoom(ctx context.Context, p procInfo) {
 	defer cancel()
 	var olds []oldWorker
 	var total uint64
+	cur := map[int]uint64{} // the current worker(s), by PID
 	for _, w := range p.Workers {
 		if w.Reloads == 0 {
-			if workerConns(qctx, m.sockPath, w.PID) != 0 { // -1, unknown, counts
-				total += m.workerMemory(qctx, w.PID)
-			}
+			cur[w.PID] = m.workerMemory(qctx, w.PID)
+			total += cur[w.PID]
 			continue
 		}
 		olds = append(olds, oldWorker{pid: w.PID, reloads: w.Reloads, rss: m.workerMemory(qctx, w.PID)})
@@ -340,6 +339,14 @@ func (m *Manager) makeRoom(ctx context.Context, p procInfo) {
 	live, _ := m.notStopping(olds, false)
 	for _, o := range live {
 		total += o.rss
+	}
+	if total <= budget {
+		return // the common case: no worker is asked anything
+	}
+	for pid, rss := range cur {
+		if workerConns(qctx, m.sockPath, pid) == 0 { // it exits on reload; -1, unknown, counts
+			total -= rss
+		}
 	}
 	if total <= budget {
 		return
