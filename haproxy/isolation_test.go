@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/drawbridge-lb/drawbridge/internal/procfs"
 	"github.com/drawbridge-lb/drawbridge/internal/testenv"
 )
 
@@ -54,12 +53,23 @@ func TestIsolatedHAProxy(t *testing.T) {
 			t.Fatalf("through haproxy: %q, %v", got, err)
 		}
 	}
-	master := m.Status().MasterPID
-	workers := procfs.Children(master)
-	if len(workers) == 0 {
-		t.Fatal("no worker")
+	// The current worker, from the master: the first one may still be
+	// exiting after the reload, and /proc or the master CLI would then
+	// answer for a process that is gone.
+	p, err := showProc(context.Background(), m.sockPath)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, pid := range append([]int{master}, workers...) {
+	worker := 0
+	for _, w := range p.Workers {
+		if w.Reloads == 0 {
+			worker = w.PID
+		}
+	}
+	if worker == 0 {
+		t.Fatalf("no current worker in %+v", p)
+	}
+	for _, pid := range []int{p.MasterPID, worker} {
 		if uid := procField(t, pid, "Uid"); uid != "65534 65534 65534 65534" {
 			t.Errorf("pid %d runs as uid %s, want 65534", pid, uid)
 		}
@@ -80,11 +90,11 @@ func TestIsolatedHAProxy(t *testing.T) {
 	}
 	// Under ProtectProc=invisible the agent cannot read an isolated
 	// worker's /proc; the memory budget then reads what the worker reports.
-	info, err := masterCommand(context.Background(), m.sockPath, "@!"+strconv.Itoa(workers[0])+" show info")
+	info, err := masterCommand(context.Background(), m.sockPath, "@!"+strconv.Itoa(worker)+" show info")
 	if err != nil || !strings.Contains(info, "PoolAlloc_MB: ") {
 		t.Errorf("show info of a worker lacks PoolAlloc_MB (%v):\n%s", err, info)
 	}
-	root, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(workers[len(workers)-1]), "root"))
+	root, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(worker), "root"))
 	if err != nil {
 		t.Fatal(err)
 	}
