@@ -252,33 +252,52 @@ func (c *Cluster) Voters() map[string]raft.Server {
 // leaving, so peers stop waiting for it. Raft and the stores are closed by
 // Node.Shutdown after.
 func (c *Cluster) Leave(timeout time.Duration) {
-	if c.node.IsLeader() && len(c.Voters()) > 1 {
-		c.log.Info("transferring leadership before leaving")
-		if err := c.node.transferLeadership(); err != nil {
-			c.log.Warn("leadership transfer", "err", err)
-		}
-	}
-	if _, voter := c.Voters()[c.node.ID()]; voter && c.node.Secure() && len(c.Voters()) > 1 {
+	if _, voter := c.Voters()[c.node.ID()]; voter && len(c.Voters()) > 1 {
 		c.members.MarkLeaving()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		var err error
-		for {
-			if err = c.node.LeaveVoters(ctx); err == nil || ctx.Err() != nil {
-				break
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(50 * time.Millisecond):
-			}
+		if err := c.leaveVoters(ctx); err != nil {
+			c.log.Warn("left without being removed from the voters; remove it with `drawbridge raft remove-peer "+c.node.ID()+"` on the leader", "err", err)
 		}
 		cancel()
-		if err != nil {
-			c.log.Warn("could not ask the leader to remove this node from the voters; remove it with `drawbridge raft remove-peer "+c.node.ID()+"`", "err", err)
-		} else {
-			c.log.Info("the leader removed this node from the voters")
-		}
 	}
 	if err := c.members.Leave(timeout); err != nil {
 		c.log.Warn("leave gossip", "err", err)
+	}
+}
+
+// leaveVoters hands leadership over while this node leads, then, with raft
+// TLS, asks the leader to remove it; both are retried until ctx ends (a
+// transfer fails while the others are busy or an election runs). A leader
+// that left without handing over would leave a pair's survivor unable to
+// elect itself: its configuration still counts the leaver. Without raft
+// TLS the leader removes this node once gossip says it left.
+func (c *Cluster) leaveVoters(ctx context.Context) error {
+	var err error
+	for {
+		switch {
+		case c.node.IsLeader():
+			c.log.Info("transferring leadership before leaving")
+			if err = c.node.transferLeadership(); err != nil {
+				err = fmt.Errorf("leadership transfer: %w", err)
+			}
+		case !c.node.Secure():
+			return nil
+		default:
+			if err = c.node.LeaveVoters(ctx); err == nil {
+				c.log.Info("the leader removed this node from the voters")
+				return nil
+			}
+		}
+		if err == nil {
+			if !c.node.IsLeader() {
+				continue // handed over: now ask the new leader
+			}
+			err = errors.New("still the leader after handing leadership over")
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }

@@ -274,6 +274,42 @@ func TestGracefulLeaveRemovesVoter(t *testing.T) {
 	}
 }
 
+// A graceful leave that races another metadata refresh is still seen as a
+// leave. Here the other refresh has recorded the Leaving flag but not yet
+// broadcast it when the leave starts: the interleaving that, under load,
+// had peers see a leaving voter fail and keep it in the configuration.
+func TestLeaveRacingARefreshIsSeenAsALeave(t *testing.T) {
+	a := startMember(t, "a", memberOpts{}, nil)
+	b := startMember(t, "b", memberOpts{}, []string{a.gossip})
+	testenv.Eventually(t, 5*time.Second, "b visible", func() bool { return len(a.members.Members()) == 2 })
+	b.cancel() // no periodic refresh from here: the test plays it
+	b.members.mu.Lock()
+	b.members.leaving = true
+	b.members.mu.Unlock()
+	meta, err := b.members.encodeMeta()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.members.mu.Lock()
+	b.members.lastMeta = meta // recorded, not yet broadcast
+	b.members.mu.Unlock()
+	if err := b.members.Leave(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var status MemberStatus
+	testenv.Eventually(t, 10*time.Second, "b gone", func() bool {
+		for _, m := range a.members.Members() {
+			if m.Name == "b" {
+				status = m.Status
+			}
+		}
+		return status != StatusAlive
+	})
+	if status != StatusLeft {
+		t.Errorf("a sees b %s after its graceful leave, want %s", status, StatusLeft)
+	}
+}
+
 func TestWitnessKeepsPairWritable(t *testing.T) {
 	a := startMember(t, "edge-a", memberOpts{expect: 3}, nil)
 	b := startMember(t, "edge-b", memberOpts{expect: 3}, []string{a.gossip})

@@ -370,10 +370,14 @@ func (n *Node) handlePeerRequest(peer string, req peerRequest) error {
 
 // LeaveVoters asks the leader to remove this node from the voters, in the
 // name its certificate proves. Without raft TLS it does nothing (the
-// leader then trusts gossip's word that this node left).
+// leader then trusts gossip's word that this node left). The leader
+// cannot remove itself: it hands leadership over first (Cluster.Leave).
 func (n *Node) LeaveVoters(ctx context.Context) error {
-	if n.layer == nil || n.IsLeader() {
+	if n.layer == nil {
 		return nil
+	}
+	if n.IsLeader() {
+		return errors.New("this node leads: it must hand leadership over before it leaves the voters")
 	}
 	return n.askLeader(ctx, peerRequest{Op: "leave"})
 }

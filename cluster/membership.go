@@ -346,7 +346,14 @@ func (m *Membership) Join(ctx context.Context, addrs []string) error {
 }
 
 // Refresh re-reads this node's metadata and gossips it when it changed.
-func (m *Membership) Refresh() {
+func (m *Membership) Refresh() { m.refresh(false) }
+
+// refresh gossips this node's metadata when it changed or when force is
+// set, and then blocks until the update is broadcast. A leave forces it: a
+// refresh running at the same moment (another goroutine's) may already
+// have recorded the Leaving flag without its broadcast being out yet, and
+// a leave message that overtook it would read as a failure to the peers.
+func (m *Membership) refresh(force bool) {
 	b, err := m.encodeMeta()
 	if err != nil {
 		// Keep gossiping the last metadata that fit; say so once.
@@ -361,7 +368,7 @@ func (m *Membership) Refresh() {
 	}
 	m.mu.Lock()
 	m.metaErr = ""
-	same := string(b) == string(m.lastMeta)
+	same := string(b) == string(m.lastMeta) && !force
 	if !same {
 		m.lastMeta = b
 	}
@@ -565,7 +572,7 @@ func (m *Membership) MarkLeaving() {
 	m.mu.Lock()
 	m.leaving = true
 	m.mu.Unlock()
-	m.Refresh()
+	m.refresh(true)
 }
 
 // Leave tells the others this node is leaving on purpose (first in its
@@ -574,7 +581,7 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	m.mu.Lock()
 	m.leaving = true
 	m.mu.Unlock()
-	m.Refresh() // blocks until the update is broadcast
+	m.refresh(true)
 	err := m.ml.Leave(timeout)
 	if serr := m.ml.Shutdown(); err == nil {
 		err = serr
