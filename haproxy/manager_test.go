@@ -489,14 +489,13 @@ func TestManagerFailedReloadDoesNotStallLaterChanges(t *testing.T) {
 	waitApplied(t, m, 1)
 
 	// Index 2: swap keep's server, remove drop, add 500 routes (a listener
-	// each: more than 400 descriptors).
+	// each: more than 400 descriptors). Their ports are one range below the
+	// kernel's ephemeral ports: 500 of those would, now and then, meet a
+	// port another test process listens on, and be held back for that.
 	two := []Frontend{route(keep, "keep", b)}
 	added := map[int]bool{}
-	for len(added) < 500 {
-		p := testenv.FreePort(t)
-		if p == keep || p == drop || added[p] {
-			continue
-		}
+	first := testenv.FreePortRange(t, 500)
+	for p := first; p < first+500; p++ {
 		added[p] = true
 		two = append(two, route(p, fmt.Sprintf("new-%d", p), a))
 	}

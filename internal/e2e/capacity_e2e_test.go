@@ -27,8 +27,11 @@ func TestE2ECapacityAdmission(t *testing.T) {
 
 	var added []int
 	var refusal string
+	// Below the ephemeral ports, so no other test process listens on one
+	// of them by chance and has its route held back.
+	first := testenv.FreePortRange(t, 200)
 	for i := 0; i < 200 && refusal == ""; i++ {
-		port := testenv.FreePort(t)
+		port := first + i
 		code, body := a.request("PUT", fmt.Sprintf("/v1/routes/%d", port), bearer(), map[string]any{
 			"name": fmt.Sprintf("r%d", i), "backends": []map[string]any{{"address": "127.0.0.1", "port": be.port()}}})
 		switch code {
