@@ -34,7 +34,10 @@
 //     running worker at once: no render, no haproxy -c and no reload on the
 //     way, so no old worker is left holding long-lived connections and the
 //     cost does not grow with the table. The files catch up in the
-//     background (files.go). Any error falls back to a reload.
+//     background (files.go). Any error falls back to a reload. A new
+//     runtime API connection is used only when the worker `show proc` names
+//     as current answers it (runtimeconn.go): just after a reload the old
+//     worker still accepts on the shared stats socket for a moment.
 //   - Old workers (left by reloads, serving their long-lived connections)
 //     are measured every HealthInterval in a loop of their own; above
 //     Config.OldWorkersMaxBytes the oldest are stopped first (workers.go).

@@ -254,7 +254,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		wake:         make(chan struct{}, 1),
 		fileWake:     make(chan struct{}, 1),
 		served:       &portSet{},
-		rt:           runtimeConn{sock: cfg.Settings.StatsSocket},
+		rt:           runtimeConn{sock: cfg.Settings.StatsSocket, master: filepath.Join(cfg.Dir, "master.sock")},
 	}
 	if m.mapPath != "" {
 		m.lastGoodMapPath = m.mapPath + ".last-good"
@@ -285,7 +285,7 @@ func (m *Manager) start(ctx context.Context) error {
 	if !adopted {
 		p, err = m.startFromDisk(ctx)
 	}
-	m.masterReloads = p.Reloads
+	m.noteMaster(p)
 	m.opMu.Unlock()
 	if err != nil {
 		return err
@@ -1182,10 +1182,10 @@ func (m *Manager) reload(ctx context.Context) error {
 		case err != nil:
 			last = err
 		case p.Failed > before.Failed:
-			m.masterReloads = p.Reloads
+			m.noteMaster(p)
 			return fmt.Errorf("reload haproxy: %w (failed: %d)", errReloadFailed, p.Failed)
 		case p.Reloads > before.Reloads && p.hasNewWorker():
-			m.masterReloads = p.Reloads
+			m.noteMaster(p)
 			m.update(func(s *Status) { s.MasterPID, s.Version = p.MasterPID, p.Version })
 			return nil
 		default:
@@ -1215,19 +1215,27 @@ func (m *Manager) reload(ctx context.Context) error {
 // lives on while clients hold connections to it. So the connection is
 // dropped and the table applied again in full. It skips the check while an
 // operation holds the Manager (its own reload, for one) rather than wait.
-func (m *Manager) noticeOutsideReload(reloads int) {
+func (m *Manager) noticeOutsideReload(p procInfo) {
 	if !m.opMu.TryLock() {
 		return
 	}
 	defer m.opMu.Unlock()
-	if reloads <= m.masterReloads {
+	if p.Reloads <= m.masterReloads {
 		return
 	}
-	m.log.Warn("haproxy was reloaded outside drawbridge; applying the route table again", "reloads", reloads, "expected", m.masterReloads)
-	m.masterReloads = reloads
+	m.log.Warn("haproxy was reloaded outside drawbridge; applying the route table again", "reloads", p.Reloads, "expected", m.masterReloads)
+	m.noteMaster(p)
 	m.rt.close()
 	m.running, m.runLayout, m.appliedHash = nil, nil, ""
 	m.retry = true
+}
+
+// noteMaster records the master's reload count and its current worker, the
+// only one runtime API changes may reach (see runtimeConn.worker). Callers
+// hold opMu.
+func (m *Manager) noteMaster(p procInfo) {
+	m.masterReloads = p.Reloads
+	m.rt.worker = p.currentWorker()
 }
 
 // errReloadFailed is HAProxy's master saying a reload failed: the new
@@ -1254,7 +1262,7 @@ func (m *Manager) checkHealth(ctx context.Context) {
 		m.recordError("restart haproxy", err)
 		return
 	}
-	m.masterReloads = p.Reloads
+	m.noteMaster(p)
 	m.retry = true     // re-check held-back ports and fallbacks against the desired routes
 	m.reloadHeld = nil // a fresh master: try everything again
 	m.metrics.setRunning(true)

@@ -121,6 +121,30 @@ func (p procInfo) hasNewWorker() bool {
 	return false
 }
 
+// infoField is the value of field name in a `show info` answer ("" if it
+// has none).
+func infoField(info, name string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(line, name+": "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// currentWorker is the PID of the worker that serves: the one that survived
+// the fewest reloads (none, unless the last reload failed and the master
+// kept it). 0 when the answer lists no worker.
+func (p procInfo) currentWorker() int {
+	pid, least := 0, -1
+	for _, w := range p.Workers {
+		if least < 0 || w.Reloads < least {
+			pid, least = w.PID, w.Reloads
+		}
+	}
+	return pid
+}
+
 // openFrontendPorts asks the current worker, through the master CLI, for
 // the route frontends (fe_PORT) it has open: the ports it listens on. An
 // isolated HAProxy's descriptors are another user's, so /proc cannot tell

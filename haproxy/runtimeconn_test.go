@@ -3,6 +3,8 @@ package haproxy
 import (
 	"bufio"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -179,4 +181,118 @@ func TestOutsideReloadIsReapplied(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestRuntimeChangesReachOnlyTheCurrentWorker: a runtime API change counts
+// as applied only when the worker the master names as current made it.
+// Right after a reload the old worker can still accept on the stats socket
+// the workers share, for a few milliseconds; here another HAProxy with the
+// same backends answers on the socket's path, which makes that moment last.
+// The change must not be made there and reported applied: it is made by a
+// reload instead, and served.
+func TestRuntimeChangesReachOnlyTheCurrentWorker(t *testing.T) {
+	dir := t.TempDir()
+	cfg := runtimeConfig(t, dir)
+	m := startManager(t, cfg)
+	one, two := echoBackend(t, "one"), echoBackend(t, "two")
+	port := testenv.FreePort(t)
+	m.Submit(1, []Frontend{route(port, "web", one)})
+	waitApplied(t, m, 1)
+
+	// The other HAProxy runs the same file, listening on another port, its
+	// stats socket then renamed over the Manager's (a hard link keeps it
+	// reachable for the check below).
+	rendered, err := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	odir := t.TempDir()
+	osock, olink := filepath.Join(odir, "admin.sock"), filepath.Join(odir, "other.sock")
+	text := strings.ReplaceAll(string(rendered), cfg.Settings.StatsSocket, osock)
+	text = strings.ReplaceAll(text, "bind 127.0.0.1:"+itoa(port)+"\n", "bind 127.0.0.1:"+itoa(testenv.FreePort(t))+"\n")
+	ocfg := filepath.Join(odir, "haproxy.cfg")
+	if err := os.WriteFile(ocfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := exec.Command(haproxyBin(t), "-db", "-f", ocfg)
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Process.Kill(); _ = other.Wait() })
+	testenv.Eventually(t, 10*time.Second, "the other HAProxy's stats socket", func() bool {
+		c, err := net.Dial("unix", osock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if err := os.Link(osock, olink); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(osock, cfg.Settings.StatsSocket); err != nil {
+		t.Fatal(err)
+	}
+
+	reloads := m.Status().Reloads
+	m.Submit(2, []Frontend{route(port, "web", two)}) // a server-only change
+	waitApplied(t, m, 2)
+	for i := 0; i < 5; i++ {
+		if got, err := dialRead(port); err != nil || got != "two" {
+			t.Fatalf("after the change: %q %v (it was made in the other HAProxy?)", got, err)
+		}
+	}
+	if m.Status().Reloads == reloads {
+		t.Fatal("the change was applied without a reload, though the stats socket reached another process")
+	}
+	rc := &runtimeConn{sock: olink}
+	t.Cleanup(rc.close)
+	out, err := rc.exchange(t.Context(), "show servers state be_"+itoa(port), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, " "+itoa(one)+" ") || strings.Contains(out, " "+itoa(two)+" ") {
+		t.Fatalf("the other HAProxy's servers changed:\n%s", out)
+	}
+}
+
+// TestRuntimeChangeAfterAnUnnoticedOutsideReload: HAProxy reloaded by
+// someone else, before the periodic check notices, runs its files, which
+// may lack the latest runtime changes. The next change must not be made
+// on top of that worker as if it ran what this Manager last put there: the
+// runtime API refuses it at once (the master names that worker as current)
+// and the reload that follows renders everything.
+func TestRuntimeChangeAfterAnUnnoticedOutsideReload(t *testing.T) {
+	dir := t.TempDir()
+	cfg := runtimeConfig(t, dir)
+	cfg.HealthInterval = time.Hour // no periodic check to notice the reload
+	m := startManager(t, cfg)
+	one, two, three := echoBackend(t, "one"), echoBackend(t, "two"), echoBackend(t, "three")
+	a, b := testenv.FreePort(t), testenv.FreePort(t)
+
+	m.Submit(1, []Frontend{route(a, "a", one), route(b, "b", one)})
+	waitApplied(t, m, 1)
+	m.Submit(2, []Frontend{route(a, "a", two), route(b, "b", one)}) // runtime API; the files follow later
+	waitApplied(t, m, 2)
+	m.opMu.Lock()
+	m.rt.close() // the next change dials, as after an idle spell
+	m.opMu.Unlock()
+	_, _ = masterCommand(t.Context(), filepath.Join(dir, "master.sock"), "reload") // at once: the new worker may read the old files
+	testenv.Eventually(t, 10*time.Second, "the outside reload's new worker", func() bool {
+		p, err := showProc(t.Context(), filepath.Join(dir, "master.sock"))
+		return err == nil && p.Reloads > 0 && p.hasNewWorker()
+	})
+	reloads := m.Status().Reloads
+	m.Submit(3, []Frontend{route(a, "a", two), route(b, "b", three)})
+	waitApplied(t, m, 3)
+	for i := 0; i < 5; i++ {
+		if got, err := dialRead(a); err != nil || got != "two" {
+			t.Fatalf("route a after the outside reload and a change to b: %q %v", got, err)
+		}
+		if got, err := dialRead(b); err != nil || got != "three" {
+			t.Fatalf("route b: %q %v", got, err)
+		}
+	}
+	if m.Status().Reloads == reloads {
+		t.Fatal("the change was made through the runtime API of a worker this Manager did not start")
+	}
 }

@@ -94,8 +94,13 @@ func TestParseShowProc(t *testing.T) {
 		t.Fatal(err)
 	}
 	if p.MasterPID != 3385 || p.Reloads != 2 || p.Failed != 1 || p.Version != "2.6.12-1+deb12u4" ||
-		len(p.Workers) != 2 || !p.hasNewWorker() {
+		len(p.Workers) != 2 || !p.hasNewWorker() || p.currentWorker() != 3390 {
 		t.Fatalf("parsed %+v", p)
+	}
+	// A failed reload leaves the worker that survived it serving.
+	kept := procInfo{Workers: []workerInfo{{PID: 10, Reloads: 3}, {PID: 11, Reloads: 1}}}
+	if kept.hasNewWorker() || kept.currentWorker() != 11 || (procInfo{}).currentWorker() != 0 {
+		t.Fatalf("current worker of %+v: %d", kept, kept.currentWorker())
 	}
 	if _, err := parseShowProc("Unknown command\n"); !errors.Is(err, errNoMaster) {
 		t.Fatalf("err = %v", err)

@@ -89,12 +89,8 @@ func (m *Manager) workerMemory(ctx context.Context, pid int) uint64 {
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(line, "PoolAlloc_MB: "); ok {
-			if mb, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err == nil {
-				return mb << 20
-			}
-		}
+	if mb, err := strconv.ParseUint(infoField(out, "PoolAlloc_MB"), 10, 64); err == nil {
+		return mb << 20
 	}
 	return 0
 }
@@ -108,12 +104,8 @@ func workerConns(ctx context.Context, sock string, pid int) int {
 	if err != nil {
 		return -1
 	}
-	for _, line := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(line, "CurrConns: "); ok {
-			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-				return n
-			}
-		}
+	if n, err := strconv.Atoi(infoField(out, "CurrConns")); err == nil {
+		return n
 	}
 	return -1
 }
@@ -163,7 +155,7 @@ func (m *Manager) checkWorkers(ctx context.Context) {
 		m.workersFromProc()
 		return
 	}
-	m.noticeOutsideReload(p.Reloads)
+	m.noticeOutsideReload(p)
 	var cur uint64
 	var olds []oldWorker
 	for _, w := range p.Workers {
