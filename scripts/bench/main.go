@@ -41,6 +41,7 @@ func main() {
 	tlsMode := flag.String("tls", "both", "three-node runs: off, on, or both (the cost of TLS, one after the other)")
 	flag.StringVar(&dynamicRange, "dynamic", dynamicRange, `haproxy.dynamic_ports of the agents (the new path's ports); "auto" picks a free one`)
 	sizes := flag.String("sizes", "1000,5000,10000", "route counts of -mode scale")
+	flag.IntVar(&scaleRounds, "rounds", scaleRounds, "-mode scale: rounds of one more route and one more backend at each size")
 	flag.BoolVar(&writesOnly, "writes-only", false, "three-node runs: measure the sustained writes only (no webhook -> live, no leader kills)")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "three-node runs: write the leader's CPU profile during the sustained writes to this file, the followers' to FILE.follower-1 and -2 (agents serve debug.pprof_addr on loopback); with -tls both, \".tls\" is added to the TLS run's files")
 	flag.Parse()

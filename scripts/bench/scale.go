@@ -18,6 +18,10 @@ import (
 // dynamic range covers them.
 const scaleFirstPort = 18000
 
+// scaleRounds is how many times each size measures one more route and one
+// more backend (-rounds).
+var scaleRounds = 5
+
 // runScale loads 1k, 5k, 10k routes (the sizes given) into one node, once
 // with every route on the old path (dynamic range off) and once with every
 // route in the dynamic range, and prints at each size: time to acknowledge
@@ -115,35 +119,49 @@ func scalePath(bin, dyn string, sizes []int, bport int) error {
 			mb(procRSS(a.cmd.Process.Pid)), procs, mb(hrss), st.State.Routes)
 		loaded = size
 
-		// One more route, posted and timed until it answers.
-		r0 := a.reloads()
-		t1 := time.Now()
-		if err := putRoute(client, a, extra, false, bport); err != nil {
-			return err
+		// One more route, posted and timed until it answers, and right
+		// after it one more backend on an existing route (a server-only
+		// change), timed until HAProxy applied it; scaleRounds times, both
+		// taken back between rounds. On the old path every round's route
+		// reloads, so every backend change follows a reload: the moment the
+		// old worker may still answer on the stats socket.
+		var routeTimes, backendTimes []time.Duration
+		var routeReloads, backendReloads uint64
+		for range scaleRounds {
+			r0 := a.reloads()
+			t1 := time.Now()
+			if err := putRoute(client, a, extra, false, bport); err != nil {
+				return err
+			}
+			if !waitLive(extra, 60*time.Second) {
+				return fmt.Errorf("one more route at %d routes never went live", size)
+			}
+			routeTimes = append(routeTimes, time.Since(t1))
+			// A reload is confirmed a moment after the new worker answers:
+			// wait for it, so it is counted here and does not delay the
+			// next change.
+			if err := waitApplied(a, time.Minute); err != nil {
+				return err
+			}
+			routeReloads += a.reloads() - r0
+			r0 = a.reloads()
+			t2 := time.Now()
+			if err := putRoute(client, a, scaleFirstPort, true, bport); err != nil {
+				return err
+			}
+			if err := waitApplied(a, time.Minute); err != nil {
+				return err
+			}
+			backendTimes = append(backendTimes, time.Since(t2))
+			backendReloads += a.reloads() - r0
+			// Put both back so the next round, and size, start from the
+			// same table.
+			_ = deleteRoute(client, a, extra)
+			_ = putRoute(client, a, scaleFirstPort, false, bport)
+			_ = waitApplied(a, time.Minute)
 		}
-		if !waitLive(extra, 60*time.Second) {
-			return fmt.Errorf("one more route at %d routes never went live", size)
-		}
-		oneRoute := time.Since(t1)
-		// A reload is confirmed a moment after the new worker answers: wait
-		// for it, so it is counted here and does not delay the next change.
-		if err := waitApplied(a, time.Minute); err != nil {
-			return err
-		}
-		oneRouteReloads := a.reloads() - r0
-		// One more backend on an existing route (a server-only change),
-		// timed until HAProxy applied it.
-		r0 = a.reloads()
-		t2 := time.Now()
-		if err := putRoute(client, a, scaleFirstPort, true, bport); err != nil {
-			return err
-		}
-		if err := waitApplied(a, time.Minute); err != nil {
-			return err
-		}
-		oneBackend := time.Since(t2)
-		line := fmt.Sprintf("       one more route: live in %s (%d reloads); one more backend (server-only change): applied in %s (%d reloads)",
-			ms(oneRoute), oneRouteReloads, ms(oneBackend), a.reloads()-r0)
+		line := fmt.Sprintf("       one more route: live in %s (median of %d; %d reloads); one more backend right after it (server-only change): applied in %s (median; %d of %d made by a reload)",
+			ms(pct(routeTimes, .5)), scaleRounds, routeReloads, ms(pct(backendTimes, .5)), backendReloads, scaleRounds)
 		if dyn == "off" {
 			// What the old hot path also ran before every runtime change.
 			if d, err := timeCheck(filepath.Join(a.dir, "haproxy", "haproxy.cfg")); err == nil {
@@ -151,10 +169,6 @@ func scalePath(bin, dyn string, sizes []int, bport int) error {
 			}
 		}
 		fmt.Println(line)
-		// Put both back so the next size starts from the same table.
-		_ = deleteRoute(client, a, extra)
-		_ = putRoute(client, a, scaleFirstPort, false, bport)
-		_ = waitApplied(a, time.Minute)
 	}
 	return nil
 }
