@@ -536,3 +536,41 @@ func TestConsistentReadBurstAddsOneBarrierPerTerm(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaderLeaveRetriesARefusedTransfer: a pair's leader that leaves hands
+// leadership over even when raft refuses the first attempts (it does while
+// an election runs or another transfer is under way). A leader that left
+// after one refused attempt would leave its survivor unable to elect itself:
+// one voter of two cannot win an election.
+func TestLeaderLeaveRetriesARefusedTransfer(t *testing.T) {
+	a := startMember(t, "a", memberOpts{expect: 2}, nil)
+	b := startMember(t, "b", memberOpts{expect: 2}, []string{a.gossip})
+	testenv.Eventually(t, 15*time.Second, "pair formed", func() bool {
+		l := leaderOf(a, b)
+		return l != nil && len(l.cluster.Voters()) == 2
+	})
+	leader := leaderOf(a, b)
+	survivor := a
+	if leader == a {
+		survivor = b
+	}
+	const refusals = 3
+	var tries atomic.Int32
+	leader.node.transferFault = func() error {
+		if tries.Add(1) <= refusals {
+			return raft.ErrLeadershipTransferInProgress
+		}
+		return nil
+	}
+	leader.leave()
+	if n := tries.Load(); n <= refusals {
+		t.Fatalf("the leave asked for %d transfers, all refused: it left without handing leadership over", n)
+	}
+	testenv.Eventually(t, 10*time.Second, "the survivor leads alone", func() bool {
+		_, kept := survivor.cluster.Voters()[leader.name]
+		return survivor.node.IsLeader() && !kept
+	})
+	if res, err := survivor.node.Apply(context.Background(), register(9210, "solo", "10.0.0.3", 1)); err != nil || res.Err != nil {
+		t.Fatalf("apply on the survivor: %v %v", err, res.Err)
+	}
+}

@@ -179,6 +179,11 @@ type Node struct {
 	proposals chan *proposal
 	batchTerm atomic.Uint64
 
+	// transferFault, set by tests before a leave, fails a leadership
+	// transfer before raft is asked, as raft itself does while an election
+	// runs or another transfer is under way.
+	transferFault func() error
+
 	mu       sync.Mutex
 	watchers []chan bool
 	// departed names the members that asked to be removed (see

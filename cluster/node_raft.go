@@ -50,7 +50,14 @@ func (n *Node) Servers() ([]raft.Server, error) {
 }
 
 // transferLeadership hands leadership to another voter and waits.
-func (n *Node) transferLeadership() error { return n.raft.LeadershipTransfer().Error() }
+func (n *Node) transferLeadership() error {
+	if n.transferFault != nil {
+		if err := n.transferFault(); err != nil {
+			return err
+		}
+	}
+	return n.raft.LeadershipTransfer().Error()
+}
 
 // addVoter adds id at addr as a voter (or re-points it), on the leader.
 func (n *Node) addVoter(id, addr string, timeout time.Duration) error {
