@@ -126,15 +126,7 @@ func TestOldMemberKeepsBatchesOff(t *testing.T) {
 }
 
 func TestOldMemberJoiningStopsBatches(t *testing.T) {
-	o := memberOpts{expect: 2}
-	a := startMember(t, "a", o, nil)
-	b := startMember(t, "b", o, []string{a.gossip})
-	two := []*testMember{a, b}
-	testenv.Eventually(t, 15*time.Second, "a leader and two voters", func() bool {
-		l := leaderOf(two...)
-		return l != nil && len(l.cluster.Voters()) == 2
-	})
-	l := leaderOf(two...)
+	l, other := startPair(t)
 	testenv.Eventually(t, 5*time.Second, "the leader batches", l.node.batching)
 	if entries := burst(t, l, 20000, 100); entries >= 100 {
 		t.Fatalf("100 writes took %d log entries: no batch", entries)
@@ -157,7 +149,7 @@ func TestOldMemberJoiningStopsBatches(t *testing.T) {
 			burst(t, l, 30000+(i%100)*25, 20)
 		}
 	}()
-	c := startMember(t, "c", memberOpts{oldBuild: true}, []string{b.gossip})
+	c := startMember(t, "c", memberOpts{oldBuild: true}, []string{other.gossip})
 	testenv.Eventually(t, 15*time.Second, "the old member votes", func() bool {
 		_, ok := l.cluster.Voters()["c"]
 		return ok
@@ -205,7 +197,7 @@ func TestOldMemberJoiningStopsBatches(t *testing.T) {
 	if after > 1 {
 		t.Fatalf("%d batches after the configuration adding the old member", after)
 	}
-	sameTables(t, []*testMember{a, b, c})
+	sameTables(t, []*testMember{l, other, c})
 }
 
 func TestBatchingFollowsTheTerm(t *testing.T) {

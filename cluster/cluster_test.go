@@ -383,18 +383,25 @@ func TestGossipWrongKeyOrLabelCannotJoin(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "right member visible", func() bool { return len(ok.members.Members()) == 2 })
 }
 
-func TestQuorumLossRefusesWritesWithExplanation(t *testing.T) {
+// startPair starts two edge members that form a pair and returns its
+// leader and the other member.
+func startPair(t *testing.T) (leader, other *testMember) {
+	t.Helper()
 	a := startMember(t, "a", memberOpts{expect: 2}, nil)
 	b := startMember(t, "b", memberOpts{expect: 2}, []string{a.gossip})
 	testenv.Eventually(t, 15*time.Second, "pair formed", func() bool {
 		l := leaderOf(a, b)
 		return l != nil && len(l.cluster.Voters()) == 2
 	})
-	leader := leaderOf(a, b)
-	survivor := a
+	leader, other = leaderOf(a, b), a
 	if leader == a {
-		survivor = b
+		other = b
 	}
+	return leader, other
+}
+
+func TestQuorumLossRefusesWritesWithExplanation(t *testing.T) {
+	leader, survivor := startPair(t)
 	leader.crash()
 	var mu sync.Mutex
 	var lastErr error
@@ -543,17 +550,7 @@ func TestConsistentReadBurstAddsOneBarrierPerTerm(t *testing.T) {
 // after one refused attempt would leave its survivor unable to elect itself:
 // one voter of two cannot win an election.
 func TestLeaderLeaveRetriesARefusedTransfer(t *testing.T) {
-	a := startMember(t, "a", memberOpts{expect: 2}, nil)
-	b := startMember(t, "b", memberOpts{expect: 2}, []string{a.gossip})
-	testenv.Eventually(t, 15*time.Second, "pair formed", func() bool {
-		l := leaderOf(a, b)
-		return l != nil && len(l.cluster.Voters()) == 2
-	})
-	leader := leaderOf(a, b)
-	survivor := a
-	if leader == a {
-		survivor = b
-	}
+	leader, survivor := startPair(t)
 	const refusals = 3
 	var tries atomic.Int32
 	leader.node.transferFault = func() error {
