@@ -254,8 +254,8 @@ func NewManager(cfg Config) (*Manager, error) {
 		wake:         make(chan struct{}, 1),
 		fileWake:     make(chan struct{}, 1),
 		served:       &portSet{},
-		rt:           runtimeConn{sock: cfg.Settings.StatsSocket, master: filepath.Join(cfg.Dir, "master.sock")},
 	}
+	m.rt = runtimeConn{sock: cfg.Settings.StatsSocket, master: m.sockPath}
 	if m.mapPath != "" {
 		m.lastGoodMapPath = m.mapPath + ".last-good"
 	}
